@@ -1,0 +1,28 @@
+"""Clinical metrics: the functional core and the `evaluate` module.
+
+``METRIC_PATH`` is the folder of the `evaluate` metric, so that
+``evaluate.load(rcl_hf.metrics.METRIC_PATH)`` works offline.
+"""
+
+import os
+
+from .functional import (
+    bayes_risk_decision,
+    confusion_matrix,
+    critical_error_rate,
+    metrics_from_confusion,
+    relative_safety_improvement,
+)
+from .trainer_metrics import make_compute_metrics
+
+METRIC_PATH: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "critical_error_rate")
+
+__all__ = [
+    "METRIC_PATH",
+    "bayes_risk_decision",
+    "confusion_matrix",
+    "critical_error_rate",
+    "make_compute_metrics",
+    "metrics_from_confusion",
+    "relative_safety_improvement",
+]
