@@ -1,0 +1,161 @@
+"""Dataset card (``huggingface_hub.DatasetCard``) for a loaded ``DatasetDict``.
+
+The card states what a user of the Hub needs before training on the data:
+description, classes with counts per split, the severity matrix (and its
+critical cells), split sizes and where each split came from, how images are
+grouped, the duplicate audit, skipped files, and the source's licence and
+citation.  The YAML header carries ``license``, ``pretty_name``,
+``task_categories: [image-classification]``, tags and ``size_categories``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+__all__ = ["build_dataset_card"]
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def build_dataset_card(
+    dsd: Any,
+    *,
+    repo_id: Optional[str] = None,
+    report: Any = None,
+) -> DatasetCard:
+    """Build the card of a ``DatasetDict`` returned by :func:`rcl_hf.data.load_dataset`.
+
+    Args:
+        dsd: the ``DatasetDict`` (its ``info.description`` metadata names the dataset).
+        repo_id: Hub repository, used in the usage snippet.
+        report: the :class:`~rcl_hf.data.checks.LoadReport` of the load, for the
+            list of skipped files (counts come from the metadata otherwise).
+    """
+    from . import dataset_metadata, dataset_module, severity_for
+
+    meta = dataset_metadata(dsd)
+    name = meta.get("dataset")
+    if not name:
+        raise ValueError("This DatasetDict carries no rcl_hf metadata (load it with rcl_hf.data.load_dataset)")
+    mod = dataset_module(name)
+    extra = meta.get("rcl_hf", {})
+    sev = severity_for(dsd)
+    labels = list(next(iter(dsd.values())).features["label"].names)
+    total = sum(len(ds) for ds in dsd.values())
+    pretty = getattr(mod, "PRETTY_NAME", name)
+
+    data = DatasetCardData(
+        license=getattr(mod, "LICENSE", "other"),
+        pretty_name=f"{pretty} (rcl_hf)",
+        task_categories=["image-classification"],
+        tags=["medical", "rcl_hf", "risk-calibrated-learning", name],
+        size_categories=[_size_category(total)],
+    )
+
+    lines = [f"# {pretty}", "", getattr(mod, "DESCRIPTION", ""), ""]
+    lines += [
+        "Prepared with `rcl_hf` (Risk-Calibrated Learning for the Hugging Face stack) "
+        "from the original download layout. The `info.description` of every split holds a JSON object whose "
+        "`rcl_severity` key is the severity matrix below; `rcl_hf.data.severity_for(dataset)` reads it back.",
+        "",
+        "## Classes",
+        "",
+        "| id | class | " + " | ".join(dsd.keys()) + " |",
+        "|---|---|" + "---|" * len(dsd),
+    ]
+    per_split = {}
+    for split, ds in dsd.items():
+        counts = [0] * len(labels)
+        for v in ds["label"]:
+            counts[v] += 1
+        per_split[split] = counts
+    for i, label in enumerate(labels):
+        crit = " (positive)" if sev.positive_rows[sev.index(label)] else ""
+        lines.append(f"| {i} | {label}{crit} | " + " | ".join(str(per_split[s][i]) for s in dsd) + " |")
+    lines.append("| | **total** | " + " | ".join(str(len(ds)) for ds in dsd.values()) + " |")
+    lines += [
+        "",
+        "## Severity matrix",
+        "",
+        "`M[i, j]` is the clinical cost of predicting `j` when the truth is `i` (correct 0, fine-grained 0.1, "
+        "over-call 0.3, critical 1.0). Critical cells (⚠) count toward the Critical Error Rate.",
+        "",
+        sev.to_markdown(),
+        "",
+        "## Splits",
+        "",
+        "| split | images | groups | source |",
+        "|---|---|---|---|",
+    ]
+    sources = extra.get("split_sources", {})
+    for split, ds in dsd.items():
+        n_groups = len(set(ds["group_id"])) if "group_id" in ds.column_names else "-"
+        lines.append(f"| {split} | {len(ds)} | {n_groups} | {sources.get(split, 'official')} |")
+    lines += ["", "## Grouping", "", getattr(mod, "GROUPING", ""), ""]
+    lines.append(
+        "Columns: `image`, `label`, "
+        + ", ".join(f"`{c}`" for c in next(iter(dsd.values())).column_names if c not in ("image", "label"))
+        + ". `group_id` is the grouping key (byte-identical files share one); `source_file` is the path "
+        "in the original download; `sha1` hashes the original file."
+    )
+    overlaps = extra.get("group_overlaps") or {}
+    if overlaps:
+        lines.append("")
+        lines.append(
+            "Official splits sharing groups (kept as released): "
+            + ", ".join(f"{k.replace('|', '/')}: {v}" for k, v in overlaps.items())
+        )
+    lines += ["", "## Data quality", ""]
+    dup = extra.get("duplicates", {})
+    for kind in ("exact", "perceptual"):
+        d = dup.get(kind) or {}
+        if d.get("groups"):
+            lines.append(
+                f"- {kind} duplicates: {d['groups']} group(s) of {d['files']} files; "
+                f"{d['cross_split_groups']} group(s) across splits; {d['label_conflict_groups']} with conflicting labels."
+            )
+    if dup.get("dropped"):
+        lines.append(f"- {len(dup['dropped'])} cross-split duplicate(s) dropped from evaluation splits.")
+    problems = extra.get("problems", {})
+    if problems:
+        lines.append("- Files or rows reported at load time: " + ", ".join(f"{k} x{v}" for k, v in sorted(problems.items())))
+    else:
+        lines.append("- No file was skipped or converted at load time.")
+    if report is not None and getattr(report, "skipped", None):
+        lines += ["", "<details><summary>Skipped files</summary>", ""]
+        lines += [f"- `{p.path}`: {p.reason}" for p in report.skipped[:200]]
+        if len(report.skipped) > 200:
+            lines.append(f"- ... and {len(report.skipped) - 200} more")
+        lines += ["", "</details>"]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "from rcl_hf.data import severity_for",
+        "",
+        f"dsd = load_dataset({(repo_id or '<repo_id>')!r})",
+        "severity = severity_for(dsd)",
+        "```",
+        "",
+        "## Licence",
+        "",
+        f"{getattr(mod, 'LICENSE_TEXT', '')} (`{getattr(mod, 'LICENSE', 'other')}`). Source: {getattr(mod, 'HOMEPAGE', '')}",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        getattr(mod, "CITATION", "").strip(),
+        "```",
+        "",
+    ]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+    return DatasetCard(content)
