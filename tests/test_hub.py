@@ -1,0 +1,652 @@
+"""rcl_hf.hub: model cards, dry-run pushes (model, dataset, Space), offline-safe Hub access,
+and loading back from the folders and from a Hub-cache-shaped folder. Nothing contacts the Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rcl_hf import hub
+from rcl_hf.hub_errors import HubUnavailableError
+from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file, severity_from_config
+from rcl_hf.severity import SeverityMatrix
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_" + "Zq7" * 12  # token-shaped, never valid
+SEVERITY = SeverityMatrix.preset("synthetic")
+RESULTS = {
+    "train_loss": 0.21,
+    "eval_loss": 0.33,
+    "eval_accuracy": 0.91,
+    "eval_cer": 0.01,
+    "eval_critical_miss_rate": 0.0166667,
+    "eval_expected_cost": 0.0301,
+    "eval_samples": 600,
+    "test_accuracy": 0.9,
+    "test_cer": 0.0125,
+    "test_critical_miss_rate": 0.0208333,
+    "test_expected_cost": 0.0312,
+    "test_bayes_accuracy": 0.88,
+    "test_bayes_cer": 0.005,
+    "test_bayes_critical_miss_rate": 0.0083333,
+    "test_bayes_expected_cost": 0.0297,
+    "test_runtime": 1.5,
+}
+RUN = {
+    "backbone": "hf-resnet",
+    "loss": "rcl",
+    "lam": 2.0,
+    "risk_form": "expected",
+    "seeds": [0, 1, 2],
+    "dataset": "synthetic",
+    "grouping": "patient_id",
+    "image_size": 32,
+    "epochs": 3,
+}
+
+
+def _subprocess_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
+    env.update(extra)
+    return env
+
+
+def _save_tiny_model(folder: Path) -> Path:
+    model, data_config = build_model("hf-resnet", SEVERITY, image_size=32)
+    model.save_pretrained(folder)
+    build_image_processor(model, data_config).save_pretrained(folder)
+    ensure_label_maps_in_config_file(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A training output folder as scripts/train.py leaves it, including files that must not be uploaded."""
+    from PIL import Image
+
+    folder = _save_tiny_model(tmp_path_factory.mktemp("run") / "out")
+    (folder / "all_results.json").write_text(json.dumps(RESULTS))
+    (folder / "test_results.json").write_text(json.dumps({k: v for k, v in RESULTS.items() if k.startswith("test_")}))
+    (folder / "rcl_run.json").write_text(json.dumps(RUN))
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(folder / "confusion_matrix_test.png")
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "optimizer.pt").write_bytes(b"state")
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / "optimizer.pt").write_bytes(b"state")
+    (folder / "runs").mkdir()
+    (folder / "runs" / "events.out").write_bytes(b"log")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_upload(run_dir, tmp_path_factory) -> Path:
+    return Path(hub.push_model(run_dir, "owner/tiny-rcl", dry_run_dir=tmp_path_factory.mktemp("dry") / "model",
+                               datasets="owner/synthetic-lesions"))
+
+
+def _front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+# ------------------------------------------------------------------------------ cards
+def test_template_is_packaged_and_identical():
+    repo_copy = REPO_ROOT / "model_cards" / "model_card_template.md"
+    package_copy = REPO_ROOT / "src" / "rcl_hf" / "templates" / "model_card_template.md"
+    assert repo_copy.read_text(encoding="utf-8") == package_copy.read_text(encoding="utf-8")
+    assert hub.model_card_template_path() in (repo_copy, package_copy)
+
+
+def test_collect_results_maps_prefixes_to_splits(run_dir):
+    results = hub.collect_results(run_dir)
+    assert list(results) == ["validation", "test"]
+    assert results["validation"]["cer"] == pytest.approx(0.01)
+    assert results["validation"]["samples"] == 600
+    assert results["test"]["bayes_cer"] == pytest.approx(0.005)
+    assert "loss" not in results["test"] and "runtime" not in results["test"]
+
+
+def test_model_card_metadata_and_model_index(run_dir):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    text = str(hub.build_model_card(run_dir, "owner/tiny-rcl", datasets="owner/synthetic-lesions"))
+    meta = _front_matter(text)
+    assert meta["license"] == "apache-2.0"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["library_name"] == "transformers"
+    assert {"medical-imaging", "rcl_hf", "risk-calibrated-learning"} <= set(meta["tags"])
+    assert meta["datasets"] == ["owner/synthetic-lesions"]
+    assert "base_model" not in meta  # a random-init native backbone has none
+
+    name, evals = model_index_to_eval_results(meta["model-index"])
+    assert name == "tiny-rcl"
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in evals}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        for key, mtype, _ in hub.MODEL_CARD_METRICS:
+            assert got[(split, mtype)] == pytest.approx(RESULTS[f"{prefix}_{key}"])
+    assert got[("test", "bayes_cer")] == pytest.approx(0.005)
+    assert ("validation", "bayes_cer") not in got
+    assert {r.dataset_type for r in evals} == {"owner/synthetic-lesions"}
+    assert {r.task_type for r in evals} == {"image-classification"}
+
+    # huggingface_hub's own parser reads the same card back
+    card = ModelCard(text)
+    assert card.data.eval_results and len(card.data.eval_results) == len(evals)
+
+    checked = hub.validate_model_card(text, expected_results=hub.collect_results(run_dir), require_datasets=True)
+    assert checked["model_name"] == "tiny-rcl"
+
+
+def test_model_card_body(run_dir):
+    text = str(hub.build_model_card(run_dir, "owner/tiny-rcl"))
+    assert SEVERITY.to_markdown() in text
+    assert text.count("**1 ⚠**") == int(SEVERITY.critical.sum()) == 3
+    assert "lesion_round → normal" in text
+    assert "Not a medical device" in text
+    assert "| validation | argmax | 91.00% | 1.00% | 1.67% | 0.0301 | 600 |" in text
+    assert "| test | Bayes-risk | 88.00% | 0.50% | 0.83% | 0.0297 | — |" in text
+    for row in ("| λ (risk weight) | 2 |", "| Seeds | 0, 1, 2 |", "| Split grouping | patient_id |",
+                "| Backbone | hf-resnet |", "| Epochs | 3 |"):
+        assert row in text
+    assert "Risk-Calibrated Learning" in text and "λ · R(p, y)" in text
+    assert "rcl_hf.load_model('owner/tiny-rcl')" in text
+    assert "pipeline('image-classification', model='owner/tiny-rcl')" in text
+    assert "![Confusion matrix test](confusion_matrix_test.png)" in text
+    assert "{{" not in text and "{%" not in text
+
+
+def test_card_for_a_bare_checkpoint_and_a_baseline(tmp_path):
+    bare = _save_tiny_model(tmp_path / "bare")
+    text = str(hub.build_model_card(bare, "owner/bare"))
+    meta = _front_matter(text)
+    assert "model-index" not in meta
+    assert "No evaluation results were found" in text and "No training recipe" in text
+    hub.validate_model_card(text)
+
+    (bare / "rcl_run.json").write_text(json.dumps({"loss": "focal", "backbone": "facebook/convnext-tiny-224"}))
+    text = str(hub.build_model_card(bare, "owner/bare", license="mit"))
+    meta = _front_matter(text)
+    assert meta["license"] == "mit" and meta["base_model"] == "facebook/convnext-tiny-224"
+    assert "a baseline for Risk-Calibrated Learning" in text
+    hub.validate_model_card(text, require_base_model=True)
+
+
+def _mutate(text: str, fn) -> str:
+    meta = _front_matter(text)
+    fn(meta)
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n" + text.split("---\n", 2)[2]
+
+
+@pytest.mark.parametrize(
+    "mutation, message",
+    [
+        (lambda m: m.pop("license"), "license"),
+        (lambda m: m.update(tags=[]), "tags"),
+        (lambda m: m.update(pipeline_tag="text-classification"), "pipeline_tag"),
+        (lambda m: m.update(datasets=["not a repo id"]), "datasets"),
+        (lambda m: m["model-index"][0]["results"][0]["metrics"].pop(1), "lacks metric"),
+        (lambda m: m["model-index"][0]["results"][0]["metrics"][0].update(value="high"), "finite number"),
+        (lambda m: m["model-index"][0]["results"][0].pop("dataset"), "does not parse"),
+    ],
+)
+def test_validate_model_card_rejects_bad_metadata(run_dir, mutation, message):
+    text = str(hub.build_model_card(run_dir, "owner/tiny-rcl", datasets="owner/synthetic-lesions"))
+    with pytest.raises(hub.CardValidationError, match=message):
+        hub.validate_model_card(_mutate(text, mutation))
+
+
+def test_validate_model_card_checks_values_tokens_and_front_matter(run_dir):
+    text = str(hub.build_model_card(run_dir, "owner/tiny-rcl"))
+    wrong = hub.collect_results(run_dir)
+    wrong["test"]["cer"] = 0.5
+    with pytest.raises(hub.CardValidationError, match="'cer' for split 'test' is 0.0125"):
+        hub.validate_model_card(text, expected_results=wrong)
+    with pytest.raises(hub.CardValidationError, match="access token"):
+        hub.validate_model_card(text + f"\n{FAKE_TOKEN}\n")
+    with pytest.raises(hub.CardValidationError, match="no YAML front matter"):
+        hub.validate_model_card("# just a title\n")
+    with pytest.raises(hub.CardValidationError, match="datasets"):
+        hub.validate_model_card(text, require_datasets=True)
+
+
+def test_write_model_card_for_the_trainer(tmp_path, run_dir):
+    folder = tmp_path / "out"
+    shutil.copytree(run_dir, folder)
+    path = hub.write_model_card(folder, "owner/tiny-rcl")
+    assert path == folder / "README.md"
+    hub.validate_model_card(path, expected_results=hub.collect_results(folder))
+
+
+# --------------------------------------------------------------------- model dry run
+def test_model_dry_run_folder(model_upload, run_dir):
+    files = set(hub._list_files(model_upload))
+    assert files == {
+        "README.md", "all_results.json", "test_results.json", "config.json", "confusion_matrix_test.png",
+        "model.safetensors", "preprocessor_config.json", "rcl_run.json",
+    }
+    for name in files - {"README.md"}:
+        assert (model_upload / name).read_bytes() == (run_dir / name).read_bytes(), name
+    readme = (model_upload / "README.md").read_text(encoding="utf-8")
+    hub.validate_model_card(readme, expected_results=hub.collect_results(run_dir), require_datasets=True)
+    for name in files:  # the card's file list is the folder
+        assert f"- `{name}`" in readme
+
+
+def test_model_dry_run_loads_back(model_upload, run_dir):
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(model_upload).eval()
+    assert severity_from_config(model.config) == SEVERITY
+    assert severity_from_config(model_upload) == SEVERITY
+    assert model.config.id2label[1] == "lesion_round"
+    processor = AutoImageProcessor.from_pretrained(model_upload)
+    assert processor.size == {"height": 32, "width": 32}
+    original = AutoModelForImageClassification.from_pretrained(run_dir).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).logits, original(pixel_values=x).logits)
+
+
+def test_model_dry_run_errors(tmp_path, run_dir):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty"):
+        hub.push_model(run_dir, "owner/x", dry_run_dir=busy)
+    assert (busy / "keep.txt").read_text() == "mine"
+    out = hub.push_model(run_dir, "owner/x", dry_run_dir=busy, overwrite=True)
+    assert not (Path(out) / "keep.txt").exists()
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hub.push_model(tmp_path / "missing", "owner/x", dry_run_dir=tmp_path / "o1")
+    with pytest.raises(ValueError, match="owner/name"):
+        hub.push_model(run_dir, "just-a-name", dry_run_dir=tmp_path / "o2")
+
+    no_proc = tmp_path / "no_proc"
+    shutil.copytree(run_dir, no_proc)
+    (no_proc / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        hub.push_model(no_proc, "owner/x", dry_run_dir=tmp_path / "o3")
+
+    plain = tmp_path / "plain"
+    shutil.copytree(run_dir, plain)
+    config = json.loads((plain / "config.json").read_text())
+    del config["rcl_severity"]
+    (plain / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="rcl_severity"):
+        hub.push_model(plain, "owner/x", dry_run_dir=tmp_path / "o4")
+
+
+def test_cli_dry_run_and_one_line_errors(tmp_path, run_dir, capsys):
+    out = tmp_path / "cli"
+    assert hub.main(["--model_dir", str(run_dir), "--repo_id", "owner/cli-model", "--dry_run_dir", str(out),
+                     "--license", "mit", "--dataset_repo_id", "owner/synthetic-lesions"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing was uploaded" in printed and "model.safetensors" in printed
+    meta = _front_matter((out / "README.md").read_text(encoding="utf-8"))
+    assert meta["license"] == "mit" and meta["datasets"] == ["owner/synthetic-lesions"]
+
+    assert hub.main(["--model_dir", str(tmp_path / "nope"), "--repo_id", "owner/x", "--dry_run_dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
+    assert hub.main(["--kind", "dataset", "--repo_id", "owner/x"]) == 2
+    assert "--dataset_dir" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- dataset dry run
+@pytest.fixture()
+def tiny_dataset(tmp_path):
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "label": datasets.ClassLabel(names=SEVERITY.labels),
+        "patient_id": datasets.Value("string"),
+    })
+    info = datasets.DatasetInfo(description=json.dumps({"rcl_severity": SEVERITY.to_dict(), "dataset": "synthetic"}),
+                                features=features)
+    splits = {}
+    for split, n in (("train", 6), ("validation", 3), ("test", 3)):
+        images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
+        if split == "test":  # external files: the upload must embed their bytes
+            paths = []
+            for i, im in enumerate(images):
+                paths.append(str(tmp_path / f"ext_{i}.png"))
+                im.save(paths[-1])
+            images = paths
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": images, "label": [i % 4 for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)]},
+            features=features, info=info.copy(),
+        )
+    return datasets.DatasetDict(splits)
+
+
+def test_dataset_dry_run_layout_and_load_back(tmp_path, tiny_dataset):
+    import datasets
+
+    expected_pixels = [np.asarray(im).copy() for im in tiny_dataset["test"]["image"]]
+    out = Path(hub.push_dataset(tiny_dataset, "owner/tiny-lesions", dry_run_dir=tmp_path / "ds"))
+    for p in tmp_path.glob("ext_*.png"):
+        p.unlink()  # the upload must not depend on the original files
+    assert set(hub._list_files(out)) == {
+        "README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",
+        "data/test-00000-of-00001.parquet",
+    }
+    meta = _front_matter((out / "README.md").read_text(encoding="utf-8"))
+    assert meta["configs"][0]["config_name"] == "default"
+    assert {f["split"]: f["path"] for f in meta["configs"][0]["data_files"]} == {
+        s: f"data/{s}-*" for s in ("train", "validation", "test")}
+    assert {s["name"]: s["num_examples"] for s in meta["dataset_info"]["splits"]} == {"train": 6, "validation": 3, "test": 3}
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert SEVERITY.to_markdown() in text and "owner/tiny-lesions" in text  # rcl_hf.data.card's card
+
+    loaded = datasets.load_dataset(str(out))
+    assert {s: len(d) for s, d in loaded.items()} == {"train": 6, "validation": 3, "test": 3}
+    assert loaded["train"].features["label"].names == SEVERITY.labels
+    assert loaded["test"]["patient_id"] == tiny_dataset["test"]["patient_id"]
+    for got, want in zip(loaded["test"]["image"], expected_pixels):
+        assert np.array_equal(np.asarray(got), want)
+
+    parquet = datasets.load_dataset("parquet", data_files={"test": str(out / "data" / "test-*.parquet")})
+    assert parquet["test"]["label"] == tiny_dataset["test"]["label"]
+
+
+def test_dataset_dry_run_from_folder_with_given_card(tmp_path, tiny_dataset):
+    saved = tmp_path / "saved"
+    tiny_dataset.save_to_disk(str(saved))
+    card = "---\nlicense: cc-by-4.0\ntags:\n- rcl_hf\n---\n# Tiny lesions\n\nA card written elsewhere.\n"
+    out = Path(hub.push_dataset(saved, "owner/tiny-lesions", dry_run_dir=tmp_path / "ds", card=card))
+    text = (out / "README.md").read_text(encoding="utf-8")
+    meta = _front_matter(text)
+    assert meta["license"] == "cc-by-4.0" and meta["tags"] == ["rcl_hf"]
+    assert "dataset_info" in meta and "configs" in meta
+    assert "A card written elsewhere." in text
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hub.push_dataset(tmp_path / "missing", "owner/x", dry_run_dir=tmp_path / "o")
+
+
+def test_dataset_without_rcl_metadata_gets_a_generic_card(tmp_path):
+    import datasets
+
+    dsd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"label": [0, 1, 1]}, features=datasets.Features({"label": datasets.ClassLabel(names=["benign", "malignant"])}))})
+    out = Path(hub.push_dataset(dsd["train"], "owner/plain", dry_run_dir=tmp_path / "ds", license="cc0-1.0"))
+    text = (out / "README.md").read_text(encoding="utf-8")
+    meta = _front_matter(text)
+    assert meta["license"] == "cc0-1.0" and meta["task_categories"] == ["image-classification"]
+    assert "benign, malignant" in text and "Not for clinical use" in text and "| train | 3 |" in text
+    assert datasets.load_dataset(str(out))["train"]["label"] == [0, 1, 1]
+
+
+# --------------------------------------------------------------------- Space dry run
+def _make_space(folder: Path, front_matter: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "app.py").write_text("import gradio as gr\n\ndemo = gr.Interface(lambda x: x, 'text', 'text')\n")
+    (folder / "requirements.txt").write_text("rcl_hf\ntorch\n")
+    (folder / "README.md").write_text(f"---\n{front_matter}---\n\n# Demo\n")
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
+    (folder / "flagged").mkdir()
+    (folder / "flagged" / "log.csv").write_text("x\n")
+    (folder / "examples").mkdir()
+    (folder / "examples" / "case.txt").write_text("example\n")
+    return folder
+
+
+GOOD_SPACE = (
+    "title: RCL demo\nemoji: 🩺\ncolorFrom: blue\ncolorTo: green\nsdk: gradio\nsdk_version: 5.9.1\n"
+    "app_file: app.py\nlicense: apache-2.0\nshort_description: Risk-aware medical image classification\n"
+    "models:\n- owner/tiny-rcl\n"
+)
+
+
+def test_space_dry_run(tmp_path):
+    space = _make_space(tmp_path / "space", GOOD_SPACE)
+    out = Path(hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "upload"))
+    assert set(hub._list_files(out)) == {"app.py", "requirements.txt", "README.md", "examples/case.txt"}
+    meta = hub.validate_space_folder(out)
+    assert meta["sdk"] == "gradio" and meta["models"] == ["owner/tiny-rcl"]
+    assert (out / "README.md").read_text() == (space / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "front_matter, error, message",
+    [
+        (GOOD_SPACE.replace("sdk: gradio", "sdk: streamlit"), hub.CardValidationError, "sdk: gradio"),
+        (GOOD_SPACE.replace("title: RCL demo\n", ""), hub.CardValidationError, "title"),
+        (GOOD_SPACE.replace("app_file: app.py", "app_file: main.py"), FileNotFoundError, "main.py"),
+        (GOOD_SPACE.replace("colorTo: green", "colorTo: teal"), hub.CardValidationError, "colorTo"),
+        (GOOD_SPACE.replace("owner/tiny-rcl", "no id"), hub.CardValidationError, "models"),
+        (GOOD_SPACE.replace("Risk-aware medical image classification", "x" * 61), hub.CardValidationError, "60"),
+    ],
+)
+def test_space_front_matter_is_checked(tmp_path, front_matter, error, message):
+    space = _make_space(tmp_path / "space", front_matter)
+    with pytest.raises(error, match=message):
+        hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "upload")
+
+
+def test_space_needs_requirements_and_front_matter(tmp_path):
+    space = _make_space(tmp_path / "space", GOOD_SPACE)
+    (space / "requirements.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="requirements.txt"):
+        hub.validate_space_folder(space)
+    (space / "requirements.txt").write_text("torch\n")
+    (space / "README.md").write_text("# no front matter\n")
+    with pytest.raises(hub.CardValidationError, match="front matter"):
+        hub.validate_space_folder(space)
+
+
+# ------------------------------------------------------------- offline and no token
+def _assert_one_line(err: BaseException) -> str:
+    msg = str(err)
+    assert "\n" not in msg and msg.strip() == msg and len(msg) < 400
+    assert FAKE_TOKEN not in msg
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)  # no chained HTTP traceback
+    return msg
+
+
+@pytest.fixture()
+def online_env(monkeypatch, tmp_path):
+    """No offline flag, no token anywhere (env, token file), Hub pointed at a closed local port."""
+    import huggingface_hub.constants as constants
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    return monkeypatch
+
+
+def test_offline_mode_error(online_env, run_dir):
+    online_env.setenv("HF_HUB_OFFLINE", "1")
+    for call in (lambda: hub.check_hub_access(FAKE_TOKEN),
+                 lambda: hub.push_model(run_dir, "owner/tiny-rcl", token=FAKE_TOKEN)):
+        with pytest.raises(HubUnavailableError) as info:
+            call()
+        msg = _assert_one_line(info.value)
+        assert "HF_HUB_OFFLINE" in msg and "--dry_run_dir" in msg
+
+
+def test_no_token_error(online_env, run_dir, tiny_dataset, tmp_path):
+    space = _make_space(tmp_path / "space", GOOD_SPACE)
+    for call in (hub.check_hub_access,
+                 lambda: hub.push_model(run_dir, "owner/tiny-rcl"),
+                 lambda: hub.push_dataset(tiny_dataset, "owner/tiny-lesions"),
+                 lambda: hub.push_space(space, "owner/rcl-demo")):
+        with pytest.raises(HubUnavailableError) as info:
+            call()
+        msg = _assert_one_line(info.value)
+        assert "No Hugging Face token" in msg and "hf auth login" in msg and "HF_TOKEN" in msg
+
+
+def test_unreachable_hub_never_shows_the_token(online_env, run_dir, capsys, caplog):
+    online_env.setenv("HF_TOKEN", FAKE_TOKEN)
+    with pytest.raises(HubUnavailableError) as info:
+        hub.push_model(run_dir, "owner/tiny-rcl")
+    msg = _assert_one_line(info.value)
+    assert "unreachable" in msg and "http://127.0.0.1:9" in msg and "--dry_run_dir" in msg
+    captured = capsys.readouterr()
+    assert FAKE_TOKEN not in captured.out + captured.err + caplog.text
+
+
+def test_cli_unreachable_hub_exit_code_and_stderr(run_dir, tmp_path):
+    env = _subprocess_env(HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE")
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), "--model_dir", str(run_dir),
+         "--repo_id", "owner/tiny-rcl"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Cannot check the Hugging Face token")
+    assert "Traceback" not in proc.stderr
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """Answers /api/whoami-v2 like the Hub: 401 for unknown tokens, the role for known ones."""
+
+    tokens = {}
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        token = self.headers.get("authorization", "").removeprefix("Bearer ")
+        role = self.tokens.get(token)
+        body = json.dumps({"error": "Invalid credentials in Authorization header"} if role is None else
+                          {"name": "tester", "auth": {"accessToken": {"role": role}}}).encode()
+        self.send_response(401 if role is None else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_token_checks_against_a_local_fake_hub(online_env):
+    write, read = "hf_" + "W" * 34, "hf_" + "R" * 34
+    _FakeHub.tokens = {write: "write", read: "read"}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        assert hub.check_hub_access(write, endpoint=endpoint) == ("tester", write)
+        with pytest.raises(HubUnavailableError, match="read-only"):
+            hub.check_hub_access(read, endpoint=endpoint)
+        with pytest.raises(HubUnavailableError) as info:
+            hub.check_hub_access(FAKE_TOKEN, endpoint=endpoint)
+        assert "rejected the token (HTTP 401)" in _assert_one_line(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ----------------------------------------------------------------- loading back
+def _make_hub_cache(cache: Path, repo_id: str, files_from: Path) -> str:
+    """The layout `hf download` leaves: refs/main -> commit, snapshots/<commit>/* -> ../../blobs/<sha256>."""
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot, blobs = repo / "snapshots" / commit, repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for rel in hub._list_files(files_from):
+        data = (files_from / rel).read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, (snapshot / rel).parent), snapshot / rel)
+    return commit
+
+
+def test_load_model_from_hub_cache_offline(model_upload, tmp_path):
+    from PIL import Image
+
+    hf_home = tmp_path / "hf_home"
+    commit = _make_hub_cache(hf_home / "hub", "owner/tiny-rcl", model_upload)
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "case.png")
+    snippet = hub.usage_snippets("owner/tiny-rcl", threshold=0.1, image=str(tmp_path / "case.png"))["rcl_hf"]
+    script = textwrap.dedent(
+        """
+        import json
+        from huggingface_hub import scan_cache_dir
+        from transformers import AutoModelForImageClassification
+        import rcl_hf
+        from rcl_hf.hub_errors import HubUnavailableError
+
+        repos = {r.repo_id: [rev.commit_hash for rev in r.revisions] for r in scan_cache_dir().repos}
+        plain = AutoModelForImageClassification.from_pretrained("owner/tiny-rcl")
+        model = rcl_hf.load_model("owner/tiny-rcl")
+        try:
+            rcl_hf.load_model("owner/not-cached")
+            missing = None
+        except HubUnavailableError as err:
+            missing = str(err)
+        print("RESULT " + json.dumps({"repos": repos, "severity": model.severity.to_dict(),
+                                      "labels": plain.config.id2label, "missing": missing}))
+        """
+    ) + snippet + "\n"
+    env = _subprocess_env(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
+    assert result["repos"] == {"owner/tiny-rcl": [commit]}
+    assert SeverityMatrix.from_dict(result["severity"]) == SEVERITY
+    assert result["labels"]["0"] == "normal"
+    assert "owner/not-cached" in result["missing"] and "HF_HUB_OFFLINE" in result["missing"]
+    argmax, decision, cost, refer = lines[-1].split()
+    assert argmax in SEVERITY.labels and decision in SEVERITY.labels
+    assert float(cost) >= 0 and refer in ("True", "False")
+
+
+def test_plain_pipeline_in_a_fresh_process_without_rcl_hf(model_upload, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (50, 20), (10, 200, 90)).save(tmp_path / "case.png")
+    snippet = hub.usage_snippets(str(model_upload), threshold=0.1, image=str(tmp_path / "case.png"))["transformers"]
+    script = snippet + textwrap.dedent(
+        """
+        import json, sys
+        assert "rcl_hf" not in sys.modules, "the plain-transformers path imported rcl_hf"
+        print("RESULT " + json.dumps({"severity": clf.model.config.rcl_severity, "p": p.tolist(),
+                                      "risk": risk.tolist(), "n_scores": len(scores)}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=_subprocess_env(), capture_output=True, text=True,
+                          timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1][7:])
+    assert SeverityMatrix.from_dict(result["severity"]) == SEVERITY
+    p = np.array(result["p"])
+    assert result["n_scores"] == 4 and p.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(result["risk"], p @ SEVERITY.matrix)
+    argmax, decision, cost, refer = lines[-2].split()
+    assert argmax == SEVERITY.labels[int(p.argmax())]
+    assert decision == SEVERITY.labels[int(np.argmin(result["risk"]))]
+    assert float(cost) == pytest.approx(min(result["risk"]), abs=1e-4)
