@@ -1,0 +1,153 @@
+"""rcl_hf.inference: the Bayes-risk decision and referral against hand computations, and
+load_model + predict on a tiny saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rcl_hf.hub_errors import HubUnavailableError
+from rcl_hf.inference import DEFAULT_REFERRAL_THRESHOLD, Prediction, load_model, predict, predict_proba, risk_summary
+from rcl_hf.metrics import bayes_risk_decision
+from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
+from rcl_hf.severity import SeverityMatrix
+
+# labels: normal, lesion_round, lesion_oval, lesion_ring; a lesion called "normal" is critical (cost 1),
+# normal called a lesion is an over-call (0.3), lesion confusions are fine-grained (0.1).
+SEVERITY = SeverityMatrix.preset("synthetic")
+
+
+def test_bayes_decision_differs_from_argmax_by_hand():
+    p = np.array([
+        [0.60, 0.30, 0.05, 0.05],  # most likely normal, but 40% lesion mass
+        [0.97, 0.01, 0.01, 0.01],  # confidently normal
+        [0.00, 0.20, 0.70, 0.10],  # a lesion; fine-grained uncertainty only
+    ])
+    pred = risk_summary(p, SEVERITY, threshold=0.1)
+    # expected cost of deciding j: sum_i p_i M[i, j]
+    #   row 0: normal 0.3+0.05+0.05 = 0.40; round 0.6*0.3+0.05*0.1*2 = 0.19; oval/ring 0.18+0.03+0.005 = 0.215
+    #   row 1: normal 0.03; round 0.291+0.002 = 0.293; oval/ring 0.291+0.001+0.001 = 0.293
+    #   row 2: normal 1.0; round 0.07+0.01 = 0.08; oval 0.02+0.01 = 0.03; ring 0.02+0.07 = 0.09
+    assert pred.labels == SEVERITY.labels
+    assert pred.argmax.tolist() == [0, 0, 2]
+    assert pred.bayes_decision.tolist() == [1, 0, 2]
+    assert pred.expected_cost == pytest.approx([0.19, 0.03, 0.03])
+    assert pred.argmax_expected_cost == pytest.approx([0.40, 0.03, 0.03])
+    assert pred.critical_mass == pytest.approx([0.40, 0.03, 1.0])
+    assert pred.refer.tolist() == [True, False, False]
+    assert pred.threshold == 0.1
+
+    decisions, _ = bayes_risk_decision(p, SEVERITY)  # the metric package agrees
+    assert np.asarray(decisions).tolist() == pred.bayes_decision.tolist()
+
+
+def test_referral_flag_flips_with_the_threshold():
+    p = np.array([0.60, 0.30, 0.05, 0.05])  # Bayes expected cost 0.19
+    assert risk_summary(p, SEVERITY, threshold=0.18).refer.tolist() == [True]
+    assert risk_summary(p, SEVERITY, threshold=0.195).refer.tolist() == [False]
+    assert risk_summary(p, SEVERITY, threshold=0.5).refer.tolist() == [False]
+    assert risk_summary(p, SEVERITY, threshold=0.0).refer.tolist() == [True]
+    certain = np.eye(4)
+    assert not risk_summary(certain, SEVERITY, threshold=0.0).refer.any()  # strictly above: zero cost never refers
+
+
+def test_risk_summary_input_checks_and_records():
+    pred = risk_summary([0.25, 0.25, 0.25, 0.25], SEVERITY)  # 1-D: one case
+    assert pred.probabilities.shape == (1, 4) and pred.threshold == DEFAULT_REFERRAL_THRESHOLD
+    record = pred.as_records()[0]
+    json.dumps(record)
+    assert record["bayes_decision"] in ("lesion_round", "lesion_oval", "lesion_ring")
+    assert record["expected_cost"] == pytest.approx(0.25 * 0.3 + 0.25 * 0.1 * 2)
+    assert set(record["probabilities"]) == set(SEVERITY.labels)
+    with pytest.raises(ValueError, match="3 classes"):
+        risk_summary(np.ones((2, 3)) / 3, SEVERITY)
+    with pytest.raises(ValueError, match="threshold"):
+        risk_summary([0.25] * 4, SEVERITY, threshold=-0.1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    torch.manual_seed(0)
+    model, data_config = build_model("hf-resnet", SEVERITY, image_size=32)
+    model.save_pretrained(folder)
+    build_image_processor(model, data_config).save_pretrained(folder)
+    ensure_label_maps_in_config_file(str(folder))
+    return folder
+
+
+def _images():
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    return [
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 255, (57, 41), dtype=np.uint8)),  # grayscale, other size
+        Image.fromarray(rng.integers(0, 255, (20, 64, 4), dtype=np.uint8), mode="RGBA"),
+    ]
+
+
+def test_load_model_and_predict(checkpoint):
+    model = load_model(str(checkpoint))
+    assert not model.training
+    assert model.severity == SEVERITY
+    assert model.image_processor.size == {"height": 32, "width": 32}
+    images = _images()
+    pred = predict(model, images, threshold=0.05)
+    assert isinstance(pred, Prediction)
+    assert pred.probabilities.shape == (3, 4)
+    assert pred.probabilities.sum(1) == pytest.approx(np.ones(3), abs=1e-5)
+
+    pixel_values = model.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        manual = torch.softmax(model(pixel_values=pixel_values).logits, -1).numpy()
+    assert pred.probabilities == pytest.approx(manual, abs=1e-5)
+    assert pred.argmax.tolist() == manual.argmax(1).tolist()
+    expected = risk_summary(manual, SEVERITY, threshold=0.05)
+    assert pred.bayes_decision.tolist() == expected.bayes_decision.tolist()
+    assert pred.expected_cost == pytest.approx(expected.expected_cost, abs=1e-5)
+    assert pred.refer.tolist() == (expected.expected_cost > 0.05).tolist()
+
+    single = predict(model, images[0])  # one image, not a list
+    assert single.probabilities.shape == (1, 4)
+    assert single.probabilities[0] == pytest.approx(pred.probabilities[0], abs=1e-5)
+    assert predict_proba(model, []).shape == (0, 4)
+
+
+def test_predict_with_explicit_severity_and_processor(checkpoint):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
+    with pytest.raises(ValueError, match="image processor"):
+        predict(model, _images())
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    zero = SeverityMatrix(SEVERITY.labels, np.zeros((4, 4)), np.zeros((4, 4), dtype=bool))
+    pred = predict(model, _images(), severity=zero, image_processor=processor, threshold=0.0)
+    assert pred.expected_cost == pytest.approx(np.zeros(3))
+    assert not pred.refer.any()
+    default = predict(model, _images(), image_processor=processor)  # severity read from config.json
+    assert default.labels == SEVERITY.labels
+
+
+def test_load_model_errors(checkpoint, tmp_path):
+    with pytest.raises(HubUnavailableError, match="not a model folder"):
+        load_model(str(tmp_path / "missing_folder"))
+
+    no_processor = tmp_path / "no_processor"
+    shutil.copytree(checkpoint, no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(ValueError, match="preprocessor_config.json"):
+        load_model(str(no_processor))
+
+    no_severity = tmp_path / "no_severity"
+    shutil.copytree(checkpoint, no_severity)
+    config = json.loads((no_severity / "config.json").read_text())
+    del config["rcl_severity"]
+    (no_severity / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not trained with rcl_hf"):
+        load_model(str(no_severity))
