@@ -19,7 +19,6 @@ converted or dropped file with its reason, and the duplicate audit).
 Exit codes: 0 ok, 1 data error, 2 Hub unavailable (offline / no token), 3 push failed.
 """
 
-from __future__ import annotations
 
 import json
 import logging

@@ -231,8 +231,8 @@ def load_dataset(
         val_size: fraction of the training pool carved out as ``validation`` when the
             layout has no official validation split (0: none).
         test_size: fraction of the pool carved out as ``test`` when the layout has no
-            official test split (``None``: 0.15 then).  Giving it for a dataset with an
-            official test split is an error unless ``official_splits=False``.
+            official test split (``None``: 0.15 then); ignored, with a warning, when the
+            data has an official test split (unless ``official_splits=False``).
         strict: raise one ``ValueError`` listing every skipped file or row instead
             of skipping with a report.
         drop_cross_split_duplicates: remove copies of a training image (byte-identical,
@@ -355,10 +355,12 @@ def load_dataset(
     sources = {s: v for s, v in scan.split_sources.items() if official_splits and s in set(splits)}
     present = {s for s in splits if s is not None}
     if "test" in present and test_size is not None:
-        raise ValueError(
-            f"{key}: the data has an official test split ({sources.get('test', 'test')}); test_size applies only to a "
-            "derived test split (leave it None, or pass official_splits=False to re-split everything)"
+        msg = (
+            f"test_size={test_size} ignored: the data has an official test split ({sources.get('test', 'test')}); "
+            "pass official_splits=False to re-split everything"
         )
+        logger.warning("%s: %s", key, msg)
+        report.notes.append(msg)
     splits = ["train" if s is None else s for s in splits]
     fractions: Dict[str, float] = {}
     if "validation" not in present and val_size > 0:

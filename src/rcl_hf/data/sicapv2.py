@@ -103,12 +103,14 @@ def _read_sheet(path: Path, root: Path, problems: List[Problem]) -> Dict[str, Tu
         others = [f"{c}={v:g}" for c, v in vals.items() if v not in (0.0, 1.0)]
         if others or len(ones) != 1:
             problems.append(Problem(where, "ambiguous_label", f"one-hot row sets {ones or 'no class'}" + (f", invalid {others}" if others else "")))
+            out[stem] = ("?", False)  # listed (so not "missing_label"), already reported
             continue
         label = ones[0]
         if g4c not in (0.0, 1.0) or (g4c == 1.0 and label != "G4"):
             problems.append(Problem(where, "ambiguous_label", f"G4C={g4c:g} (cribriform) but the class is {label}"))
+            out[stem] = ("?", False)
             continue
-        if stem in out and out[stem][0] != label:
+        if stem in out and out[stem][0] != label and out[stem][0] != "?":
             problems.append(Problem(where, "label_conflict", f"listed twice: {out[stem][0]} and {label}"))
             out[stem] = ("?", False)
             continue
@@ -152,7 +154,7 @@ def scan(data_dir: os.PathLike, *, fold: Optional[int] = 1) -> Scan:
         for split in ("train", "validation"):  # the CV fold must agree with partition/Test/Train.xlsx
             for stem, (label, _) in sheets[split].items():
                 ref = full_train.get(stem)
-                if ref is not None and ref[0] != label:
+                if ref is not None and "?" not in (ref[0], label) and ref[0] != label:
                     problems.append(
                         Problem(f"images/{stem}.jpg", "label_conflict", f"Val{fold} says {label}, partition/Test/Train.xlsx says {ref[0]}")
                     )

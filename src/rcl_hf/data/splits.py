@@ -12,10 +12,12 @@ Groups are visited in a seeded random order (not largest first: that would
 send every multi-image patient to the largest split); each group goes to the
 split ``s`` that least increases
 
-    D = sum_s sum_c (x[s, c] - t[s, c])**2 / N[c]
+    D = sum_s sum_c (x[s, c] - t[s, c])**2 / N[c]  +  sum_s (X[s] - f[s] * n)**2 / n
 
-where ``x`` are the counts assigned so far (dividing by ``N[c]`` makes a rare
-class weigh as much as a frequent one).  A split left empty while another holds
+where ``x`` are the counts assigned so far, ``X[s] = sum_c x[s, c]`` and ``n``
+the number of samples (dividing by ``N[c]`` makes a rare class weigh as much as
+a frequent one; the second term keeps split sizes on target when per-class
+rounding ties).  A split left empty while another holds
 several groups then takes the group whose move costs least.  Same inputs and
 seed, same split.
 """
@@ -80,11 +82,15 @@ def grouped_stratified_split(
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_groups)
 
+    sizes_target = f * n
     x = np.zeros((n_splits, n_classes))
     assign = np.empty(n_groups, dtype=np.int64)
     for g in order:
         row = counts[g]
+        size = row.sum()
+        tot = x.sum(axis=1)
         gain = (((x + row - target) ** 2 - (x - target) ** 2) * weight).sum(axis=1)
+        gain += ((tot + size - sizes_target) ** 2 - (tot - sizes_target) ** 2) / n
         s = int(np.argmin(gain))
         assign[g] = s
         x[s] += row

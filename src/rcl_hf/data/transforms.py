@@ -77,6 +77,17 @@ class TransformConfig:
     interpolation: str = "bicubic"
 
 
+def _size_fields(size: Any) -> Dict[str, Any]:
+    """``height`` / ``width`` / ``shortest_edge`` of a processor size (dict, ``SizeDict`` or int)."""
+    if size is None:
+        return {}
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    if isinstance(size, Mapping):
+        return dict(size)
+    return {k: getattr(size, k, None) for k in ("height", "width", "shortest_edge")}
+
+
 _PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
@@ -116,22 +127,18 @@ def resolve_transform_config(
             image_size=image_size, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation,
         )
     elif hasattr(source, "image_mean") or hasattr(source, "size"):  # transformers image processor
-        size = getattr(source, "crop_size", None) if getattr(source, "do_center_crop", False) else None
-        size = size or getattr(source, "size", None)
-        if isinstance(size, Mapping):
-            if "height" in size and "width" in size:
-                cfg.image_size = (int(size["height"]), int(size["width"]))
-            elif "shortest_edge" in size:
-                cfg.image_size = _hw(int(size["shortest_edge"]))
-        elif size is not None:
-            cfg.image_size = _hw(size)
+        crop = _size_fields(getattr(source, "crop_size", None)) if getattr(source, "do_center_crop", False) else {}
+        size = crop if crop.get("height") or crop.get("shortest_edge") else _size_fields(getattr(source, "size", None))
+        if size.get("height") and size.get("width"):
+            cfg.image_size = (int(size["height"]), int(size["width"]))
+        elif size.get("shortest_edge"):
+            cfg.image_size = _hw(int(size["shortest_edge"]))
         if getattr(source, "do_center_crop", False) and getattr(source, "crop_pct", None):
             cfg.crop_pct = float(source.crop_pct)
         elif getattr(source, "do_center_crop", False):
-            resize = getattr(source, "size", {}) or {}
-            edge = resize.get("shortest_edge") if isinstance(resize, Mapping) else None
+            edge = _size_fields(getattr(source, "size", None)).get("shortest_edge")
             if edge:
-                cfg.crop_pct = min(cfg.image_size) / float(edge)
+                cfg.crop_pct = min(1.0, min(cfg.image_size) / float(edge))
         if getattr(source, "image_mean", None) is not None:
             cfg.mean = tuple(float(v) for v in source.image_mean)
         if getattr(source, "image_std", None) is not None:

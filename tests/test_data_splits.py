@@ -1,0 +1,170 @@
+"""Grouped stratified splits and the duplicate audit."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_fixtures import copy_file, make_brain, noise
+from rcl_hf.data import load_dataset
+from rcl_hf.data.duplicates import (
+    audit_duplicates,
+    cross_split_drop_indices,
+    dhash,
+    find_duplicates,
+    hamming,
+    merge_groups,
+)
+from rcl_hf.data.splits import check_disjoint_groups, group_overlaps, grouped_stratified_split
+
+KW = dict(progress=False, num_workers=2, cache_dir=False)
+
+
+def _toy(n_groups=200, seed=0):
+    rng = np.random.default_rng(seed)
+    labels, groups = [], []
+    for g in range(n_groups):
+        size = int(rng.integers(1, 6))
+        cls = int(rng.choice(4, p=[0.6, 0.2, 0.15, 0.05]))
+        labels += [cls] * size
+        groups += [f"p{g}"] * size
+    return labels, groups
+
+
+def test_split_is_grouped_stratified_complete_and_seeded():
+    labels, groups = _toy()
+    fr = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    parts = grouped_stratified_split(labels, groups, fr, seed=0)
+    all_idx = np.concatenate(list(parts.values()))
+    assert sorted(all_idx.tolist()) == list(range(len(labels)))  # every sample exactly once
+    check_disjoint_groups({s: [groups[i] for i in idx] for s, idx in parts.items()})
+    total = Counter(labels)
+    for s, idx in parts.items():
+        assert abs(len(idx) / len(labels) - fr[s]) < 0.03
+        counts = Counter(labels[i] for i in idx)
+        for c, n in total.items():  # each class close to its share
+            assert abs(counts[c] - fr[s] * n) <= max(3, 0.1 * fr[s] * n), (s, c, counts[c], fr[s] * n)
+    again = grouped_stratified_split(labels, groups, fr, seed=0)
+    assert all(np.array_equal(parts[s], again[s]) for s in fr)
+    other = grouped_stratified_split(labels, groups, fr, seed=1)
+    assert not np.array_equal(parts["validation"], other["validation"])
+
+
+def test_split_fills_every_split_with_few_groups():
+    labels = [0] * 10 + [1] * 10 + [0] * 10
+    groups = ["a"] * 10 + ["b"] * 10 + ["c"] * 10
+    parts = grouped_stratified_split(labels, groups, {"train": 0.7, "validation": 0.15, "test": 0.15})
+    assert all(len(v) == 10 for v in parts.values())
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match="sum to 1"):
+        grouped_stratified_split([0, 1], ["a", "b"], {"train": 0.5, "test": 0.2})
+    with pytest.raises(ValueError, match="positive"):
+        grouped_stratified_split([0, 1], ["a", "b"], {"train": 1.2, "test": -0.2})
+    with pytest.raises(ValueError, match="2 group"):
+        grouped_stratified_split([0, 1, 1], ["a", "b", "b"], {"train": 0.6, "validation": 0.2, "test": 0.2})
+    with pytest.raises(ValueError, match="labels but"):
+        grouped_stratified_split([0, 1], ["a"], {"train": 1.0})
+
+
+def test_check_disjoint_groups():
+    check_disjoint_groups({"train": ["a", "b"], "test": ["c"]})
+    assert group_overlaps({"train": ["a", "b"], "validation": ["b"], "test": ["a"]}) == {
+        "train|validation": ["b"],
+        "train|test": ["a"],
+    }
+    with pytest.raises(ValueError, match="appear in two splits"):
+        check_disjoint_groups({"train": ["a", "b"], "test": ["b"]}, what="patient")
+
+
+# --------------------------------------------------------------------------- duplicates
+def test_find_duplicates_and_drop_order():
+    sha = ["x", "y", "x", "z", "x", "y"]
+    splits = ["test", "train", "validation", "train", "train", "train"]
+    labels = ["a", "a", "a", "b", "a", "b"]
+    names = [f"f{i}" for i in range(6)]
+    rep = find_duplicates(sha, splits, labels, names)
+    assert len(rep.groups) == 2
+    gx = next(g for g in rep.groups if g.key == "x")
+    assert gx.cross_split and not gx.label_conflict and sorted(gx.indices) == [0, 2, 4]
+    gy = next(g for g in rep.groups if g.key == "y")
+    assert not gy.cross_split and gy.label_conflict
+    assert cross_split_drop_indices(rep) == [0, 2]  # keep the train copy
+    assert "2 group(s)" in rep.summary() and rep.to_dict()["exact"]["cross_split_groups"] == 1
+
+
+def test_merge_groups_unions_ids_through_shared_content():
+    groups = ["p1", "p2", None, None, "p3"]
+    keys = ["h1", "h1", "h2", "h2", "h9"]
+    merged = merge_groups(groups, keys)
+    assert merged[0] == merged[1] == "p1"
+    assert merged[2] == merged[3] == "sha1:h2"
+    assert merged[4] == "p3"
+
+
+def test_dhash_survives_resizing_not_content_change():
+    img = noise((64, 64), seed=3).resize((64, 64))
+    smooth = img.resize((8, 8)).resize((64, 64), Image.Resampling.BICUBIC)
+    assert hamming(dhash(smooth), dhash(smooth.resize((50, 50), Image.Resampling.BICUBIC))) <= 6
+    other = noise((64, 64), seed=4).resize((8, 8)).resize((64, 64), Image.Resampling.BICUBIC)
+    assert hamming(dhash(smooth), dhash(other)) > 10
+
+
+def _brain_with_duplicates(root):
+    make_brain(root, n_train=8, n_test=3)
+    tr = root / "Training" / "glioma"
+    # within Training: three copies of one file -> one group, never straddling train/validation
+    for k in range(2):
+        copy_file(tr / "Tr-gl_0000.jpg", tr / f"Tr-gl_dup{k}.jpg")
+    # across Training/Testing: the official test split holds a copy of a training image
+    copy_file(root / "Training" / "pituitary" / "Tr-pi_0001.jpg", root / "Testing" / "pituitary" / "Te-pi_copy.jpg")
+    return root
+
+
+def test_brain_duplicates_grouped_audited_and_dropped(tmp_path):
+    root = _brain_with_duplicates(tmp_path / "brain")
+    dsd, report = load_dataset("brain_tumor_mri", root, return_report=True, val_size=0.3, **KW)
+    dup = report.duplicates
+    assert len(dup.of_kind("exact")) == 2
+    assert [set(g.names) for g in dup.cross_split] == [{"Testing/pituitary/Te-pi_copy.jpg", "Training/pituitary/Tr-pi_0001.jpg"}]
+    assert "test" in dup.cross_split[0].splits and len(set(dup.cross_split[0].splits)) == 2
+    # the triple sits in one split with one group id
+    where = {s: set(d["source_file"]) for s, d in dsd.items()}
+    triple = {"Training/glioma/Tr-gl_0000.jpg", "Training/glioma/Tr-gl_dup0.jpg", "Training/glioma/Tr-gl_dup1.jpg"}
+    assert sum(bool(triple & files) for files in where.values()) == 1
+    gids = {g for s in dsd.values() for f, g in zip(s["source_file"], s["group_id"]) if f in triple}
+    assert len(gids) == 1
+    # train and validation (derived) never share a group; official test shares one (reported)
+    check_disjoint_groups({s: dsd[s]["group_id"] for s in ("train", "validation")})
+    assert any("test" in pair for pair in report.group_overlaps)
+    # audit of a finished DatasetDict finds the same cross-split copy
+    assert len(audit_duplicates(dsd, progress=False).cross_split) == 1
+
+    dropped, rep2 = load_dataset(
+        "brain_tumor_mri", root, return_report=True, val_size=0.3, drop_cross_split_duplicates=True, **KW
+    )
+    assert "Testing/pituitary/Te-pi_copy.jpg" not in dropped["test"]["source_file"]
+    assert rep2.duplicates.dropped == ["Testing/pituitary/Te-pi_copy.jpg"]
+    assert any(p.kind == "cross_split_duplicate" and p.action == "dropped" for p in rep2.problems)
+    assert audit_duplicates(dropped, progress=False).cross_split == []
+    assert rep2.group_overlaps == {}
+    check_disjoint_groups({s: d["group_id"] for s, d in dropped.items()})
+
+
+def test_perceptual_duplicates_are_found_and_grouped(tmp_path):
+    root = make_brain(tmp_path / "brain", n_train=4, testing=False)
+    src = root / "Training" / "glioma" / "big.png"
+    smooth = noise((64, 64), seed=5).resize((8, 8)).resize((64, 64), Image.Resampling.BICUBIC)
+    smooth.save(src)
+    smooth.resize((48, 48), Image.Resampling.BICUBIC).save(root / "Training" / "glioma" / "small.png")
+    dsd, report = load_dataset("brain_tumor_mri", root, perceptual=True, max_distance=6, return_report=True, **KW)
+    percept = report.duplicates.of_kind("perceptual")
+    assert any({"Training/glioma/big.png", "Training/glioma/small.png"} <= set(g.names) for g in percept)
+    gid = {f: g for s in dsd.values() for f, g in zip(s["source_file"], s["group_id"])}
+    assert gid["Training/glioma/big.png"] == gid["Training/glioma/small.png"]
+    audit = audit_duplicates(dsd, perceptual=True, max_distance=6, progress=False)
+    assert any({"Training/glioma/big.png", "Training/glioma/small.png"} <= set(g.names) for g in audit.of_kind("perceptual"))
