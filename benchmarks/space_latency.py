@@ -1,0 +1,264 @@
+"""CPU latency of the Gradio Space's analyze path (EfficientNet-Lite0, 224 px).
+
+Measures, after warm-up, over ``--repeats`` runs:
+
+* ``analyze()`` end to end for one uploaded image (file read, decode, mode
+  conversion, preprocessing, forward pass, risk summary) — the Space's per-image
+  work; median and p90 in milliseconds;
+* its parts: decode + conversion (:func:`load_input_image`), the image
+  processor, the forward pass, the risk summary;
+* batch throughput (images/s) of :func:`rcl_hf.inference.predict_proba` for
+  ``--batch_sizes``;
+* optionally (``--http``, on by default) the round trip through a running Space
+  with ``gradio_client`` (upload + queue + analysis + response) on 127.0.0.1.
+
+The model is built exactly as a user would: ``build_model("efficientnet_lite0",
+..., image_size=224, pretrained="efficientnet-lite0-package")`` (offline ImageNet
+weights), saved with its image processor, and loaded back through the Space's
+:func:`load_space_model` (``rcl_hf.inference.load_model``).
+
+Usage::
+
+    python benchmarks/space_latency.py [--repeats 50] [--warmup 5] [--batch_sizes 1 8 32] [--no-http]
+
+Writes ``benchmarks/results/space_latency.json`` and ``space_latency.md``
+(machine, versions, command, figures). Target: median < 100 ms per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import io
+import json
+import os
+import platform
+import shlex
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_MS = 100.0
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("rcl_space_app", ROOT / "spaces_demo" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timeit(fn: Callable[[], Any], repeats: int, warmup: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000.0)
+    return out
+
+
+def _stats(ms: Sequence[float]) -> Dict[str, float]:
+    arr = np.asarray(ms, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(arr)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "mean_ms": float(arr.mean()),
+        "min_ms": float(arr.min()),
+        "max_ms": float(arr.max()),
+        "n": int(arr.size),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> Dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "timm", "gradio", "gradio_client", "numpy", "PIL", "rcl_hf"):
+        try:
+            mod = __import__(name)
+            out[name if name != "PIL" else "pillow"] = str(getattr(mod, "__version__", "?"))
+        except Exception:  # pragma: no cover - a missing optional package
+            out[name] = "not installed"
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--image_size", type=int, default=224, help="model input side")
+    parser.add_argument("--upload_side", type=int, default=224, help="side of the random uploaded image")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--http", dest="http", action="store_true", default=True)
+    parser.add_argument("--no-http", dest="http", action="store_false", help="skip the gradio_client round trip")
+    parser.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+
+    import torch
+    from PIL import Image
+
+    from rcl_hf.inference import predict_proba
+    from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
+    from rcl_hf.severity import SeverityMatrix
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    app = _load_app()
+    severity = SeverityMatrix.preset("synthetic")
+    work = Path(tempfile.mkdtemp(prefix="rcl_space_bench_"))
+    model_dir = work / "efficientnet_lite0"
+    t = time.perf_counter()
+    model, data_config = build_model("efficientnet_lite0", severity, image_size=args.image_size, pretrained="efficientnet-lite0-package")
+    processor = build_image_processor(model, data_config)
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    ensure_label_maps_in_config_file(str(model_dir))
+    space_model = app.load_space_model(str(model_dir), "EfficientNet-Lite0")
+    setup_s = time.perf_counter() - t
+    n_params = sum(p.numel() for p in space_model.model.parameters())
+
+    rng = np.random.default_rng(0)
+    upload = work / "upload.png"
+    Image.fromarray(rng.integers(0, 256, size=(args.upload_side, args.upload_side, 3), dtype=np.uint8)).save(upload)
+    rgb, _ = app.load_input_image(str(upload))
+    pixel_values = space_model.model.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
+    probs = predict_proba(space_model.model, [rgb])[0]
+
+    rows: Dict[str, Dict[str, float]] = {}
+    rows["analyze() end to end, 1 image"] = _stats(_timeit(lambda: app.analyze(str(upload), 0.1, space_model), args.repeats, args.warmup))
+    rows["  decode + convert (load_input_image)"] = _stats(_timeit(lambda: app.load_input_image(str(upload)), args.repeats, args.warmup))
+    rows["  image processor"] = _stats(
+        _timeit(lambda: space_model.model.image_processor(images=[rgb], return_tensors="pt"), args.repeats, args.warmup)
+    )
+
+    def forward() -> None:
+        with torch.inference_mode():
+            space_model.model(pixel_values=pixel_values)
+
+    rows["  forward pass"] = _stats(_timeit(forward, args.repeats, args.warmup))
+    rows["  risk summary (score)"] = _stats(_timeit(lambda: app.score(space_model, probs, 0.1), args.repeats, args.warmup))
+
+    throughput: Dict[str, Dict[str, float]] = {}
+    for bs in args.batch_sizes:
+        batch = [
+            Image.fromarray(rng.integers(0, 256, size=(args.upload_side, args.upload_side, 3), dtype=np.uint8))
+            for _ in range(bs)
+        ]
+        reps = max(3, args.repeats // max(1, bs // 2))
+        ms = _timeit(lambda: predict_proba(space_model.model, batch, batch_size=bs), reps, max(1, args.warmup // 2))
+        med = statistics.median(ms)
+        throughput[str(bs)] = {"batch_median_ms": med, "ms_per_image": med / bs, "images_per_s": 1000.0 * bs / med, "n": len(ms)}
+
+    http = None
+    if args.http:
+        from gradio_client import Client, handle_file
+
+        demo = app.build_demo(space_model)
+        port = _free_port()
+        app.launch_demo(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            http = _stats(
+                _timeit(lambda: client.predict(handle_file(str(upload)), 0.1, api_name="/analyze"), max(10, args.repeats // 2), 3)
+            )
+        finally:
+            demo.close()
+
+    end_to_end = rows["analyze() end to end, 1 image"]["median_ms"]
+    result = {
+        "benchmark": "space_latency",
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": _cpu_model(),
+            "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "device": "cpu",
+        },
+        "versions": _versions(),
+        "model": {
+            "backbone": "efficientnet_lite0 (timm via TimmWrapperForImageClassification)",
+            "weights": "efficientnet-lite0-package (ImageNet, offline)",
+            "image_size": args.image_size,
+            "upload": f"random RGB PNG {args.upload_side}x{args.upload_side}",
+            "parameters": int(n_params),
+            "setup_s": round(setup_s, 2),
+        },
+        "per_image": rows,
+        "batch_throughput": throughput,
+        "http_round_trip": http,
+        "target_ms": TARGET_MS,
+        "meets_target": bool(end_to_end < TARGET_MS),
+    }
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "space_latency.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    md = _markdown(result)
+    (out_dir / "space_latency.md").write_text(md, encoding="utf-8")
+    print(md)
+    return result
+
+
+def _markdown(r: Dict[str, Any]) -> str:
+    lines = [
+        "# Space latency: EfficientNet-Lite0, 224 px, CPU",
+        "",
+        f"- command: `{r['command']}`",
+        f"- date: {r['date']}",
+        f"- machine: {r['machine']['cpu']}, {r['machine']['logical_cpus']} logical CPUs, "
+        f"torch threads {r['machine']['torch_threads']}, {r['machine']['platform']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+        f"- model: {r['model']['backbone']}, {r['model']['weights']}, {r['model']['parameters']:,} parameters; "
+        f"upload: {r['model']['upload']}",
+        "",
+        "| per image | median ms | p90 ms | mean ms | n |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, s in r["per_image"].items():
+        label = name.strip()
+        label = f"&nbsp;&nbsp;{label}" if name.startswith("  ") else f"**{label}**"
+        lines.append(f"| {label} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} | {s['mean_ms']:.1f} | {s['n']} |")
+    if r.get("http_round_trip"):
+        s = r["http_round_trip"]
+        lines.append(f"| HTTP round trip via gradio_client (upload + queue + analyze) | {s['median_ms']:.1f} | {s['p90_ms']:.1f} | {s['mean_ms']:.1f} | {s['n']} |")
+    lines += ["", "| batch size | batch median ms | ms / image | images / s |", "|---:|---:|---:|---:|"]
+    for bs, s in r["batch_throughput"].items():
+        lines.append(f"| {bs} | {s['batch_median_ms']:.1f} | {s['ms_per_image']:.1f} | {s['images_per_s']:.1f} |")
+    verdict = "meets" if r["meets_target"] else "MISSES"
+    lines += ["", f"Target: median analyze() < {r['target_ms']:.0f} ms per image — {verdict} it "
+              f"({r['per_image']['analyze() end to end, 1 image']['median_ms']:.1f} ms).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

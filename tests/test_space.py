@@ -1,0 +1,516 @@
+"""The Gradio Space (spaces_demo/app.py): served on 127.0.0.1, called with gradio_client and a real browser.
+
+* a normal image gives probabilities, the argmax and Bayes-risk decisions and a
+  referral flag that follows the threshold;
+* bad or unusual inputs (not an image, empty, over the pixel cap, a
+  decompression bomb, truncated, over the upload size, grayscale, RGBA, palette,
+  16-bit, 32-bit float, CMYK) give a clear message or a result, never a crash;
+* compare mode scores two models on the same image;
+* start-up errors (missing folder, folder without a model, offline Hub id, no
+  model at all) are one clear line and exit code 2;
+* a headless Chromium loads the page, uploads an image and the screenshot shows
+  the decision (``@pytest.mark.browser``; skipped without /usr/bin/chromium).
+  Set ``RCL_SPACE_SCREENSHOT=path.png`` to keep a copy of the screenshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import io
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_PATH = ROOT / "spaces_demo" / "app.py"
+CHROMIUM = os.environ.get("RCL_CHROMIUM", "/usr/bin/chromium")
+MAX_PIXELS = 1_000_000  # small caps so the "too large" paths are cheap to reach
+MAX_UPLOAD_MB = 1.0
+
+gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is needed to call the Space (pip install rcl_hf[demo])")
+pytest.importorskip("gradio", reason="gradio is needed for the Space (pip install rcl_hf[demo])")
+
+
+# ------------------------------------------------------------------------------ helpers
+def _load_app():
+    name = "rcl_space_app"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, APP_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png_bytes(img: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` (a decompression bomb's shape)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
+
+
+def _make_checkpoint(folder: Path, seed: int) -> Path:
+    import torch
+
+    from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
+    from rcl_hf.severity import SeverityMatrix
+
+    torch.manual_seed(seed)
+    model, data_config = build_model("hf-resnet", SeverityMatrix.preset("synthetic"), image_size=32)
+    processor = build_image_processor(model, data_config)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    ensure_label_maps_in_config_file(str(folder))
+    return folder
+
+
+def _subprocess_env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RCL_MODEL", "RCL_COMPARE")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def app():
+    return _load_app()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("space_ckpt")
+    return {"ce": _make_checkpoint(root / "ce", 0), "rcl": _make_checkpoint(root / "rcl", 1)}
+
+
+@pytest.fixture(scope="module")
+def models(app, checkpoints):
+    return {
+        "ce": app.load_space_model(str(checkpoints["ce"]), "cross-entropy"),
+        "rcl": app.load_space_model(str(checkpoints["rcl"]), "risk-calibrated"),
+    }
+
+
+@pytest.fixture(scope="module")
+def examples(app, tmp_path_factory):
+    return app.make_examples(image_size=64, per_class=1, cache_dir=tmp_path_factory.mktemp("space_examples"))
+
+
+def _serve(app, demo):
+    port = _free_port()
+    app.launch_demo(demo, "127.0.0.1", port, max_upload_mb=MAX_UPLOAD_MB, prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def single_url(app, models, examples):
+    demo = app.build_demo(models["rcl"], examples=examples, max_pixels=MAX_PIXELS, max_upload_mb=MAX_UPLOAD_MB)
+    url = _serve(app, demo)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def compare_url(app, models, examples):
+    demo = app.build_demo(models["ce"], models["rcl"], examples=examples, max_pixels=MAX_PIXELS, max_upload_mb=MAX_UPLOAD_MB)
+    url = _serve(app, demo)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(single_url):
+    return gradio_client.Client(single_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def inputs_dir(tmp_path_factory):
+    """One file per input case (written once)."""
+    d = tmp_path_factory.mktemp("space_inputs")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    files = {
+        "normal.png": _png_bytes(Image.fromarray(rgb)),
+        "not_an_image.png": b"%PDF-1.4 definitely not pixels\n" * 4,
+        "empty.png": b"",
+        "over_pixel_cap.png": _png_header_only(1200, 1000),  # 1.2 MP > MAX_PIXELS, a few hundred bytes
+        "bomb.png": _png_header_only(100_000, 100_000),
+        "truncated.jpg": _png_bytes(Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)), "JPEG")[:1500],
+        "over_upload_size.png": os.urandom(int(MAX_UPLOAD_MB * 1024 * 1024) + 4096),
+        "grayscale.png": _png_bytes(Image.fromarray(rgb[..., 0])),
+        "rgba.png": _png_bytes(Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (48, 64), dtype=np.uint8)]))),
+        "palette.png": _png_bytes(Image.fromarray(rgb).convert("P")),
+        "gray16.png": _png_bytes(Image.fromarray(rng.integers(0, 65536, size=(48, 64), dtype=np.uint16))),
+        "float32.tiff": _png_bytes(Image.fromarray(rng.random((48, 64), dtype=np.float32) * 4000.0, mode="F"), "TIFF"),
+        "cmyk.jpg": _png_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=90),
+    }
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d
+
+
+# ------------------------------------------------------------------------------ the served app
+def _record(out: tuple, k: int = 0) -> Dict[str, Any]:
+    return out[3 * k + 2]
+
+
+def test_normal_image_gives_probabilities_decisions_and_referral(client, inputs_dir, models):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(inputs_dir / "normal.png")), 0.1, api_name="/analyze")
+    label, card, rec = out[0], out[1], _record(out)
+    labels = models["rcl"].labels
+    assert {c["label"] for c in label["confidences"]} == set(labels)
+    assert sum(rec["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert label["label"] == rec["argmax"] == max(rec["probabilities"], key=rec["probabilities"].get)
+    costs = rec["decision_costs"]
+    assert rec["bayes_decision"] == min(costs, key=costs.get)
+    assert rec["expected_cost"] == pytest.approx(costs[rec["bayes_decision"]])
+    assert rec["critical_mass"] == pytest.approx(sum(rec["probabilities"][c] for c in rec["critical_classes"]))
+    assert rec["refer"] == (rec["expected_cost"] > 0.1)
+    assert "Bayes-risk decision" in card and rec["bayes_decision"] in card
+    assert ("REFER TO A SPECIALIST" in card) == rec["refer"]
+    assert "64x48 px" in out[-2]  # input description
+
+    # the flag follows the threshold: every decision costs > 0, none costs > 1
+    always = _record(client.predict(handle_file(str(inputs_dir / "normal.png")), 0.0, api_name="/analyze"))
+    never_out = client.predict(handle_file(str(inputs_dir / "normal.png")), 1.0, api_name="/analyze")
+    assert always["refer"] is True and _record(never_out)["refer"] is False
+    assert "No referral needed" in never_out[1] and "REFER TO A SPECIALIST" not in never_out[1]
+
+
+_CASES = {
+    # file: ("error", words in the message) or ("ok", words in the input description)
+    "not_an_image.png": ("error", "not an image"),
+    "empty.png": ("error", "empty"),
+    "over_pixel_cap.png": ("error", "megapixels"),
+    "bomb.png": ("error", "decompression bomb"),
+    "truncated.jpg": ("error", "truncated"),
+    "over_upload_size.png": ("error", "maximum file size"),
+    "grayscale.png": ("ok", "mode L"),
+    "rgba.png": ("ok", "alpha channel dropped"),
+    "palette.png": ("ok", "palette image"),
+    "gray16.png": ("ok", "I;16"),
+    "float32.tiff": ("ok", "rescaled"),
+    "cmyk.jpg": ("ok", "CMYK image converted to RGB"),
+}
+
+
+@pytest.mark.parametrize("name", list(_CASES))
+def test_unusual_and_bad_inputs_get_a_result_or_a_clear_message(client, inputs_dir, name):
+    from gradio_client import handle_file
+
+    expect, words = _CASES[name]
+    if expect == "error":
+        with pytest.raises((gradio_client.exceptions.AppError, ValueError)) as info:
+            client.predict(handle_file(str(inputs_dir / name)), 0.1, api_name="/analyze")
+        message = str(info.value)
+        assert words.lower() in message.lower(), message
+        assert "Traceback" not in message
+    else:
+        out = client.predict(handle_file(str(inputs_dir / name)), 0.1, api_name="/analyze")
+        assert words in out[-2], out[-2]
+        assert sum(_record(out)["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_no_image_and_server_survives_bad_inputs(client, inputs_dir):
+    from gradio_client import handle_file
+
+    with pytest.raises(gradio_client.exceptions.AppError, match="No image received"):
+        client.predict(None, 0.1, api_name="/analyze")
+    with pytest.raises(gradio_client.exceptions.AppError, match="less than minimum value"):  # the slider's own check
+        client.predict(handle_file(str(inputs_dir / "normal.png")), -0.5, api_name="/analyze")
+    out = client.predict(handle_file(str(inputs_dir / "normal.png")), 0.1, api_name="/analyze")
+    assert _record(out)["argmax"]
+
+
+def test_server_refuses_paths_that_were_not_uploaded(single_url):
+    """A hand-made request naming a server file is rejected; the file is never read."""
+    import httpx
+
+    payload = {"data": [{"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}}, 0.1]}
+    r = httpx.post(single_url + "gradio_api/call/analyze", json=payload, timeout=20)
+    assert r.status_code == 200
+    events = httpx.get(single_url + f"gradio_api/call/analyze/{r.json()['event_id']}", timeout=20).text
+    assert "event: error" in events and "Bayes" not in events
+
+
+def test_compare_mode_scores_both_models_on_the_same_image(compare_url, inputs_dir):
+    from gradio_client import handle_file
+
+    c = gradio_client.Client(compare_url, verbose=False)
+    out = c.predict(handle_file(str(inputs_dir / "normal.png")), 0.1, api_name="/analyze")
+    a, b = _record(out, 0), _record(out, 1)
+    assert (a["model"], b["model"]) == ("cross-entropy", "risk-calibrated")
+    assert a["probabilities"] != b["probabilities"]  # two different networks
+    summary = out[6]
+    assert "Side by side" in summary and "cross-entropy" in summary and "risk-calibrated" in summary
+    assert a["bayes_decision"] in summary and b["bayes_decision"] in summary
+
+
+# ------------------------------------------------------------------------------ pure functions
+def test_analyze_is_a_pure_function_of_image_and_threshold(app, models, inputs_dir):
+    from rcl_hf.inference import predict
+
+    img = Image.open(inputs_dir / "normal.png").convert("RGB")
+    res = app.analyze(img, 0.1, models["ce"], models["rcl"])
+    assert [m["model"] for m in res["models"]] == ["cross-entropy", "risk-calibrated"]
+    ref = predict(models["ce"].model, [img], threshold=0.1).as_records()[0]
+    got = res["models"][0]
+    for key in ("argmax", "bayes_decision", "refer"):
+        assert got[key] == ref[key]
+    assert got["expected_cost"] == pytest.approx(ref["expected_cost"], abs=1e-6)
+    # raw bytes, a numpy array and the same PNG file agree
+    from_bytes = app.analyze((inputs_dir / "normal.png").read_bytes(), 0.1, models["ce"])
+    from_array = app.analyze(np.asarray(img), 0.1, models["ce"])
+    for other in (from_bytes, from_array):
+        assert other["models"][0]["probabilities"] == pytest.approx(got["probabilities"], abs=1e-6)
+    # P(critical error | decide j) = sum of p over the true classes for which j is critical
+    sev = models["ce"].severity
+    p = np.array([got["probabilities"][label] for label in sev.labels])
+    j = sev.index(got["argmax"])
+    assert got["critical_error_risk"]["argmax"] == pytest.approx(float(p[sev.critical[:, j]].sum()))
+    with pytest.raises(ValueError, match="threshold"):
+        app.analyze(img, float("nan"), models["ce"])
+
+
+def test_load_input_image_modes_and_caps(app):
+    rng = np.random.default_rng(1)
+    for mode_img, note in [
+        (Image.fromarray(rng.integers(0, 256, (8, 9, 2), dtype=np.uint8), mode="LA"), "alpha"),
+        (Image.fromarray(rng.integers(0, 2, (8, 9)).astype(bool)), "converted"),
+        (Image.fromarray(rng.integers(0, 256, (8, 9, 3), dtype=np.uint8)).convert("CMYK"), "CMYK"),
+        (Image.fromarray(rng.integers(-900, 900, (8, 9)).astype(np.int32), mode="I"), "rescaled from [-"),
+    ]:
+        rgb, info = app.load_input_image(_png_bytes(mode_img, "TIFF"))
+        assert rgb.mode == "RGB" and rgb.size == (9, 8)
+        assert any(note in n for n in info.notes), info.notes
+    # 16-bit values inside [0, 255] are kept as they are (the loaders' rule)
+    low = np.arange(72, dtype=np.uint16).reshape(8, 9)
+    rgb, _ = app.load_input_image(_png_bytes(Image.fromarray(low)))
+    assert np.array_equal(np.asarray(rgb)[..., 0], low.astype(np.uint8))
+    with pytest.raises(app.InputImageError) as err:
+        app.load_input_image(_png_header_only(5000, 5000), max_pixels=MAX_PIXELS)
+    assert err.value.kind == "too_large" and "25.0 megapixels" in str(err.value)
+    with pytest.raises(app.InputImageError, match="above the limit"):
+        app.load_input_image(b"\x89PNG" + b"0" * 2048, max_bytes=1024)
+    with pytest.raises(app.InputImageError, match="No image received"):
+        app.load_input_image(None)
+    big = Image.fromarray(rng.integers(0, 256, (600, 1500, 3), dtype=np.uint8))
+    rgb, info = app.load_input_image(_png_bytes(big, "JPEG"), working_side=500)
+    assert max(rgb.size) == 500 and (info.width, info.height) == (1500, 600)
+
+
+def test_uploaded_path_is_confined_to_gradios_upload_folder(app):
+    with pytest.raises(app.InputImageError, match="not uploaded"):
+        app._uploaded_path("/etc/hostname")
+
+
+def test_severity_heatmap_marks_every_critical_cell(app, models):
+    sev = models["rcl"].severity
+    fig = app.severity_heatmap(sev)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("CRITICAL") == int(sev.critical.sum()) == 3
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == sev.labels
+
+
+def test_examples_are_generated_or_taken_from_a_folder(app, examples, tmp_path):
+    from rcl_hf.data.synthetic import SYNTHETIC_LABELS
+
+    assert [c for _, c in examples] == [f"synthetic {label.replace('_', ' ')} 1" for label in SYNTHETIC_LABELS]
+    for path, _ in examples:
+        with Image.open(path) as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+    user = tmp_path / "mine"
+    user.mkdir()
+    Image.fromarray(np.zeros((10, 12), np.uint16) + 40000).save(user / "a16.png")
+    (user / "broken.jpg").write_bytes(b"nope")
+    (user / "notes.txt").write_text("ignored")
+    got = app.make_examples(str(user), cache_dir=tmp_path / "cache")
+    assert [c for _, c in got] == ["a16"]
+    assert Path(got[0][0]).parent.parent == tmp_path / "cache"
+    with pytest.raises(app.SpaceStartupError, match="not a folder"):
+        app.make_examples(str(tmp_path / "absent"), cache_dir=tmp_path / "cache")
+
+
+def test_model_choice_env_overrides_cli_and_nothing_is_a_clear_error(app):
+    assert app.resolve_model_ids("cli/a", None, environ={}) == ("cli/a", None)
+    assert app.resolve_model_ids("cli/a", "cli/b", environ={"RCL_MODEL": "env/m"}) == ("env/m", "cli/b")
+    assert app.resolve_model_ids(None, None, environ={"RCL_MODEL": "env/m", "RCL_COMPARE": "env/c"}) == ("env/m", "env/c")
+    with pytest.raises(app.SpaceStartupError, match="RCL_MODEL"):
+        app.resolve_model_ids(None, None, environ={})
+
+
+def test_startup_errors_are_one_clear_line(app, tmp_path, capsys, monkeypatch):
+    """In-process: no model named, and a folder that holds no model (both exit 2)."""
+    monkeypatch.delenv("RCL_MODEL", raising=False)
+    assert app.main(["--port", "1"]) == 2
+    assert "No model to serve" in capsys.readouterr().err
+    (tmp_path / "not_a_model").mkdir()
+    assert app.main(["--model", str(tmp_path / "not_a_model")]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_cli_missing_folder_and_offline_hub_id_exit_with_a_message(tmp_path):
+    """The real command line, as a user runs it (HF_HUB_OFFLINE=1: nothing is downloaded)."""
+    missing = tmp_path / "no_such_model"
+    procs = {
+        "missing": subprocess.Popen(
+            [sys.executable, str(APP_PATH), "--model", str(missing), "--port", str(_free_port())],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env(), cwd=ROOT,
+        ),
+        "offline": subprocess.Popen(
+            [sys.executable, str(APP_PATH), "--port", str(_free_port())],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env=_subprocess_env(RCL_MODEL="rcl-hf-tests/no-such-model-in-any-cache"),
+        ),
+    }
+    results = {k: (p.communicate(timeout=120), p.returncode) for k, p in procs.items()}
+    (out, err), rc = results["missing"]
+    assert rc == 2, err
+    assert f"Model folder {str(missing)!r} does not exist" in err and "Traceback" not in err
+    (out, err), rc = results["offline"]
+    assert rc == 2, err
+    assert "not in the local Hugging Face cache" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ real browser
+class _CDP:
+    """A minimal Chrome DevTools Protocol client over aiohttp's websocket."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.next_id = 0
+
+    async def call(self, method: str, **params: Any) -> Dict[str, Any]:
+        self.next_id += 1
+        my_id = self.next_id
+        await self.ws.send_json({"id": my_id, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json()
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"CDP {method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def evaluate(self, expression: str) -> Any:
+        res = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+    async def wait_for(self, expression: str, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def _browser_session(url: str, upload: str, devtools_port: int) -> Dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{devtools_port}/json/list") as r:
+            pages = [t for t in await r.json() if t.get("type") == "page"]
+        async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            cdp = _CDP(ws)
+            await cdp.call("Page.enable")
+            await cdp.call("Page.navigate", url=url)
+            await cdp.wait_for("!!document.querySelector('#rcl-input input[type=file]')", 30, "the upload widget")
+            doc = await cdp.call("DOM.getDocument", depth=-1, pierce=True)
+            node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#rcl-input input[type=file]")
+            await cdp.call("DOM.setFileInputFiles", files=[upload], nodeId=node["nodeId"])
+            text = await cdp.wait_for(
+                "(() => { const c = document.querySelector('#rcl-decision-1 .rcl-card');"
+                " return c && c.innerText.includes('Bayes-risk decision') ? c.innerText : ''; })()",
+                45, "the decision panels",
+            )
+            await asyncio.sleep(0.8)  # let the bars' transitions settle before the picture
+            page_text = await cdp.evaluate("document.body.innerText")
+            shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            return {"card": text, "page": page_text, "png": base64.b64decode(shot["data"])}
+
+
+@pytest.mark.browser
+def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_url, inputs_dir, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"headless Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
+    pytest.importorskip("aiohttp", reason="aiohttp (installed with datasets) drives Chromium over CDP")
+    profile = tmp_path / "chromium-profile"
+    proc = subprocess.Popen(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+            "--window-size=1400,1200", "about:blank",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None:
+                pytest.fail(f"Chromium exited with {proc.returncode}: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("Chromium did not open its DevTools port within 30 s")
+            time.sleep(0.1)
+        devtools_port = int(port_file.read_text().split()[0])
+        got = asyncio.run(_browser_session(compare_url, str(inputs_dir / "normal.png"), devtools_port))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    card, page = got["card"], got["page"]
+    assert "Bayes-risk decision" in card and "Critical mass" in card
+    refer = "REFER TO A SPECIALIST" in card
+    assert refer or "No referral needed" in card
+    assert "Side by side" in page and "cross-entropy" in page and "risk-calibrated" in page
+    shot_path = tmp_path / "space_screenshot.png"
+    shot_path.write_bytes(got["png"])
+    with Image.open(shot_path) as im:
+        assert im.width >= 1000 and im.height >= 800
+        px = np.asarray(im.convert("RGB")).astype(int)
+    # the banner is on screen: pixels of its exact colour (red #b42318 / green #1a7f37)
+    banner = (180, 35, 24) if refer else (26, 127, 55)
+    hits = int((np.abs(px - np.array(banner)).sum(-1) <= 6).sum())
+    assert hits > 2000, f"banner colour {banner} found on only {hits} pixels"
+    assert len(np.unique(px.reshape(-1, 3)[::97], axis=0)) > 50  # a rendered page, not a blank one
+    keep = os.environ.get("RCL_SPACE_SCREENSHOT")
+    if keep:
+        Path(keep).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot_path, keep)
