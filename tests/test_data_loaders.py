@@ -86,6 +86,14 @@ def test_synthetic_needs_no_data_dir():
         load_dataset("synthetic", "/tmp")
 
 
+def test_other_loaders_work_when_synthetic_is_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rcl_hf.data.synthetic", None)  # makes the import fail
+    with pytest.raises(ValueError, match="synthetic dataset is unavailable"):
+        load_dataset("synthetic")
+    root = make_brain(tmp_path / "b", n_train=3, testing=False)
+    assert sum(len(d) for d in load_dataset("brain_tumor_mri", root, **KW).values()) == 12
+
+
 # --------------------------------------------------------------------------- Brain Tumor MRI
 def test_brain_official_splits_and_derived_validation(tmp_path):
     root = make_brain(tmp_path / "brain", n_train=10, n_test=3)

@@ -241,7 +241,9 @@ def load_dataset(
             ``~/.cache/rcl_hf``; ``False``: no cache).
         official_splits: ``False`` pools everything and derives all splits.
         perceptual: also find perceptual duplicates (dHash distance <= ``max_distance``)
-            and keep them in one group.
+            and keep them in one group.  Clusters are connected components, so
+            ``max_distance > 0`` can chain many similar images (e.g. dark MRI slices)
+            into one very large group; 0 (identical hashes) is the safe setting.
         convert_modes: convert unusual pixel modes to RGB (reported as ``"converted"``);
             ``False`` skips such files instead.
         max_pixels: skip images larger than this.
