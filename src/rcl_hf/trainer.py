@@ -186,6 +186,12 @@ class RiskCalibratedTrainer(Trainer):
         # A zero loss connected to no parameter: backward gives no gradient, the batch is skipped.
         return torch.zeros((), device=loss.device, requires_grad=True)
 
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
+        super()._save(output_dir, state_dict)
+        from .models import ensure_label_maps_in_config_file
+
+        ensure_label_maps_in_config_file(output_dir or self.args.output_dir)
+
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and isinstance(self.loss_fn, RiskCalibratedLoss):
             values = torch.tensor(

@@ -63,7 +63,7 @@ def generate_images(
         if y == 0:
             continue
         subtle = rng.random() < subtle_fraction
-        contrast = rng.uniform(0.03, 0.09) if subtle else rng.uniform(0.12, 0.30)
+        contrast = rng.uniform(0.03, 0.09) if subtle else rng.uniform(0.15, 0.35)
         scale = image_size / 32.0
         radius = (rng.uniform(2.5, 3.5) if subtle else rng.uniform(3.5, 6.0)) * scale
         cy, cx = rng.uniform(0.3, 0.7, size=2) * image_size
@@ -71,13 +71,13 @@ def generate_images(
         dy, dx = yy - cy, xx - cx
         u = dx * np.cos(theta) + dy * np.sin(theta)
         v = -dx * np.sin(theta) + dy * np.cos(theta)
-        if y == 2:  # oval: aspect 1.25-2.0, overlapping "round" at the low end
-            aspect = rng.uniform(1.25, 2.0)
+        if y == 2:  # oval: aspect 1.3-2.2, close to "round" at the low end
+            aspect = rng.uniform(1.3, 2.2)
             r = np.sqrt((u / (radius * np.sqrt(aspect))) ** 2 + (v * np.sqrt(aspect) / radius) ** 2)
         else:
             r = np.hypot(u, v) / radius
-        if y == 3:  # ring: wall thickness 0.35-0.7 of the radius; thick walls look like discs
-            wall = rng.uniform(0.35, 0.7)
+        if y == 3:  # ring: wall thickness 0.3-0.6 of the radius; thick walls look like discs
+            wall = rng.uniform(0.3, 0.6)
             profile = np.clip(1.0 - np.abs(r - (1 - wall / 2)) / (wall / 2), 0, 1)
         else:
             profile = np.clip(1.2 - r, 0, 1) ** 0.5 * (r < 1.2)

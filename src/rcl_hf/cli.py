@@ -1,0 +1,97 @@
+"""Console entry points (``rcl-train``, ...); ``scripts/*.py`` are thin wrappers around them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+__all__ = ["parse_args", "train_main", "compare_main", "run_experiments_main"]
+
+
+def _config_to_argv(path: str) -> List[str]:
+    """Turn a JSON / YAML config into ``--key value`` flags (lists expand, booleans as values)."""
+    with open(path, encoding="utf-8") as fh:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(fh)
+        else:
+            data = json.load(fh)
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: config {path} must hold a mapping of argument names to values")
+    argv: List[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *[str(v) for v in value]]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None) -> Tuple:
+    """``HfArgumentParser`` over ``dataclass_types``; a first positional ``.json``/``.yaml``
+    config supplies defaults that later flags override. Unknown flags exit with code 2."""
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
+        if not os.path.exists(argv[0]):
+            raise SystemExit(f"error: config file {argv[0]} not found")
+        argv = _config_to_argv(argv[0]) + argv[1:]
+    parser = HfArgumentParser(tuple(dataclass_types))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _one_line_errors(fn):
+    """Run ``fn``; a ``ValueError``/``OSError`` of the user's input exits 2 with one line."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> dict:
+    from transformers import TrainingArguments
+
+    from .training import DataArguments, ModelArguments, format_table, run_training
+    from .trainer import RiskArguments
+
+    def go():
+        model_args, data_args, risk_args, training_args = parse_args(
+            (ModelArguments, DataArguments, RiskArguments, TrainingArguments), argv
+        )
+        results = run_training(model_args, data_args, risk_args, training_args)
+        if training_args.process_index == 0:
+            rows = {f"{split} ({risk_args.loss})": results[split] for split in ("validation", "test") if split in results}
+            print("\n" + format_table(rows))
+            print(f"\nSaved to {results['output_dir']}")
+        return results
+
+    return _one_line_errors(go)
+
+
+def run_experiments_main(argv: Optional[Sequence[str]] = None) -> None:
+    from .experiments.cli import main
+
+    main(argv)
+
+
+def compare_main(argv: Optional[Sequence[str]] = None) -> dict:
+    """The main job: CE vs the risk-calibrated loss on the embedded default (no arguments needed)."""
+    from .compare import CompareArguments, run_comparison
+
+    def go():
+        (args,) = parse_args((CompareArguments,), argv)
+        summary = run_comparison(args)
+        print("\n" + summary["header"] + summary["table"])
+        print(f"\nRuns, comparison.json/.md and cer_accuracy.png in {args.output_dir}")
+        return summary
+
+    return _one_line_errors(go)

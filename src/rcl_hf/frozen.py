@@ -1,0 +1,116 @@
+"""Frozen-backbone mode: embed once, then train only the classification head.
+
+The embedding of an image is the input of the model's last ``nn.Linear`` (the
+classifier), captured with a forward hook, so the same code serves timm models
+(through ``TimmWrapper``) and native transformers models.  Embeddings are cached
+as a :class:`datasets.Dataset` on disk, keyed by backbone, weights, image size,
+preprocessing and the split's fingerprint; comparing losses then costs seconds
+per run instead of a full fine-tuning.  After training, the head's weights are
+copied back into the full model, which saves as an ordinary checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+__all__ = ["find_classifier", "extract_embeddings", "cached_embeddings", "LinearHead", "copy_head_into_model"]
+
+
+def find_classifier(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` of the model's classifier (``timm_model.get_classifier()`` or ``.classifier``)."""
+    if hasattr(model, "timm_model"):
+        module = model.timm_model.get_classifier()
+    elif hasattr(model, "classifier"):
+        module = model.classifier
+    else:
+        raise ValueError(f"Cannot find the classifier of {type(model).__name__}: no .timm_model or .classifier")
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)] if not isinstance(module, nn.Linear) else [module]
+    if not linears:
+        raise ValueError(f"The classifier of {type(model).__name__} has no nn.Linear layer")
+    return linears[-1]
+
+
+@torch.inference_mode()
+def extract_embeddings(model: nn.Module, dataset: Any, batch_size: int = 64, desc: str = "embedding") -> np.ndarray:
+    """Embeddings ``(N, D)`` of a dataset whose rows give ``pixel_values`` (with transforms applied)."""
+    head = find_classifier(model)
+    captured = []
+    hook = head.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach().float().cpu()))
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
+            batch = dataset[start : start + batch_size]
+            model(pixel_values=batch["pixel_values"].to(device))
+    finally:
+        hook.remove()
+    return torch.cat(captured).numpy() if captured else np.zeros((0, head.in_features), dtype=np.float32)
+
+
+def _cache_key(parts: Dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_embeddings(
+    model: nn.Module,
+    dataset: Any,
+    raw_split: Any,
+    cache_dir: Optional[str],
+    key_parts: Dict[str, Any],
+    batch_size: int = 64,
+):
+    """A :class:`datasets.Dataset` with ``embeddings`` and ``labels``, computed once.
+
+    ``dataset`` gives ``pixel_values``; ``raw_split`` (the untransformed split)
+    supplies the fingerprint and labels.  With ``cache_dir`` the result is saved
+    under ``cache_dir/embeddings/<key>`` and reloaded by later runs.
+    """
+    import datasets
+
+    key = _cache_key({**key_parts, "fingerprint": getattr(raw_split, "_fingerprint", None), "n": len(raw_split)})
+    path = os.path.join(cache_dir, "embeddings", key) if cache_dir else None
+    if path and os.path.exists(os.path.join(path, "dataset_info.json")):
+        return datasets.load_from_disk(path).with_format("torch")
+    emb = extract_embeddings(model, dataset, batch_size, desc=f"embedding {key_parts.get('split', '')}".strip())
+    ds = datasets.Dataset.from_dict({"embeddings": emb.tolist(), "labels": list(raw_split["label"])},
+                                    features=datasets.Features({
+                                        "embeddings": datasets.Sequence(datasets.Value("float32"), length=emb.shape[1]),
+                                        "labels": datasets.Value("int64"),
+                                    }))
+    if path:
+        tmp = f"{path}.tmp{os.getpid()}"
+        ds.save_to_disk(tmp)
+        if os.path.exists(path):  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        ds = datasets.load_from_disk(path)
+    return ds.with_format("torch")
+
+
+class LinearHead(nn.Module):
+    """The classifier trained on cached embeddings: ``logits = W e + b``."""
+
+    def __init__(self, in_features: int, num_labels: int, init_from: Optional[nn.Linear] = None) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_labels)
+        if init_from is not None:
+            self.linear.load_state_dict(init_from.state_dict())
+
+    def forward(self, embeddings: torch.Tensor, **_: Any) -> Dict[str, torch.Tensor]:
+        return {"logits": self.linear(embeddings)}
+
+
+def copy_head_into_model(head: LinearHead, model: nn.Module) -> None:
+    """Write the trained head's weights into the full model's classifier."""
+    target = find_classifier(model)
+    target.load_state_dict(head.linear.state_dict())
