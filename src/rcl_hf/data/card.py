@@ -50,19 +50,27 @@ def build_dataset_card(
     labels = list(next(iter(dsd.values())).features["label"].names)
     total = sum(len(ds) for ds in dsd.values())
     pretty = getattr(mod, "PRETTY_NAME", name)
+    generated = name == "synthetic"
+    license_id = getattr(mod, "LICENSE", "apache-2.0" if generated else "other")
+    description = getattr(mod, "DESCRIPTION", None) or (mod.__doc__ or "").strip().split("\n\n")[0]
 
     data = DatasetCardData(
-        license=getattr(mod, "LICENSE", "other"),
+        license=license_id,
         pretty_name=f"{pretty} (rcl_hf)",
         task_categories=["image-classification"],
         tags=["medical", "rcl_hf", "risk-calibrated-learning", name],
         size_categories=[_size_category(total)],
     )
 
-    lines = [f"# {pretty}", "", getattr(mod, "DESCRIPTION", ""), ""]
+    origin = (
+        "generated on the fly by `rcl_hf.data.load_synthetic` (no source files)"
+        if generated
+        else "from the original download layout"
+    )
+    lines = [f"# {pretty}", "", description, ""]
     lines += [
-        "Prepared with `rcl_hf` (Risk-Calibrated Learning for the Hugging Face stack) "
-        "from the original download layout. The `info.description` of every split holds a JSON object whose "
+        f"Prepared with `rcl_hf` (Risk-Calibrated Learning for the Hugging Face stack) {origin}. "
+        "The `info.description` of every split holds a JSON object whose "
         "`rcl_severity` key is the severity matrix below; `rcl_hf.data.severity_for(dataset)` reads it back.",
         "",
         "## Classes",
@@ -145,17 +153,13 @@ def build_dataset_card(
         f"dsd = load_dataset({(repo_id or '<repo_id>')!r})",
         "severity = severity_for(dsd)",
         "```",
-        "",
-        "## Licence",
-        "",
-        f"{getattr(mod, 'LICENSE_TEXT', '')} (`{getattr(mod, 'LICENSE', 'other')}`). Source: {getattr(mod, 'HOMEPAGE', '')}",
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        getattr(mod, "CITATION", "").strip(),
-        "```",
-        "",
     ]
+    licence_text = getattr(mod, "LICENSE_TEXT", "Generated data, under the project's licence" if generated else "")
+    homepage = getattr(mod, "HOMEPAGE", "")
+    lines += ["", "## Licence", "", f"{licence_text} (`{license_id}`)." + (f" Source: {homepage}" if homepage else "")]
+    citation = getattr(mod, "CITATION", "").strip()
+    if citation:
+        lines += ["", "## Citation", "", "```bibtex", citation, "```"]
+    lines.append("")
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return DatasetCard(content)
