@@ -185,6 +185,39 @@ def test_card_for_a_bare_checkpoint_and_a_baseline(tmp_path):
     hub.validate_model_card(text, require_base_model=True)
 
 
+def test_card_reads_the_recipe_rcl_hf_training_writes(tmp_path):
+    folder = _save_tiny_model(tmp_path / "out")
+    recipe = {
+        "backbone": "timm/efficientnet_lite0", "pretrained": "efficientnet-lite0-package", "image_size": 32,
+        "freeze_backbone": False, "dataset": "synthetic", "data_dir": "/home/someone/private/data", "split_seed": 0,
+        "seed": 42, "epochs": 2.0, "learning_rate": 0.001, "batch_size": 16, "world_size": 2,
+        "risk": {"loss": "rcl_log", "lam": 0.5, "risk_form": None, "gamma": 2.0, "label_smoothing": None,
+                 "class_weight_beta": 0.999, "severity": None, "nonfinite_loss": "raise"},
+        "severity": SEVERITY.to_dict(), "split_sizes": {"train": 24, "validation": 6, "test": 12},
+        "wall_time_s": 12.5, "metric_for_best_model": "cer",
+    }
+    (folder / "rcl_run.json").write_text(json.dumps(recipe))
+    text = str(hub.build_model_card(folder, "owner/lite0"))
+    for row in ("| Backbone | timm/efficientnet_lite0 |", "| Initial weights | efficientnet-lite0-package |",
+                "| Loss | rcl_log |", "| λ (risk weight) | 0.5 |", "| Severity matrix | synthetic |",
+                "| Split sizes | train 24 · validation 6 · test 12 |", "| Processes | 2 |", "| Seed | 42 |",
+                "| Model selection | cer |"):
+        assert row in text, row
+    assert "/home/someone" not in text and "Focal γ" not in text and "nonfinite" not in text
+    assert "log(1 − pⱼ + ε)" in text
+    assert "timm" in _front_matter(text)["tags"]
+
+
+def test_a_token_in_the_run_folder_blocks_the_upload(tmp_path, run_dir):
+    folder = tmp_path / "leaky"
+    shutil.copytree(run_dir, folder)
+    (folder / "rcl_run.json").write_text(json.dumps({**RUN, "hub_token": FAKE_TOKEN}))
+    assert FAKE_TOKEN not in str(hub.build_model_card(folder, "owner/x"))  # never rendered into the card
+    with pytest.raises(ValueError, match="rcl_run.json.*access token") as info:
+        hub.push_model(folder, "owner/x", dry_run_dir=tmp_path / "o")
+    assert FAKE_TOKEN not in str(info.value)
+
+
 def _mutate(text: str, fn) -> str:
     meta = _front_matter(text)
     fn(meta)
@@ -509,19 +542,19 @@ def test_unreachable_hub_never_shows_the_token(online_env, run_dir, capsys, capl
     assert FAKE_TOKEN not in captured.out + captured.err + caplog.text
 
 
-def test_cli_unreachable_hub_exit_code_and_stderr(run_dir, tmp_path):
-    env = _subprocess_env(HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
-    env.pop("HF_HUB_OFFLINE")
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "push_to_hub.py"), "--model_dir", str(run_dir),
-         "--repo_id", "owner/tiny-rcl"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+def test_cli_script_unreachable_hub_exit_code_and_stderr(online_env, run_dir, capsys, caplog):
+    import runpy
+
+    online_env.setenv("HF_TOKEN", FAKE_TOKEN)
+    online_env.setattr(sys, "argv", ["push_to_hub.py", "--model_dir", str(run_dir), "--repo_id", "owner/tiny-rcl"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "push_to_hub.py"), run_name="__main__")
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: Cannot check the Hugging Face token")
-    assert "Traceback" not in proc.stderr
-    assert FAKE_TOKEN not in proc.stdout + proc.stderr
+    assert "Traceback" not in captured.err
+    assert FAKE_TOKEN not in captured.out + captured.err + caplog.text
 
 
 class _FakeHub(http.server.BaseHTTPRequestHandler):
@@ -561,6 +594,42 @@ def test_token_checks_against_a_local_fake_hub(online_env):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_real_push_path_stages_the_dry_run_folder(online_env, run_dir, tmp_path):
+    """Access check against a local fake Hub, a bare name completed with the user, the staged
+    folder equal to the dry run; only the final HTTP upload is replaced."""
+    write = "hf_" + "W" * 34
+    _FakeHub.tokens = {write: "write"}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    calls = []
+
+    def fake_upload(staged, repo_id, repo_type, token, private, commit_message, space_sdk=None):
+        calls.append({"files": hub._list_files(staged), "repo_id": repo_id, "repo_type": repo_type,
+                      "private": private, "space_sdk": space_sdk,
+                      "readme": (Path(staged) / "README.md").read_text(encoding="utf-8")})
+        return f"https://hub.invalid/{repo_id}/commit/0"
+
+    online_env.setattr(hub, "_upload", fake_upload)
+    online_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    online_env.setenv("HF_TOKEN", write)
+    try:
+        url = hub.push_model(run_dir, "tiny-rcl", private=True)
+        space = _make_space(tmp_path / "space", GOOD_SPACE)
+        hub.push_space(space, "owner/rcl-demo")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert url == "https://hub.invalid/tester/tiny-rcl/commit/0"
+    model_call, space_call = calls
+    assert model_call["repo_id"] == "tester/tiny-rcl" and model_call["repo_type"] == "model" and model_call["private"]
+    dry = hub.push_model(run_dir, "tester/tiny-rcl", dry_run_dir=tmp_path / "dry")
+    assert model_call["files"] == hub._list_files(dry)
+    assert model_call["readme"] == (Path(dry) / "README.md").read_text(encoding="utf-8")
+    assert write not in model_call["readme"]
+    assert space_call["repo_type"] == "space" and space_call["space_sdk"] == "gradio"
+    assert space_call["files"] == ["README.md", "app.py", "examples/case.txt", "requirements.txt"]
 
 
 # ----------------------------------------------------------------- loading back

@@ -134,7 +134,15 @@ _RECIPE_FIELDS = (
     ("per_device_train_batch_size", "Batch size per device"),
     ("seed", "Seed"),
     ("seeds", "Seeds"),
+    ("split_seed", "Split seed"),
+    ("split_sizes", "Split sizes"),
+    ("freeze_backbone", "Frozen backbone (head only)"),
+    ("world_size", "Processes"),
+    ("metric_for_best_model", "Model selection"),
+    ("wall_time_s", "Training time (s)"),
 )
+#: Recipe keys kept in rcl_run.json but not shown in the card (local paths, bulky or repeated data).
+_RECIPE_HIDDEN = ("data_dir", "output_dir", "cache_dir", "risk", "base_model", "license", "dataset_title")
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 
 
@@ -218,12 +226,22 @@ def _check_repo_id(repo_id: str, what: str = "repo_id") -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"{what} must look like 'owner/name' (a user or organisation, then the repository), got {repo_id!r}")
+        raise ValueError(
+            f"{what} must look like 'owner/name' (a user or organisation, then the repository), got {repo_id!r}"
+            + (" (a bare name gets your user name only in a real push)" if what == "repo_id" else "")
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise ValueError(f"{what} {repo_id!r} is not a valid Hub repository id: {_one_line(err)}") from None
     return repo_id
+
+
+def _with_namespace(repo_id: str, user: str) -> str:
+    """``user/repo_id`` for a bare name (what ``Trainer.hub_model_id`` may hold), else ``repo_id``; validated."""
+    if isinstance(repo_id, str) and repo_id and "/" not in repo_id:
+        repo_id = f"{user}/{repo_id}"
+    return _check_repo_id(repo_id)
 
 
 def _prepare_output_dir(out_dir: PathLike, overwrite: bool) -> Path:
@@ -339,18 +357,60 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _dataset_module(name: str) -> Any:
+    """The rcl_hf.data module of a registered dataset (``PRETTY_NAME``, ``GROUPING``), or None."""
+    if not name:
+        return None
+    try:
+        from .data import dataset_module
+
+        return dataset_module(name)
+    except Exception:  # unknown name, or rcl_hf.data without that registry
+        return None
+
+
+def _normalize_run(run: Dict[str, Any]) -> Dict[str, Any]:
+    """The recipe as the card shows it.
+
+    Accepts the flat form (``loss``, ``lam``, ``risk_form`` at the top) and the one
+    ``rcl_hf.training`` writes (``risk`` = the :class:`~rcl_hf.trainer.RiskArguments` dict,
+    ``severity`` = the matrix dict, ``split_sizes``); fills ``grouping`` from the dataset's
+    module when absent.
+    """
+    out = dict(run)
+    risk = run.get("risk")
+    if isinstance(risk, dict):
+        for key in ("loss", "lam", "risk_form", "gamma", "label_smoothing"):
+            if out.get(key) is None and risk.get(key) is not None:
+                out[key] = risk[key]
+        if isinstance(risk.get("severity"), str) and "severity" not in out:
+            out["severity"] = risk["severity"]
+    if out.get("loss") not in ("focal", "rcl_focal"):
+        out.pop("gamma", None)
+    severity = out.get("severity")
+    if isinstance(severity, dict):
+        out["severity"] = severity.get("name") or "custom (the matrix below)"
+    sizes = out.get("split_sizes")
+    if isinstance(sizes, dict):
+        out["split_sizes"] = " · ".join(f"{k} {v}" for k, v in sizes.items())
+    if not out.get("grouping"):
+        grouping = getattr(_dataset_module(str(out.get("dataset") or "")), "GROUPING", None)
+        if grouping:
+            out["grouping"] = grouping
+    return out
+
+
 def _recipe_rows(run: Dict[str, Any]) -> List[Dict[str, str]]:
     rows, seen = [], set()
     for key, name in _RECIPE_FIELDS:
         if key in run and run[key] is not None and name not in seen:
             rows.append({"name": name, "value": _fmt(run[key])})
             seen.add(name)
-    known = {k for k, _ in _RECIPE_FIELDS} | {"base_model", "license"}
+    known = {k for k, _ in _RECIPE_FIELDS} | set(_RECIPE_HIDDEN)
     for key in sorted(run):
-        if key not in known and run[key] is not None and not _TOKEN_PATTERN.search(str(run[key])):
-            if "token" in key.lower():
-                continue
-            rows.append({"name": f"`{key}`", "value": _fmt(run[key])})
+        if key in known or run[key] is None or "token" in key.lower() or _TOKEN_PATTERN.search(str(run[key])):
+            continue
+        rows.append({"name": f"`{key}`", "value": _fmt(run[key])})
     return rows
 
 
@@ -358,10 +418,10 @@ def _pct(metrics: Dict[str, float], key: str) -> str:
     return f"{100 * metrics[key]:.2f}%" if key in metrics else "—"
 
 
-def _result_rows(results: Dict[str, Dict[str, float]]) -> List[Dict[str, str]]:
+def _result_rows(results: Dict[str, Dict[str, float]], sizes: Optional[Dict[str, Any]] = None) -> List[Dict[str, str]]:
     rows = []
     for split, m in results.items():
-        n = m.get("samples")
+        n = m.get("samples", (sizes or {}).get(split))
         for prefix, rule in (("", "argmax"), ("bayes_", "Bayes-risk")):
             if prefix and not any(k.startswith("bayes_") for k in m):
                 continue
@@ -492,7 +552,9 @@ def build_model_card(
 
     folder = Path(folder)
     severity = _severity_of(folder)
-    run = load_run_info(folder)
+    raw_run = load_run_info(folder)
+    run = _normalize_run(raw_run)
+    sizes = raw_run.get("split_sizes") if isinstance(raw_run.get("split_sizes"), dict) else None
     results = collect_results(folder)
     if threshold is None:
         from .inference import DEFAULT_REFERRAL_THRESHOLD
@@ -504,7 +566,8 @@ def build_model_card(
     model_name = model_name or repo_id.split("/")[-1]
 
     dataset_key = str(run.get("dataset") or severity.name or "").strip()
-    dataset_title = _DATASET_TITLES.get(dataset_key, dataset_key or "medical")
+    dataset_title = (run.get("dataset_title") or getattr(_dataset_module(dataset_key), "PRETTY_NAME", None)
+                     or _DATASET_TITLES.get(dataset_key, dataset_key or "medical"))
     if datasets is None and run.get("dataset_repo_id"):
         datasets = run["dataset_repo_id"]
     dataset_ids = [datasets] if isinstance(datasets, str) else list(datasets or [])
@@ -560,8 +623,13 @@ def build_model_card(
                      "averaged over the batch (this project's definition).")
     else:
         loss_text = "Loss: the base term only (λ · R = 0); compare with a Risk-Calibrated Learning run of the same recipe."
-    grouping = run.get("grouping")
-    grouping_text = f"; splits were grouped by {grouping} so no {grouping} appears in two splits" if grouping else ""
+    grouping = str(run.get("grouping") or "").strip().rstrip(".")
+    if not grouping:
+        grouping_text = ""
+    elif " " in grouping:  # a sentence (a dataset module's GROUPING)
+        grouping_text = f". Split grouping: {grouping[0].lower() + grouping[1:]}"
+    else:  # a column name
+        grouping_text = f"; splits were grouped by {grouping}, so no {grouping} appears in two splits"
 
     if files is None:
         files = sorted(set(_model_files(folder)) | {"README.md"})
@@ -576,7 +644,7 @@ def build_model_card(
         model_title=model_name,
         repo_id=repo_id,
         summary=summary,
-        results=_result_rows(results),
+        results=_result_rows(results, sizes),
         positive_text=", ".join(positive) or "none",
         severity_table=severity.to_markdown(),
         n_critical=int(severity.critical.sum()),
@@ -803,7 +871,8 @@ def push_model(
 
     Args:
         folder: the model / training output folder.
-        repo_id: ``owner/name``.
+        repo_id: ``owner/name``; a bare ``name`` (as ``TrainingArguments.hub_model_id`` may be) is
+            completed with the token's user name in a real push.
         dry_run_dir: when given, write the upload folder there (:func:`prepare_model_folder`),
             validate it, and upload nothing; works offline.
         token: a write token; default ``huggingface_hub.get_token()`` (``HF_TOKEN`` or ``hf auth login``).
@@ -821,9 +890,10 @@ def push_model(
     """
     if dry_run_dir is not None:
         return str(prepare_model_folder(folder, dry_run_dir, repo_id, overwrite=overwrite, **card_kwargs))
-    _check_repo_id(repo_id)
+    _with_namespace(repo_id, "user")
     _check_model_source(Path(folder))
-    token = check_hub_access(token)[1]
+    user, token = check_hub_access(token)
+    repo_id = _with_namespace(repo_id, user)
     with tempfile.TemporaryDirectory(prefix="rcl_hf_push_") as tmp:
         staged = prepare_model_folder(folder, Path(tmp) / "upload", repo_id, **card_kwargs)
         _scan_for_tokens(staged, token)
@@ -1095,9 +1165,10 @@ def push_dataset(
                                           max_shard_size=max_shard_size, overwrite=overwrite))
     from huggingface_hub import HfApi
 
-    _check_repo_id(repo_id)
+    _with_namespace(repo_id, "user")
     dsd = _as_dataset_dict(dataset)
-    token = check_hub_access(token)[1]
+    user, token = check_hub_access(token)
+    repo_id = _with_namespace(repo_id, user)
     dataset_card = build_dataset_card(dsd, repo_id, license=license, card=card)
     text = str(dataset_card)
     if token in text or _TOKEN_PATTERN.search(text):
@@ -1203,11 +1274,13 @@ def push_space(
     """
     if repo_id is None:
         raise ValueError("push_space needs repo_id ('owner/name' of the Space)")
-    _check_repo_id(repo_id)
     if dry_run_dir is not None:
+        _check_repo_id(repo_id)
         return str(prepare_space_folder(space_dir, dry_run_dir, overwrite=overwrite))
+    _with_namespace(repo_id, "user")
     validate_space_folder(space_dir)
-    token = check_hub_access(token)[1]
+    user, token = check_hub_access(token)
+    repo_id = _with_namespace(repo_id, user)
     with tempfile.TemporaryDirectory(prefix="rcl_hf_space_") as tmp:
         staged = prepare_space_folder(space_dir, Path(tmp) / "upload")
         _scan_for_tokens(staged, token)
