@@ -651,13 +651,32 @@ def _make_hub_cache(cache: Path, repo_id: str, files_from: Path) -> str:
     return commit
 
 
-def test_load_model_from_hub_cache_offline(model_upload, tmp_path):
+class _Background:
+    """A fresh Python process started now, its output in files (no pipe to fill), awaited later."""
+
+    def __init__(self, script: str, env: dict, cwd: Path):
+        self.out, self.err = cwd / "stdout.txt", cwd / "stderr.txt"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=cwd, stdout=out, stderr=err)
+
+    def wait(self, timeout: float = 240) -> list:
+        returncode = self.proc.wait(timeout=timeout)
+        assert returncode == 0, self.err.read_text()[-3000:]
+        return self.out.read_text().strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def loading_runs(model_upload, tmp_path_factory):
+    """Both fresh-process loading checks, started together so their imports overlap."""
     from PIL import Image
 
-    hf_home = tmp_path / "hf_home"
+    runs = {}
+    # 1. rcl_hf.load_model("owner/tiny-rcl") from a Hub-cache-shaped folder, HF_HUB_OFFLINE=1
+    work = tmp_path_factory.mktemp("cache_run")
+    hf_home = work / "hf_home"
     commit = _make_hub_cache(hf_home / "hub", "owner/tiny-rcl", model_upload)
-    Image.new("RGB", (40, 30), (120, 60, 30)).save(tmp_path / "case.png")
-    snippet = hub.usage_snippets("owner/tiny-rcl", threshold=0.1, image=str(tmp_path / "case.png"))["rcl_hf"]
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(work / "case.png")
+    snippet = hub.usage_snippets("owner/tiny-rcl", threshold=0.1, image=str(work / "case.png"))["rcl_hf"]
     script = textwrap.dedent(
         """
         import json
@@ -679,25 +698,12 @@ def test_load_model_from_hub_cache_offline(model_upload, tmp_path):
         """
     ) + snippet + "\n"
     env = _subprocess_env(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
-    assert result["repos"] == {"owner/tiny-rcl": [commit]}
-    assert SeverityMatrix.from_dict(result["severity"]) == SEVERITY
-    assert result["labels"]["0"] == "normal"
-    assert "owner/not-cached" in result["missing"] and "HF_HUB_OFFLINE" in result["missing"]
-    argmax, decision, cost, refer = lines[-1].split()
-    assert argmax in SEVERITY.labels and decision in SEVERITY.labels
-    assert float(cost) >= 0 and refer in ("True", "False")
+    runs["cache"] = (_Background(script, env, work), commit)
 
-
-def test_plain_pipeline_in_a_fresh_process_without_rcl_hf(model_upload, tmp_path):
-    from PIL import Image
-
-    Image.new("RGB", (50, 20), (10, 200, 90)).save(tmp_path / "case.png")
-    snippet = hub.usage_snippets(str(model_upload), threshold=0.1, image=str(tmp_path / "case.png"))["transformers"]
+    # 2. the card's plain-transformers snippet on the uploaded folder, in a process without rcl_hf
+    work = tmp_path_factory.mktemp("pipeline_run")
+    Image.new("RGB", (50, 20), (10, 200, 90)).save(work / "case.png")
+    snippet = hub.usage_snippets(str(model_upload), threshold=0.1, image=str(work / "case.png"))["transformers"]
     script = snippet + textwrap.dedent(
         """
         import json, sys
@@ -706,16 +712,35 @@ def test_plain_pipeline_in_a_fresh_process_without_rcl_hf(model_upload, tmp_path
                                       "risk": risk.tolist(), "n_scores": len(scores)}))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], env=_subprocess_env(), capture_output=True, text=True,
-                          timeout=180, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
+    runs["pipeline"] = _Background(script, _subprocess_env(), work)
+    yield runs
+    for run in (runs["cache"][0], runs["pipeline"]):
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+def test_load_model_from_hub_cache_offline(loading_runs):
+    run, commit = loading_runs["cache"]
+    lines = run.wait()
+    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
+    assert result["repos"] == {"owner/tiny-rcl": [commit]}
+    assert SeverityMatrix.from_dict(result["severity"]) == SEVERITY
+    assert result["labels"]["0"] == "normal"
+    assert "owner/not-cached" in result["missing"] and "HF_HUB_OFFLINE" in result["missing"]
+    argmax, decision, cost, refer = lines[-1].split()  # the card's rcl_hf snippet
+    assert argmax in SEVERITY.labels and decision in SEVERITY.labels
+    assert float(cost) >= 0 and refer in ("True", "False")
+
+
+def test_plain_pipeline_in_a_fresh_process_without_rcl_hf(loading_runs):
+    lines = loading_runs["pipeline"].wait()
     result = json.loads(lines[-1][7:])
     assert SeverityMatrix.from_dict(result["severity"]) == SEVERITY
     p = np.array(result["p"])
     assert result["n_scores"] == 4 and p.sum() == pytest.approx(1.0, abs=1e-5)
     assert np.allclose(result["risk"], p @ SEVERITY.matrix)
-    argmax, decision, cost, refer = lines[-2].split()
+    argmax, decision, cost, refer = lines[-2].split()  # the card's plain-transformers snippet
     assert argmax == SEVERITY.labels[int(p.argmax())]
     assert decision == SEVERITY.labels[int(np.argmin(result["risk"]))]
     assert float(cost) == pytest.approx(min(result["risk"]), abs=1e-4)
