@@ -1,0 +1,33 @@
+# Set-up and everyday commands. Everything runs from the virtual environment at .venv/.
+#   make main   - create .venv if needed, then run the main job (CE vs risk-calibrated, embedded default)
+#   make test   - create .venv if needed, then run the default test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup main test test-slow test-all bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision first: on these machines pip takes both builds from local disk.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev,demo]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+main: setup
+	$(PY) scripts/compare.py
+
+test: setup
+	$(PY) -m pytest
+
+# Slow and real-data tests (real data: ../shared/data, skipped when absent).
+test-slow: setup
+	$(PY) -m pytest -m "slow or realdata"
+
+test-all: test test-slow
+
+bench: setup
+	$(PY) -m benchmarks
