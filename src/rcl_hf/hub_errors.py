@@ -16,6 +16,8 @@ def offline_error(name: str, err: BaseException) -> HubUnavailableError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     if os.path.exists(name) or name.startswith((".", "/")):
         return HubUnavailableError(f"{name!r} is not a model folder (no config.json with weights there)")
+    if name.count("/") != 1:
+        return HubUnavailableError(f"{name!r} is neither an existing model folder nor a Hub id of the form owner/name")
     how = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached or refused the request"
     return HubUnavailableError(
         f"Cannot load {name!r}: it is not in the local Hugging Face cache and {how} "

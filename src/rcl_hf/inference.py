@@ -96,6 +96,9 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     """
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    name = os.fspath(name_or_path)
+    if not os.path.isdir(name) and (name.count("/") != 1 or name.startswith((".", "/"))):
+        raise offline_error(name, FileNotFoundError(name))
     try:
         model = AutoModelForImageClassification.from_pretrained(name_or_path)
     except OSError as err:
