@@ -368,3 +368,14 @@ def test_log_form_near_certain_probabilities_matches_reference():
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     ref = [-(M[yn] * np.log(1 - pn + 1e-9)).sum() for pn, yn in zip(p, y)]
     np.testing.assert_allclose(got["risk"].numpy(), ref, rtol=1e-4)
+
+
+def test_integer_label_dtypes_and_float_labels():
+    z, y = batch(seed=9)
+    zt = torch.tensor(z, dtype=torch.float32)
+    for loss_fn in (RiskCalibratedLoss(SEV, form="log"), CrossEntropyLoss(label_smoothing=0.1), FocalLoss()):
+        expected = loss_fn(zt, torch.as_tensor(y, dtype=torch.int64))
+        for dtype in (torch.int32, torch.int16, torch.uint8):
+            assert torch.equal(loss_fn(zt, torch.as_tensor(y).to(dtype)), expected), (loss_fn, dtype)
+        with pytest.raises(ValueError, match="labels must be integer class indices, got dtype torch.float32"):
+            loss_fn(zt, torch.as_tensor(y, dtype=torch.float32))

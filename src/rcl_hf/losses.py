@@ -96,6 +96,8 @@ class _BaseLoss(nn.Module):
             raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
         if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
             raise ValueError(f"labels must be (batch,) matching logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
         k = logits.shape[1]
         if num_classes is not None and k != num_classes:
             raise ValueError(f"logits have {k} classes but the severity matrix has {num_classes}")
@@ -112,6 +114,7 @@ class _BaseLoss(nn.Module):
 
     def per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self._check(logits, labels)
+        labels = labels.long()  # int32 / uint8 labels (numpy, custom collators): one_hot needs int64
         log_p = F.log_softmax(logits.float(), dim=-1)
         return self._weighted(self.base_per_sample(log_p, labels), labels)
 
@@ -216,6 +219,7 @@ class RiskCalibratedLoss(_BaseLoss):
 
     def per_sample_parts(self, logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
         self._check(logits, labels, self.severity_matrix.shape[0])
+        labels = labels.long()
         log_p = F.log_softmax(logits.float(), dim=-1)
         base = self._weighted(self._base.base_per_sample(log_p, labels), labels)
         if self.lam == 0:
