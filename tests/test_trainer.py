@@ -263,6 +263,20 @@ def test_trainer_argument_errors(tmp_path):
     torch.testing.assert_close(trainer.loss_fn.class_weight, torch.tensor([0.4, 1.2, 1.2, 1.2]))
 
 
+def test_severity_from_risk_arguments(tmp_path):
+    args = training_args(tmp_path, max_steps=1)
+    trainer = RiskCalibratedTrainer(model=tiny_vit(), args=args, risk_args=RiskArguments(severity="brain_tumor_mri"))
+    assert trainer.severity == BRAIN
+    torch.testing.assert_close(trainer.loss_fn.severity_matrix, torch.tensor(BRAIN.matrix, dtype=torch.float32))
+    path = tmp_path / "sev.json"
+    SeverityMatrix.preset("sicapv2").to_json(path)
+    with pytest.raises(ValueError, match="do not match severity labels"):  # a JSON matrix is checked too
+        RiskCalibratedTrainer(model=tiny_vit(), args=args, risk_args=RiskArguments(severity=str(path)))
+    # An explicit severity wins over the arguments.
+    explicit = RiskCalibratedTrainer(model=tiny_vit(), args=args, risk_args=RiskArguments(severity=str(path)), severity=BRAIN)
+    assert explicit.severity == BRAIN
+
+
 def test_risk_arguments_with_hf_argument_parser():
     parser = HfArgumentParser(RiskArguments)
     (ra,) = parser.parse_args_into_dataclasses(

@@ -92,7 +92,8 @@ class RiskCalibratedTrainer(Trainer):
         loss_fn: a loss module called as ``loss_fn(logits, labels)``; or
         risk_args: :class:`RiskArguments` to build one, with ``severity`` (and
             ``class_counts`` for class-weighted losses).
-        severity: the :class:`SeverityMatrix`; checked against the model's labels.
+        severity: the :class:`SeverityMatrix` (or a preset name / JSON path; default:
+            ``risk_args.severity``); checked against the model's labels.
         **kwargs: everything ``transformers.Trainer`` takes.
 
     Image datasets with on-the-fly transforms need ``remove_unused_columns=False``
@@ -112,6 +113,8 @@ class RiskCalibratedTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.risk_args = risk_args or RiskArguments()
+        if severity is None and risk_args is not None and risk_args.severity:
+            severity = risk_args.severity  # --severity PRESET_OR_JSON from the command line / config
         self.severity = SeverityMatrix.resolve(severity) if severity is not None else None
         if loss_fn is None:
             if risk_args is None:
