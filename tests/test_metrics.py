@@ -202,6 +202,10 @@ def test_hundred_thousand_predictions():
         ([], [], "at least one prediction"),
         ([[0, 1]], [[0, 1]], "must be a 1-D sequence"),
         ([0.5, 1.0], [0, 1], "integer class indices"),
+        ([float("nan"), 1.0], [0, 1], "integer class indices"),
+        ([1e30, 0.0], [0, 1], r"class index 1e\+30, outside"),
+        (["glioma", "notumor"], [0, 1], "got dtype <U7 .class names"),
+        ([None, 1], [0, 1], "got dtype object"),
     ],
 )
 def test_invalid_inputs(preds, refs, match):

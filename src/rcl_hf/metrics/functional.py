@@ -50,15 +50,22 @@ def _as_labels(values: Any, k: int, what: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a 1-D sequence of class indices, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise ValueError(f"{what} must hold integer class indices")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype == bool:
         arr = arr.astype(np.int64)
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and (arr.min() < 0 or arr.max() >= k):
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not (np.all(np.isfinite(arr)) and np.all(np.mod(arr, 1) == 0)):
+            raise ValueError(f"{what} must hold integer class indices")
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"{what} must hold integer class indices, got dtype {arr.dtype} "
+            "(class names? map them to indices with the severity's labels)"
+        )
+    if arr.min() < 0 or arr.max() >= k:  # checked before the cast: 1e30 must not wrap around
         bad = arr[(arr < 0) | (arr >= k)][0]
         raise ValueError(f"{what} hold class index {bad}, outside [0, {k - 1}] for {k} classes")
-    return arr
+    return arr.astype(np.int64, copy=False)
 
 
 def confusion_matrix(predictions: Any, references: Any, num_labels: int) -> np.ndarray:
