@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
     setup_s = time.perf_counter() - t
     n_params = sum(p.numel() for p in space_model.model.parameters())
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rng = np.random.default_rng(0)
     upload = work / "upload.png"
     Image.fromarray(rng.integers(0, 256, size=(args.upload_side, args.upload_side, 3), dtype=np.uint8)).save(upload)
@@ -203,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "device": "cpu",
+            # 1-minute load average before/after: other processes on the machine inflate the figures
+            "load_average_1min": {
+                "before": round(load_before[0], 2) if load_before else None,
+                "after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            },
         },
         "versions": _versions(),
         "model": {
@@ -236,7 +242,9 @@ def _markdown(r: Dict[str, Any]) -> str:
         f"- command: `{r['command']}`",
         f"- date: {r['date']}",
         f"- machine: {r['machine']['cpu']}, {r['machine']['logical_cpus']} logical CPUs, "
-        f"torch threads {r['machine']['torch_threads']}, {r['machine']['platform']}",
+        f"torch threads {r['machine']['torch_threads']}, {r['machine']['platform']}; "
+        f"1-min load average {r['machine']['load_average_1min']['before']} before, "
+        f"{r['machine']['load_average_1min']['after']} after",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
         f"- model: {r['model']['backbone']}, {r['model']['weights']}, {r['model']['parameters']:,} parameters; "
         f"upload: {r['model']['upload']}",

@@ -54,7 +54,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -571,25 +571,28 @@ def decision_card_html(rec: Mapping[str, Any]) -> str:
         )
     probs = rec["probabilities"]
     crit_classes = set(rec["critical_classes"])
-    row = 'style="text-align:left;padding:3px 12px 3px 0;font-weight:600;white-space:nowrap;border:none;vertical-align:top"'
-    cell = 'style="padding:3px 0;border:none"'
     a, b = rec["argmax"], rec["bayes_decision"]
     differ = (
         ' <span style="background:#fff1c2;color:#7a4d00;border-radius:4px;padding:0 5px;font-size:12px">differs from argmax</span>'
         if a != b
         else ""
     )
+
+    def line(name: str, value: str) -> str:
+        return (
+            '<div style="display:flex;gap:12px;padding:3px 0;border-bottom:1px solid #eaeef2">'
+            f'<div style="flex:0 0 42%;font-weight:600">{name}</div><div style="flex:1">{value}</div></div>'
+        )
+
+    crit = rec["critical_error_risk"]
     summary = (
-        '<table style="border-collapse:collapse;margin-bottom:8px">'
-        f"<tr><th {row}>Argmax decision</th><td {cell}>{e(a)} (p = {_fmt_p(probs[a])})</td></tr>"
-        f"<tr><th {row}>Bayes-risk decision</th><td {cell}><b>{e(b)}</b>{differ}</td></tr>"
-        f"<tr><th {row}>Expected clinical cost</th><td {cell}>{_fmt_p(rec['expected_cost'])} (Bayes) &middot; "
-        f"{_fmt_p(rec['argmax_expected_cost'])} (argmax)</td></tr>"
-        f"<tr><th {row}>Critical mass</th><td {cell}>{_fmt_p(rec['critical_mass'])} on "
-        f"{e(', '.join(rec['critical_classes']))} (classes whose miss is critical)</td></tr>"
-        f"<tr><th {row}>P(critical error)</th><td {cell}>{_fmt_p(rec['critical_error_risk']['argmax'])} if we act on argmax "
-        f"&middot; {_fmt_p(rec['critical_error_risk']['bayes_decision'])} on the Bayes decision</td></tr>"
-        "</table>"
+        '<div style="margin-bottom:10px">'
+        + line("Argmax decision", f"{e(a)} (p = {_fmt_p(probs[a])})")
+        + line("Bayes-risk decision", f"<b>{e(b)}</b>{differ}")
+        + line("Expected clinical cost", f"{_fmt_p(rec['expected_cost'])} (Bayes) &middot; {_fmt_p(rec['argmax_expected_cost'])} (argmax)")
+        + line("Critical mass", f"{_fmt_p(rec['critical_mass'])} on {e(', '.join(rec['critical_classes']))} (classes whose miss is critical)")
+        + line("P(critical error)", f"{_fmt_p(crit['argmax'])} acting on argmax &middot; {_fmt_p(crit['bayes_decision'])} on the Bayes decision")
+        + "</div>"
     )
     th = 'style="text-align:left;padding:2px 8px;border-bottom:1px solid #d0d7de"'
     rows = []
@@ -608,7 +611,7 @@ def decision_card_html(rec: Mapping[str, Any]) -> str:
         )
     table = (
         '<table style="border-collapse:collapse;font-size:13px;width:100%">'
-        f"<tr><th {th}>class</th><th {th}>probability</th><th {th}>expected cost if decided</th><th {th}></th></tr>"
+        f"<tr><th {th}>class</th><th {th}>probability</th><th {th}>cost if decided</th><th {th}></th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -772,7 +775,7 @@ def build_demo(
 
     models = [_as_space_model(model, "model")] + ([_as_space_model(compare, "compare")] if compare is not None else [])
     if len(models) == 2 and models[0].name == models[1].name:
-        models[1].name = models[1].name + " (compare)"
+        models[1] = replace(models[1], name=models[1].name + " (compare)")
     max_bytes = int(max_upload_mb * 1024 * 1024)
     tau0 = DEFAULT_REFERRAL_THRESHOLD if threshold is None else _check_threshold(threshold)
 
@@ -872,7 +875,7 @@ def build_demo(
                     gr.Markdown(f"### {html.escape(m.name)}")
                     label = gr.Label(num_top_classes=len(m.labels), label="Class probabilities", elem_id=f"rcl-probs-{k}")
                     card = gr.HTML(elem_id=f"rcl-decision-{k}", js_on_load=None)
-                    with gr.Accordion("Severity matrix", open=len(models) == 1):
+                    with gr.Accordion("Severity matrix (critical cells outlined)", open=True):
                         gr.Plot(value=severity_heatmap(m.severity, title=f"Severity matrix of {m.name}"), format="png", label="Severity matrix", show_label=False)
                     with gr.Accordion("Raw result (JSON)", open=False):
                         raw = gr.JSON(label="result")
