@@ -1,0 +1,94 @@
+"""``scripts/run_experiments.py GRID.yaml [--flags]``: run a grid, then select on validation, evaluate on
+test and write ``results.csv`` / ``results.md`` / plots.
+
+    python scripts/run_experiments.py configs/experiments/synthetic_smoke.yaml
+    python scripts/run_experiments.py configs/experiments/frozen_effnet_lite0.yaml --workers 2 \\
+        --report_dir benchmarks/results/experiments/frozen_effnet_lite0
+    python scripts/run_experiments.py GRID.yaml --skip_run     # report from the finished cells only
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+__all__ = ["ExperimentCLIArguments", "main"]
+
+
+@dataclass
+class ExperimentCLIArguments:
+    """Flags after the grid file."""
+
+    workers: int = field(default=1, metadata={"help": "Cells run in parallel (processes); 1 = in this process."})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Override the grid's output_dir (cell folders)."})
+    report_dir: Optional[str] = field(default=None, metadata={"help": "Where results go (default: <output_dir>/report)."})
+    only: Optional[List[str]] = field(default=None, metadata={"help": "Run only cells whose id contains one of these."})
+    skip_run: bool = field(default=False, metadata={"help": "Do not train: report from the cells already done."})
+    no_report: bool = field(default=False, metadata={"help": "Train only; write no report."})
+    no_plots: bool = field(default=False, metadata={"help": "Write tables but no figures."})
+    n_boot: Optional[int] = field(default=None, metadata={"help": "Bootstrap replicates (default: the grid's, 1000)."})
+    title: Optional[str] = field(default=None, metadata={"help": "Title of results.md."})
+    notes: Optional[str] = field(default=None, metadata={"help": "A markdown file whose text goes under the title."})
+    dry_run: bool = field(default=False, metadata={"help": "List the cells (done or to do) and exit."})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Entry point of ``scripts/run_experiments.py`` / ``rcl-experiments``; returns a summary dict."""
+    from transformers import HfArgumentParser
+
+    from .grid import is_done, load_grid, run_grid
+    from .report import compare, load_runs, write_results
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__)
+            HfArgumentParser(ExperimentCLIArguments).print_help()
+            raise SystemExit(0)
+        print("error: the first argument must be a grid YAML file (see configs/experiments/)", file=sys.stderr)
+        raise SystemExit(2)
+    grid_path, rest = argv[0], argv[1:]
+    (args,) = HfArgumentParser(ExperimentCLIArguments).parse_args_into_dataclasses(args=rest)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        grid = load_grid(grid_path, output_dir=args.output_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out: dict = {"grid": grid.name, "cells": len(grid.cells)}
+    if args.dry_run:
+        for c in grid.cells:
+            print(("done " if is_done(c) else "todo ") + c.cell_id)
+        return out
+    t0 = time.time()
+    if not args.skip_run:
+        res = run_grid(grid, workers=args.workers, only=args.only)
+        out.update(res)
+        print(f"{grid.name}: ran {len(res['ran'])}, skipped {len(res['skipped'])} (done), failed {len(res['failed'])} "
+              f"cells in {res['wall_time_s']:.0f} s", file=sys.stderr)
+        for cid, err in res["failed"].items():
+            print(f"FAILED {cid}: {err.strip().splitlines()[-1]}", file=sys.stderr)
+    if not args.no_report:
+        runs = load_runs(grid)
+        if not runs:
+            print("error: no finished cell to report on", file=sys.stderr)
+            raise SystemExit(1)
+        comparison = compare(runs, grid.blend_weights, reference=grid.reference, tolerance=grid.tolerance,
+                             n_boot=args.n_boot or grid.n_boot, baselines=grid.baselines, post_hoc=grid.post_hoc)
+        notes = None
+        if args.notes:
+            with open(args.notes, encoding="utf-8") as fh:
+                notes = fh.read()
+        report_dir = args.report_dir or os.path.join(grid.output_dir, "report")
+        paths = write_results(comparison, report_dir, grid, title=args.title, baselines=grid.baselines,
+                              post_hoc=grid.post_hoc, plots=not args.no_plots, notes=notes)
+        out["report"] = paths
+        out["verdicts"] = comparison.verdicts
+        print(f"results: {paths['results.md']} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    if out.get("failed"):
+        raise SystemExit(1)
+    return out

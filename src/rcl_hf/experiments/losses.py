@@ -1,0 +1,124 @@
+"""Options that keep the risk term acting where the model still errs (issue 9, point 5).
+
+With frozen features or a long fine-tuning, the training split is fit almost
+perfectly: ``p_y -> 1`` on every training image, so the risk term
+``R = Σ_j M[y, j] p_j`` (and its gradient) vanishes, and the risk-calibrated loss
+can do little more than shift a decision threshold. Two wrappers keep training
+errors alive; both act on any loss of :func:`rcl_hf.losses.build_loss` and only
+while gradients are enabled (training), so evaluation losses stay comparable.
+
+* **Severity margin** (cost-scaled additive margin; cf. LDAM, Cao et al.,
+  NeurIPS 2019, and logit adjustment, Menon et al., ICLR 2021)::
+
+      z'_j = z_j + m · M[y, j],          L = loss(z', y)
+
+  Class ``j`` competes with the true class ``y`` as if its logit were ``m·M[y,j]``
+  higher, so a training image counts as (softly) wrong until the true logit
+  clears every critical class by ``m`` (fine-grained classes by ``0.1·m``). The
+  risk term of the RCL loss then still sees mass on critical classes after the
+  argmax is right. ``m = 0`` is the wrapped loss exactly.
+
+* **Logit mixup** (mixup, Zhang et al., ICLR 2018, applied to the logits)::
+
+      a ~ Beta(α, α),  π a random permutation of the batch,
+      z̃ = a·z + (1 - a)·z[π],   L = a·loss(z̃, y) + (1 - a)·loss(z̃, y[π])
+
+  For the frozen-backbone head (``logits = W e + b``) this is *exactly* mixup of
+  the embeddings, since ``W(a e + (1-a) e') + b = a z + (1-a) z'``; for a
+  fine-tuned network it is mixup at the last layer (manifold mixup). Mixed
+  images lie between classes, where the model keeps erring, so the risk term
+  keeps a gradient. ``α = 0`` disables it.
+
+:class:`ExperimentRiskArguments` adds ``severity_margin`` and
+``logit_mixup_alpha`` to :class:`rcl_hf.trainer.RiskArguments`; its ``build``
+returns the wrapped loss, so a grid cell still trains through
+:func:`rcl_hf.training.run_training` unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..severity import SeverityMatrix
+from ..trainer import RiskArguments
+
+__all__ = ["SeverityMarginLoss", "LogitMixupLoss", "ExperimentRiskArguments"]
+
+
+class SeverityMarginLoss(nn.Module):
+    """``loss(z + m·M[y, :], y)`` while training; ``loss(z, y)`` without gradients (see module docstring)."""
+
+    def __init__(self, loss: nn.Module, severity: SeverityMatrix, margin: float) -> None:
+        super().__init__()
+        if margin < 0 or not math.isfinite(margin):
+            raise ValueError(f"severity_margin must be finite and >= 0, got {margin}")
+        self.loss = loss
+        self.margin = float(margin)
+        self.register_buffer("severity_matrix", torch.tensor(np.array(severity.matrix), dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.margin > 0 and torch.is_grad_enabled():
+            if logits.ndim != 2 or logits.shape[1] != self.severity_matrix.shape[0]:
+                raise ValueError(f"logits must be (batch, {self.severity_matrix.shape[0]}), got {tuple(logits.shape)}")
+            logits = logits.float() + self.margin * self.severity_matrix.to(logits.device)[labels]
+        return self.loss(logits, labels)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}"
+
+
+class LogitMixupLoss(nn.Module):
+    """Mixup of logits within the batch while training (see module docstring)."""
+
+    def __init__(self, loss: nn.Module, alpha: float) -> None:
+        super().__init__()
+        if alpha < 0 or not math.isfinite(alpha):
+            raise ValueError(f"logit_mixup_alpha must be finite and >= 0, got {alpha}")
+        self.loss = loss
+        self.alpha = float(alpha)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.alpha == 0 or not torch.is_grad_enabled() or logits.shape[0] < 2:
+            return self.loss(logits, labels)
+        a = float(torch.distributions.Beta(self.alpha, self.alpha).sample())  # torch's seeded generator
+        perm = torch.randperm(logits.shape[0], device=logits.device)
+        mixed = a * logits + (1.0 - a) * logits[perm]
+        return a * self.loss(mixed, labels) + (1.0 - a) * self.loss(mixed, labels[perm])
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+@dataclass
+class ExperimentRiskArguments(RiskArguments):
+    """:class:`~rcl_hf.trainer.RiskArguments` plus the point-5 options of the experiment grid."""
+
+    severity_margin: float = field(
+        default=0.0, metadata={"help": "m >= 0: train on z + m·M[y, :] (cost-scaled margin; 0 = off)."}
+    )
+    logit_mixup_alpha: float = field(
+        default=0.0, metadata={"help": "α >= 0 of Beta(α, α) logit mixup while training (0 = off)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("severity_margin", "logit_mixup_alpha"):
+            value = getattr(self, name)
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+    def build(self, severity: Optional[SeverityMatrix], class_counts: Optional[Sequence[int]] = None) -> nn.Module:
+        loss = super().build(severity, class_counts)
+        if self.severity_margin > 0:
+            if severity is None:
+                raise ValueError("severity_margin needs a severity matrix")
+            loss = SeverityMarginLoss(loss, severity, self.severity_margin)
+        if self.logit_mixup_alpha > 0:
+            loss = LogitMixupLoss(loss, self.logit_mixup_alpha)
+        return loss

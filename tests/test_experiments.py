@@ -1,0 +1,409 @@
+"""rcl_hf.experiments: decision rules, matched-accuracy selection (validation only), statistics
+(bootstrap CIs over seeds and images, exact McNemar, Clopper–Pearson), the grid runner's resumability,
+the point-5 loss options, and the report — on synthetic result rows and tiny fake logits."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rcl_hf.experiments import grid as grid_mod
+from rcl_hf.experiments.grid import Cell, is_done, load_grid, run_grid
+from rcl_hf.experiments.losses import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
+from rcl_hf.experiments.report import Run, compare, operating_points, write_results
+from rcl_hf.experiments.rules import (
+    blend_cost_matrix,
+    blend_decision,
+    expected_calibration_error,
+    risk_coverage,
+    softmax,
+)
+from rcl_hf.experiments.selection import select_operating_points
+from rcl_hf.experiments.stats import (
+    PipelineSample,
+    bootstrap_replicates,
+    clopper_pearson,
+    combined_mcnemar,
+    exact_mcnemar,
+    summarize,
+)
+from rcl_hf.losses import CrossEntropyLoss, RiskCalibratedLoss
+from rcl_hf.metrics import bayes_risk_decision
+from rcl_hf.severity import SeverityMatrix
+
+SEV = SeverityMatrix.preset("synthetic")  # normal, lesion_round, lesion_oval, lesion_ring; lesion -> normal critical
+
+
+# ----------------------------------------------------------------------------- rules
+def test_blend_rule_endpoints_are_argmax_and_bayes():
+    rng = np.random.default_rng(0)
+    p = softmax(rng.normal(0, 2, size=(500, 4)))
+    assert np.array_equal(blend_decision(p, SEV, 0.0), p.argmax(1))
+    bayes, _ = bayes_risk_decision(p, SEV)
+    assert np.array_equal(blend_decision(p, SEV, 1.0), bayes)
+    # the blend is the Bayes decision of the blended cost matrix, by hand for one case
+    q = np.array([[0.55, 0.45, 0.0, 0.0]])
+    # deciding normal: (1-w)*0.45 + w*0.45*1.0 ; deciding round: (1-w)*0.55 + w*0.55*0.3
+    assert blend_decision(q, SEV, 0.0).tolist() == [0]
+    assert blend_decision(q, SEV, 0.2).tolist() == [0]   # 0.45 vs 0.473
+    assert blend_decision(q, SEV, 0.3).tolist() == [1]   # 0.45 vs 0.4345
+    np.testing.assert_allclose(blend_cost_matrix(SEV, 0.5), 0.5 * (1 - np.eye(4)) + 0.5 * SEV.matrix)
+    with pytest.raises(ValueError, match="blend weight"):
+        blend_cost_matrix(SEV, 1.5)
+
+
+def test_blend_rule_moves_along_the_front_monotonically_in_critical_errors():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 2000)
+    p = softmax(3 * np.eye(4)[y] + rng.normal(0, 1.5, size=(2000, 4)))
+    crit = [SEV.critical[y, blend_decision(p, SEV, w)].sum() for w in np.linspace(0, 1, 11)]
+    assert crit[0] > crit[-1]
+    assert all(a >= b for a, b in zip(crit, crit[1:]))  # more weight on M never adds critical errors here
+
+
+def test_ece_and_risk_coverage_by_hand():
+    p = np.array([[0.9, 0.1, 0, 0], [0.6, 0.4, 0, 0], [0.2, 0.8, 0, 0], [0.3, 0.7, 0, 0]])
+    y = np.array([0, 1, 1, 0])
+    # 2 bins: (0, .5] empty, (.5, 1]: conf mean (0.9+0.6+0.8+0.7)/4 = 0.75, acc 2/4 -> ECE 0.25
+    assert expected_calibration_error(p, y, n_bins=2) == pytest.approx(0.25)
+    # 10 bins: |0.9-1| + |0.6-0| + |0.8-1| + |0.7-0| over 4 = 0.4
+    assert expected_calibration_error(p, y, n_bins=10) == pytest.approx(0.4)
+    d = p.argmax(1)  # [0, 0, 1, 1]; case 1 (lesion called normal) is critical
+    rc = risk_coverage(p, y, d, SEV, coverages=(0.5, 0.75, 1.0))
+    # risk of decision: case0 0.1*1.0=0.1, case1 0.4, case2 0.2*0.3=0.06, case3 0.3*0.3=0.09
+    # order: 2, 3, 0, 1 -> critical only at the last
+    assert rc["cer"].tolist() == [0, 0, 0, 0.25]
+    assert rc["cer_at"] == {0.5: 0.0, 0.75: 0.0, 1.0: 0.25}
+
+
+# ----------------------------------------------------------------------------- selection
+def _rows(test_overrides=None):
+    """Validation/test rows for families ce (1 point), focal (1 point), rcl (3 λ points), 2 seeds."""
+    spec = {  # (family, point): (val_acc, val_cer)
+        ("ce", "default"): (0.80, 0.10),
+        ("focal", "default"): (0.795, 0.09),
+        ("rcl", "lam=0.5"): (0.795, 0.07),   # matched (within 1 pt of 0.80)
+        ("rcl", "lam=2"): (0.791, 0.05),     # matched, lowest CER -> chosen
+        ("rcl", "lam=5"): (0.70, 0.01),      # lowest CER but not matched
+    }
+    rows = []
+    for (fam, point), (acc, cer) in spec.items():
+        for seed, jitter in ((0, -0.001), (1, 0.001)):
+            rows.append({"dataset": "d", "backbone": "b", "family": fam, "point": point, "seed": seed,
+                         "val_accuracy": acc + jitter, "val_cer": cer + jitter, "val_expected_cost": cer,
+                         "test_accuracy": 0.5, "test_cer": 0.5})
+    df = pd.DataFrame(rows)
+    for (fam, point), values in (test_overrides or {}).items():
+        m = (df["family"] == fam) & (df["point"] == point)
+        for k, v in values.items():
+            df.loc[m, k] = v
+    return df
+
+
+def test_selection_lowest_val_cer_within_one_point_of_ce():
+    sel = select_operating_points(_rows()).set_index("family")
+    assert sel.loc["rcl", "point"] == "lam=2"
+    assert sel.loc["rcl", "matched"]
+    assert sel.loc["rcl", "reference_accuracy"] == pytest.approx(0.80)
+    assert sel.loc["ce", "point"] == "default" and sel.loc["focal", "matched"]
+    # a tighter tolerance excludes lam=2 (0.791 < 0.80 - 0.005)
+    tight = select_operating_points(_rows(), tolerance=0.005).set_index("family")
+    assert tight.loc["rcl", "point"] == "lam=0.5"
+
+
+def test_selection_never_reads_test_metrics():
+    base = select_operating_points(_rows())
+    # test metrics that would favour other points if they were read
+    adversarial = _rows({("rcl", "lam=5"): {"test_accuracy": 0.99, "test_cer": 0.0},
+                         ("rcl", "lam=2"): {"test_accuracy": 0.10, "test_cer": 0.9},
+                         ("ce", "default"): {"test_accuracy": 0.2}})
+    pd.testing.assert_frame_equal(select_operating_points(adversarial), base)
+    no_test = _rows().drop(columns=["test_accuracy", "test_cer"])
+    pd.testing.assert_frame_equal(select_operating_points(no_test), base)
+
+
+def test_selection_unmatched_family_and_errors():
+    rows = _rows()
+    rows.loc[rows["family"] == "focal", "val_accuracy"] = 0.5
+    sel = select_operating_points(rows).set_index("family")
+    assert not sel.loc["focal", "matched"]
+    with pytest.raises(ValueError, match="No reference family 'xx'"):
+        select_operating_points(rows, reference_family="xx")
+    with pytest.raises(ValueError, match="one operating point"):
+        select_operating_points(rows, reference_family="rcl")
+    with pytest.raises(ValueError, match="missing"):
+        select_operating_points(rows.drop(columns=["val_cer"]))
+
+
+# ----------------------------------------------------------------------------- stats
+def test_clopper_pearson_exact_values():
+    lo, hi = clopper_pearson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10))  # closed form at k = 0
+    lo, hi = clopper_pearson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 10))
+    from scipy.stats import binomtest
+
+    ref = binomtest(3, 858).proportion_ci(0.95, method="exact")
+    assert clopper_pearson(3, 858) == pytest.approx((ref.low, ref.high))
+    with pytest.raises(ValueError, match="successes"):
+        clopper_pearson(11, 10)
+
+
+def test_exact_mcnemar_by_hand_and_combined_over_seeds():
+    a = np.array([1, 1, 1, 1, 1, 0, 0, 1], bool)
+    b = np.array([0, 0, 0, 0, 0, 0, 0, 1], bool)
+    r = exact_mcnemar(a, b)
+    assert (r.b, r.c) == (5, 0) and r.p_value == pytest.approx(2 * 0.5 ** 5)
+    assert exact_mcnemar(b, b).p_value == 1.0
+    comb = combined_mcnemar([r, exact_mcnemar(np.array([1, 0], bool), np.array([0, 1], bool))])
+    assert (comb.b, comb.c) == (6, 1)
+    assert comb.p_value == pytest.approx(2 * (1 + 7) / 2 ** 7)  # P(X<=1) doubled, X ~ Bin(7, 1/2)
+
+
+def _sample(n=400, seeds=3, acc=0.8, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    dec, probs = [], []
+    for s in range(seeds):
+        d = np.where(rng.random(n) < acc, y, rng.integers(0, 4, n))
+        dec.append(d)
+        probs.append(softmax(2.5 * np.eye(4)[d] + rng.normal(0, 0.5, (n, 4))))
+    return PipelineSample(np.stack(dec), np.stack(probs), y)
+
+
+def test_summary_means_counts_and_bootstrap_ci():
+    s = _sample()
+    out = summarize(s, SEV, n_boot=300)
+    crit = SEV.critical[s.labels[None, :], s.decisions]
+    assert out["n_critical_seeds"] == crit.sum(1).tolist()
+    assert out["cer"] == pytest.approx(crit.mean())
+    acc = (s.decisions == s.labels).mean(1)
+    assert out["accuracy"] == pytest.approx(acc.mean())
+    assert out["accuracy_seeds"] == pytest.approx(acc.tolist())
+    for key in ("accuracy", "cer", "ece", "macro_f1"):
+        lo, hi = out[f"{key}_ci"]
+        assert lo <= out[key] <= hi and hi > lo
+    assert out["cer_pooled_cp"] == clopper_pearson(int(crit.sum()), crit.size)
+    # more test images -> narrower interval
+    big = summarize(_sample(n=4000), SEV, n_boot=300)
+    assert big["accuracy_ci"][1] - big["accuracy_ci"][0] < out["accuracy_ci"][1] - out["accuracy_ci"][0]
+
+
+def test_bootstrap_combines_seed_variability_and_is_paired():
+    s = _sample(seeds=3)
+    # a pipeline whose seeds differ wildly gets a wider interval than one seed repeated
+    same = PipelineSample(np.repeat(s.decisions[:1], 3, 0), np.repeat(s.probs[:1], 3, 0), s.labels)
+    spread = PipelineSample(np.stack([s.labels, s.decisions[0], (s.labels + 1) % 4]), s.probs, s.labels)
+    w_same = np.ptp(summarize(same, SEV, n_boot=400)["accuracy_ci"])
+    w_spread = np.ptp(summarize(spread, SEV, n_boot=400)["accuracy_ci"])
+    assert w_spread > 2 * w_same
+    # same bootstrap seed -> same draws -> identical replicates for identical pipelines
+    r1 = bootstrap_replicates(s, SEV, 50, bootstrap_seed=7)
+    r2 = bootstrap_replicates(s, SEV, 50, bootstrap_seed=7)
+    np.testing.assert_array_equal(r1["cer"], r2["cer"])
+
+
+# ----------------------------------------------------------------------------- compare on fake runs
+def _fake_runs(test_flip=False):
+    """ce, focal and rcl (2 λ) with 2 seeds on a 4-class problem; rcl shifts mass off 'normal'."""
+    rng = np.random.default_rng(3)
+    y = {"val": rng.integers(0, 4, 300), "test": rng.integers(0, 4, 300)}
+    runs = []
+    for method, points in (("ce", ["default"]), ("focal", ["default"]), ("rcl", ["lam=1", "lam=4"])):
+        for point in points:
+            shift = {"default": 0.0, "lam=1": 0.6, "lam=4": 2.5}[point]
+            for seed in (0, 1):
+                logits = {}
+                for split in ("val", "test"):
+                    z = 2.0 * np.eye(4)[y[split]] + rng.normal(0, 1.2, (300, 4))
+                    z[:, 0] -= shift
+                    if test_flip and split == "test":
+                        z = -z  # test logits that would change any test-driven choice
+                    logits[split] = z
+                runs.append(Run("d", "b", method, point, seed, SEV, logits, {k: v.copy() for k, v in y.items()},
+                                loss=method))
+    return runs
+
+
+def test_compare_selects_on_validation_and_scores_test_once():
+    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
+    a = compare(_fake_runs(), weights, n_boot=50)
+    b = compare(_fake_runs(test_flip=True), weights, n_boot=50)
+    pd.testing.assert_frame_equal(a.selection, b.selection)  # test logits never touch the choice
+    assert not np.allclose(a.summary["accuracy"], b.summary["accuracy"])  # ... but they are what gets scored
+    fams = set(a.summary["family"])
+    assert {"ce", "ce + blend", "ce + Bayes", "rcl", "rcl + blend", "focal"} <= fams
+    pts = operating_points(_fake_runs(), weights)
+    assert len(pts) == 8 * (1 + 1 + len(weights))  # runs x (argmax + Bayes + blend points)
+    row = a.summary.set_index("family").loc["rcl"]
+    assert "rsi_vs_focal" in row and row["mcnemar_vs_focal"] is not None
+    assert (("d", "b") in a.verdicts) and a.verdicts[("d", "b")]["best_rcl_family"].startswith("rcl")
+
+
+def test_write_results_files(tmp_path):
+    comp = compare(_fake_runs(), [0.0, 0.5, 1.0], n_boot=30)
+    paths = write_results(comp, str(tmp_path), title="fake", plots=True)
+    table = pd.read_csv(paths["results.csv"])
+    assert len(table) == 8  # one row per training run
+    assert {"test_cer", "bayes_test_cer", "selected_for", "seed"} <= set(table.columns)
+    md = open(paths["results.md"], encoding="utf-8").read()
+    for text in ("| ce + blend |", "Clopper–Pearson", "RSI vs focal", "**Targets**", "fronts_d_b.png"):
+        assert text in md
+    for name in ("fronts_d_b.png", "lambda_sweep_d_b.png", "reliability_d_b.png", "risk_coverage_d_b.png",
+                 "confusion_d_b_ce.png"):
+        assert os.path.getsize(tmp_path / name) > 5000
+
+
+# ----------------------------------------------------------------------------- point-5 loss options
+def test_severity_margin_loss():
+    torch.manual_seed(0)
+    z = torch.randn(8, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 1, 1, 2, 0])
+    ce = CrossEntropyLoss()
+    m = torch.tensor(SEV.matrix, dtype=torch.float32)
+    loss = SeverityMarginLoss(ce, SEV, 2.0)
+    assert torch.allclose(loss(z, y), ce(z + 2.0 * m[y], y))
+    assert torch.allclose(SeverityMarginLoss(ce, SEV, 0.0)(z, y), ce(z, y))
+    with torch.no_grad():  # evaluation: no margin
+        assert torch.allclose(loss(z, y), ce(z, y))
+    # a correctly classified lesion whose 'normal' logit is close: the margin makes it count as an error
+    zc = torch.tensor([[3.0, 3.5, -2.0, -2.0]], requires_grad=True)
+    yc = torch.tensor([1])
+    assert ce(zc, yc) < 0.5 < 1.5 < loss(zc, yc)
+    with pytest.raises(ValueError, match="severity_margin"):
+        SeverityMarginLoss(ce, SEV, -1.0)
+
+
+def test_logit_mixup_equals_embedding_mixup_for_a_linear_head():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(6, 4)
+    e = torch.randn(10, 6)
+    y = torch.randint(0, 4, (10,))
+    rcl = RiskCalibratedLoss(SEV, lam=1.0)
+    loss = LogitMixupLoss(rcl, alpha=0.4)
+    torch.manual_seed(5)
+    got = loss(head(e), y)
+    torch.manual_seed(5)  # same draws: the mixing weight, then the permutation
+    a = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(10)
+    e_mix = a * e + (1 - a) * e[perm]
+    want = a * rcl(head(e_mix), y) + (1 - a) * rcl(head(e_mix), y[perm])
+    assert torch.allclose(got, want, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(loss(head(e), y), rcl(head(e), y))
+    assert torch.allclose(LogitMixupLoss(rcl, 0.0)(head(e), y), rcl(head(e), y))
+
+
+def test_experiment_risk_arguments_build_and_validate():
+    args = ExperimentRiskArguments(loss="rcl", lam=2.0, severity_margin=1.0, logit_mixup_alpha=0.2)
+    built = args.build(SEV)
+    assert isinstance(built, LogitMixupLoss) and isinstance(built.loss, SeverityMarginLoss)
+    assert isinstance(built.loss.loss, RiskCalibratedLoss) and built.loss.loss.lam == 2.0
+    assert isinstance(ExperimentRiskArguments(loss="ce").build(SEV), CrossEntropyLoss)
+    with pytest.raises(ValueError, match="logit_mixup_alpha"):
+        ExperimentRiskArguments(loss="ce", logit_mixup_alpha=-1)
+    with pytest.raises(ValueError, match="Unknown loss"):
+        ExperimentRiskArguments(loss="nope")
+
+
+# ----------------------------------------------------------------------------- grid
+GRID = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "data": {"max_train_samples": 64, "max_eval_samples": 32, "cache_dir": None},
+    "training": {"num_train_epochs": 1, "per_device_train_batch_size": 32},
+    "datasets": [{"name": "synthetic", "dataset": "synthetic"}],
+    "backbones": [{"name": "r18", "backbone": "resnet18", "image_size": 32, "freeze_backbone": True}],
+    "methods": [{"name": "ce", "loss": "ce"}, {"name": "rcl", "loss": "rcl", "lam": [0.5, 2.0]}],
+}
+
+
+def test_load_grid_expands_and_validates(tmp_path):
+    g = load_grid(GRID, output_dir=str(tmp_path))
+    assert len(g.cells) == 2 * (1 + 2)
+    ids = [c.cell_id for c in g.cells]
+    assert "synthetic/r18/rcl/lam0.5/seed1" in ids and "synthetic/r18/ce/default/seed0" in ids
+    c = next(c for c in g.cells if c.point == "lam=2")
+    assert c.risk == {"loss": "rcl", "lam": 2.0} and c.training["num_train_epochs"] == 1
+    assert c.data["max_train_samples"] == 64 and c.model["freeze_backbone"] is True
+    for bad, msg in (({**GRID, "methods": [{"name": "ce", "lr": 1}]}, "unknown key"),
+                     ({**GRID, "methods": [{"name": "x", "loss": "nope"}]}, "Unknown loss"),
+                     ({**GRID, "methods": [{"name": "rcl", "loss": "rcl", "lam": []}]}, "empty sweep"),
+                     ({**GRID, "selection": {"reference": "focal"}}, "reference"),
+                     ({**GRID, "training": {"seed": 3}}, "unknown key"),
+                     ({**GRID, "rules": {"blend_weights": [0.5, 1.0]}}, "include 0")):
+        with pytest.raises(ValueError, match=msg):
+            load_grid(bad, output_dir=str(tmp_path))
+    y = tmp_path / "g.yaml"
+    import yaml
+
+    y.write_text(yaml.safe_dump(GRID))
+    assert len(load_grid(str(y), output_dir=str(tmp_path)).cells) == 6
+
+
+def test_run_grid_resumes_and_reruns_changed_cells(tmp_path):
+    g = load_grid({**GRID, "methods": [{"name": "ce"}, {"name": "rcl", "loss": "rcl", "lam": 2.0}], "seeds": [0]},
+                  output_dir=str(tmp_path))
+    calls = []
+
+    def fake(cell, keep):
+        calls.append(cell.cell_id)
+        os.makedirs(cell.output_dir, exist_ok=True)
+        for f in grid_mod.PREDICTION_FILES:
+            np.savez(os.path.join(cell.output_dir, f), logits=np.zeros((2, 4)), labels=np.zeros(2))
+        grid_mod._write_marker(cell, {"status": "done"})
+        return cell.cell_id, {}, None
+
+    first = run_grid(g, cell_runner=fake, progress=False)
+    assert len(first["ran"]) == 2 and not first["skipped"] and len(calls) == 2
+    second = run_grid(g, cell_runner=fake, progress=False)
+    assert second["ran"] == [] and len(second["skipped"]) == 2 and len(calls) == 2
+    # a changed argument makes the cell not done; a failed marker too
+    g2 = load_grid({**GRID, "methods": [{"name": "ce"}, {"name": "rcl", "loss": "rcl", "lam": 2.0}], "seeds": [0],
+                    "training": {"num_train_epochs": 2}}, output_dir=str(tmp_path))
+    assert not any(is_done(c) for c in g2.cells)
+    grid_mod._write_marker(g.cells[0], {"status": "failed"})
+    third = run_grid(g, cell_runner=fake, progress=False)
+    assert third["ran"] == [g.cells[0].cell_id]
+
+
+def test_one_tiny_frozen_cell_end_to_end(tmp_path):
+    """One real cell through rcl_hf.training.run_training, then the grid skips it."""
+    g = load_grid({**GRID, "seeds": [0], "methods": [{"name": "rcl", "loss": "rcl", "lam": 1.0,
+                                                       "severity_margin": 1.0}],
+                      "selection": {"reference": "rcl"}},
+                  output_dir=str(tmp_path))
+    res = run_grid(g, progress=False)
+    assert res["failed"] == {} and len(res["ran"]) == 1
+    cell = g.cells[0]
+    assert is_done(cell)
+    info = json.loads((tmp_path / cell.cell_id / "cell.json").read_text())
+    assert info["status"] == "done" and info["spec"]["risk"]["severity_margin"] == 1.0
+    assert not any(f.endswith(".safetensors") for f in os.listdir(cell.output_dir))  # keep_models false
+    recipe = json.loads((tmp_path / cell.cell_id / "rcl_run.json").read_text())
+    assert recipe["risk"]["severity_margin"] == 1.0  # the wrapped loss trained
+    again = run_grid(g, progress=False)
+    assert again["ran"] == [] and again["skipped"] == [cell.cell_id]
+
+
+def test_cli_dry_run_and_errors(tmp_path, capsys):
+    import yaml
+
+    from rcl_hf.experiments.cli import main
+
+    y = tmp_path / "g.yaml"
+    y.write_text(yaml.safe_dump(GRID))
+    out = main([str(y), "--dry_run", "--output_dir", str(tmp_path / "runs")])
+    assert out["cells"] == 6
+    assert capsys.readouterr().out.count("todo synthetic/r18/") == 6
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "missing.yaml")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--workers", "2"])
+    assert e.value.code == 2
