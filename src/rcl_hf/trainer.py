@@ -11,12 +11,35 @@ samples, and the Trainer divides it by the accumulation steps
 so no model ever normalises by ``num_items_in_batch`` behind our back). With
 equal micro-batches, accumulation 1 x batch B and k x batch B/k give the same
 gradients (tested); DDP averages those means across processes.
+
+Crash safety (:mod:`rcl_hf.reliability`):
+
+* each checkpoint is written into a hidden staging folder, ``fsync``-ed and renamed
+  to ``checkpoint-N`` in one step, so a kill during a save leaves the previous
+  checkpoint loadable and no half-written ``checkpoint-N``;
+* ``train(resume_from_checkpoint=...)`` also takes ``"last"``/``"true"`` (what a
+  command line can pass) or a run folder, and resumes from the newest *complete*
+  checkpoint, skipping damaged ones with a warning;
+* the final model files are replaced one by one (``os.replace``): never a prefix;
+* ``training_args.bin`` is written without Hub tokens.
+
+Numerical faults (``RiskArguments.nonfinite_loss``): a NaN/inf training loss, or a
+non-finite gradient norm with a finite loss, either stops the run naming the
+global step and micro-batch (``"raise"``), or skips the whole optimizer step
+(``"skip"``: gradients set to ``None``, as ``torch.amp.GradScaler`` does on
+overflow; every DDP process sees the same all-reduced norm and skips together).
+A skipped batch's buffer updates (BatchNorm running statistics) are undone. No
+checkpoint and no trained model with non-finite weights is ever written or returned.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -24,6 +47,16 @@ import torch
 from transformers import Trainer
 
 from .losses import LOSS_NAMES, RiskCalibratedLoss, build_loss
+from .reliability import (
+    CHECKPOINT_PREFIX,
+    STAGING_PREFIX,
+    atomic_replace_files,
+    commit_dir,
+    nonfinite_parameters,
+    remove_stale_staging,
+    resolve_resume_checkpoint,
+    staging_dir,
+)
 from .severity import SeverityMatrix
 
 logger = logging.getLogger(__name__)
@@ -126,8 +159,13 @@ class RiskCalibratedTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._parts_sum: Dict[str, float] = {}
         self._parts_count = 0
-        self._nonfinite_streak = 0
-        self.nonfinite_skipped = 0
+        self._nonfinite_streak = 0  # consecutive micro-batches with a non-finite loss
+        self._grad_streak = 0  # consecutive optimizer steps skipped for non-finite gradients
+        self._micro_batch = 0  # micro-batches seen in the current optimizer step
+        self._loss_skipped_in_step = False
+        self._rcl_staging: Optional[str] = None  # the checkpoint folder being written, if any
+        self.nonfinite_skipped = 0  # micro-batches whose non-finite loss was skipped
+        self.skipped_optimizer_steps = 0  # optimizer steps skipped (loss or gradient not finite)
 
     def _check_labels(self) -> None:
         config = getattr(self.model, "config", None)
@@ -161,8 +199,9 @@ class RiskCalibratedTrainer(Trainer):
             parts = None
             loss = self.loss_fn(logits, labels)
         if model.training:
+            self._micro_batch += 1
             if not torch.isfinite(loss):
-                loss = self._on_nonfinite(loss, logits)
+                loss = self._on_nonfinite(loss, logits, labels)
             else:
                 self._nonfinite_streak = 0
                 if parts is not None:
@@ -171,8 +210,27 @@ class RiskCalibratedTrainer(Trainer):
                     self._parts_count += 1
         return (loss, outputs) if return_outputs else loss
 
-    def _on_nonfinite(self, loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        where = f"at global step {self.state.global_step} (epoch {self.state.epoch or 0:.3f})"
+    def training_step(self, model: torch.nn.Module, inputs: Dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """``Trainer.training_step``; in skip mode a skipped batch's buffer updates (BatchNorm statistics) are undone."""
+        if self.risk_args.nonfinite_loss != "skip":
+            return super().training_step(model, inputs, num_items_in_batch)
+        snapshot = [(b, b.detach().clone()) for b in model.buffers()]
+        skipped_before = self.nonfinite_skipped
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.nonfinite_skipped != skipped_before:  # restored after backward, which may still need them
+            with torch.no_grad():
+                for buffer, saved in snapshot:
+                    buffer.copy_(saved)
+        return loss
+
+    def _where(self) -> str:
+        return (
+            f"at global step {self.state.global_step} (micro-batch {self._micro_batch} of optimizer step "
+            f"{self.state.global_step + 1}, epoch {self.state.epoch or 0:.3f})"
+        )
+
+    def _on_nonfinite(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        where = f"{self._where()}, batch of {len(labels)} samples"
         logit_state = "non-finite logits" if not torch.isfinite(logits).all() else "finite logits"
         if self.risk_args.nonfinite_loss == "raise":
             raise NonFiniteLossError(
@@ -181,19 +239,163 @@ class RiskCalibratedTrainer(Trainer):
             )
         self._nonfinite_streak += 1
         self.nonfinite_skipped += 1
-        logger.warning("Skipping batch with non-finite loss %s (%s)", where, logit_state)
+        self._loss_skipped_in_step = True
+        logger.warning("Skipping the optimizer step: non-finite loss %s (%s)", where, logit_state)
         if self._nonfinite_streak > self.risk_args.max_nonfinite_skips:
             raise NonFiniteLossError(
                 f"{self._nonfinite_streak} consecutive non-finite losses up to {where}: the model has diverged."
             )
-        # A zero loss connected to no parameter: backward gives no gradient, the batch is skipped.
-        return torch.zeros((), device=loss.device, requires_grad=True)
+        # NaN gradients on purpose: the (all-reduced) gradient norm is then NaN on every process and
+        # _get_grad_norm drops the whole optimizer step everywhere, as GradScaler does on overflow.
+        return logits.float().sum() * float("nan")
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        """The Trainer's gradient norm, plus the non-finite check before ``optimizer.step()``."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        loss_skipped, self._loss_skipped_in_step = self._loss_skipped_in_step, False
+        micro_batches, self._micro_batch = self._micro_batch, 0
+        if grad_norm is None or self.accelerator.scaler is not None or self.is_deepspeed_enabled:
+            return grad_norm  # fp16: GradScaler skips overflowing steps; DeepSpeed has its own overflow check
+        value = float(grad_norm)
+        if math.isfinite(value):
+            self._grad_streak = 0
+            return grad_norm
+        where = (f"at global step {self.state.global_step} (optimizer step {self.state.global_step + 1} over "
+                 f"{micro_batches} micro-batch(es), epoch {self.state.epoch or 0:.3f})")
+        if not loss_skipped and self.risk_args.nonfinite_loss == "raise":
+            raise NonFiniteLossError(
+                f"Gradient norm is {value} {where} although the loss is finite. Lower the learning rate, set "
+                "max_grad_norm, or pass --nonfinite_loss skip to skip such steps."
+            )
+        model.zero_grad(set_to_none=True)  # optimizer.step() then leaves every parameter unchanged
+        self.skipped_optimizer_steps += 1
+        if not loss_skipped:
+            self._grad_streak += 1
+            logger.warning("Skipping the optimizer step: gradient norm is %s %s", value, where)
+            if self._grad_streak > self.risk_args.max_nonfinite_skips:
+                raise NonFiniteLossError(f"{self._grad_streak} consecutive non-finite gradient norms up to {where}: "
+                                         "the model has diverged.")
+        return grad_norm
+
+    # ------------------------------------------------------------------ training / resuming
+    def train(self, resume_from_checkpoint: Union[str, bool, None] = None, trial: Any = None, **kwargs: Any):
+        """``Trainer.train`` resuming from the newest *complete* checkpoint, and never returning NaN weights.
+
+        ``resume_from_checkpoint`` may be ``True``, ``"last"``/``"true"``/``"latest"``, a
+        run folder or a checkpoint folder (:func:`rcl_hf.reliability.resolve_resume_checkpoint`).
+        Unfinished saves of a killed run (``.tmp-*`` in ``output_dir``) are removed first.
+
+        Raises:
+            NonFiniteLossError: the trained weights hold NaN or inf.
+            ValueError: the named checkpoint is incomplete, or there is nothing to resume from.
+        """
+        resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if self.args.should_save:
+            remove_stale_staging(self.args.output_dir)
+        output = super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        bad = nonfinite_parameters(self.model)
+        if bad:
+            raise NonFiniteLossError(f"Training ended with non-finite weights in {bad}; the model must not be used.")
+        return output
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Write ``checkpoint-<step>`` atomically: staging folder, ``fsync``, one rename.
+
+        Mirrors ``transformers.Trainer._save_checkpoint`` (5.x) step for step (model,
+        best-checkpoint bookkeeping, optimizer / scheduler / scaler / RNG states,
+        ``trainer_state.json``, push, rotation), except that every file goes into
+        ``.tmp-checkpoint-<step>`` first. An exception during the save removes the
+        staging folder; a kill leaves it for the next run to remove.
+        """
+        from transformers.trainer import TRAINER_STATE_NAME
+        from transformers.trainer_callback import ExportableState
+        from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
+
+        step = self.state.global_step
+        bad = nonfinite_parameters(self.model)
+        if bad:
+            raise NonFiniteLossError(f"Refusing to save {CHECKPOINT_PREFIX}-{step}: non-finite values in {bad}")
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = self._get_output_dir(trial=trial)
+        final = os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{step}")
+        staging = os.path.join(os.path.abspath(run_dir), STAGING_PREFIX + os.path.basename(final))
+        if self.args.should_save:
+            os.makedirs(run_dir, exist_ok=True)
+            staging_dir(final)
+        self.accelerator.wait_for_everyone()
+        self._rcl_staging = staging
+        try:
+            self.save_model(staging, _internal_call=True)
+            if (
+                self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+                and self.state.best_global_step
+            ):
+                self.accelerator.wait_for_everyone()
+                best = os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{self.state.best_global_step}")
+                if self.state.best_global_step == step or os.path.exists(best):
+                    self.state.best_model_checkpoint = best
+            if not self.args.save_only_model:
+                self._save_optimizer_and_scheduler(staging)
+                self._save_scaler(staging)
+                self._save_rng_state(staging)
+            if self.args.should_save:
+                for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
+                    name = cb.__class__.__name__
+                    if isinstance(self.state.stateful_callbacks[name], list):
+                        self.state.stateful_callbacks[name].append(cb.state())
+                    else:
+                        self.state.stateful_callbacks[name] = cb.state()
+                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                commit_dir(staging, final)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self._rcl_staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
-        super()._save(output_dir, state_dict)
+        """Save the model; outside a checkpoint, through a staging folder and one ``os.replace`` per file."""
+        output_dir = output_dir or self.args.output_dir
+        in_checkpoint = self._rcl_staging is not None and os.path.abspath(output_dir) == self._rcl_staging
+        if in_checkpoint or not self.args.should_save:  # a checkpoint's folder is already a staging folder
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                self._finish_model_folder(output_dir)
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=STAGING_PREFIX + "save-", dir=output_dir)
+        try:
+            super()._save(tmp, state_dict)
+            self._finish_model_folder(tmp)
+            atomic_replace_files(tmp, output_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _finish_model_folder(self, folder: str) -> None:
+        """Label maps in ``config.json``; ``training_args.bin`` re-written without Hub tokens."""
+        from transformers.trainer import TRAINING_ARGS_NAME
+
         from .models import ensure_label_maps_in_config_file
 
-        ensure_label_maps_in_config_file(output_dir or self.args.output_dir)
+        ensure_label_maps_in_config_file(folder)
+        path = os.path.join(folder, TRAINING_ARGS_NAME)
+        if os.path.exists(path):
+            args = copy.copy(self.args)
+            for name, value in vars(self.args).items():
+                if name.endswith("_token") and isinstance(value, str):
+                    setattr(args, name, None)
+            torch.save(args, path)
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and isinstance(self.loss_fn, RiskCalibratedLoss):
@@ -209,4 +411,6 @@ class RiskCalibratedTrainer(Trainer):
             self._parts_sum, self._parts_count = {}, 0
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
+        if self.skipped_optimizer_steps:
+            logs["skipped_optimizer_steps"] = self.skipped_optimizer_steps
         super().log(logs, start_time)
