@@ -56,6 +56,11 @@ class ModelArguments:
         default=False, metadata={"help": "Embed once with the frozen backbone (cached) and train only the head."}
     )
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster CNNs on GPU)."})
+    gpu_path: bool = field(
+        default=True,
+        metadata={"help": "With CUDA: bf16 autocast, TF32, channels_last for CNNs, dataloader workers, pinned memory "
+                          "(rcl_hf.performance). No effect on CPU."},
+    )
 
 
 @dataclass
@@ -225,6 +230,9 @@ def run_training(
     model, data_config = build_model(model_args.backbone, severity, image_size=image_size, pretrained=model_args.pretrained)
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    from .performance import apply_gpu_path, plan_gpu_path
+
+    training_args, model = apply_gpu_path(plan_gpu_path(model, training_args, enabled=model_args.gpu_path), training_args, model)
     processor = build_image_processor(model, data_config)
     splits = datasets.DatasetDict({"train": train_raw, **eval_raw})
     if data_args.cache_resized:
