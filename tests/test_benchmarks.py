@@ -1,0 +1,246 @@
+"""The benchmark harness (benchmarks/) and the GPU-path decisions (rcl_hf.performance).
+
+No test here fails on timing: the harness runs at tiny sizes and its numbers are
+checked for sanity (positive, finite, each ratio equal to a / b of medians taken
+from the same run's raw timings). The GPU path's decisions are tested with the
+machine's facts mocked (CUDA present or not, bf16, CPU count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import benchmarks  # noqa: E402
+from benchmarks import interleave, make_ratio, stats  # noqa: E402
+from rcl_hf.performance import GpuPlan, ThroughputCallback, apply_gpu_path, is_convolutional, plan_gpu_path  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- harness units
+def test_interleave_alternates_order_and_counts():
+    calls = []
+    clock = iter(range(1000))
+    times = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1,
+                       timer=lambda: float(next(clock)))
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then A B | B A | A B
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t == 1.0 for v in times.values() for t in v)  # one tick between the two timer reads
+    with pytest.raises(ValueError, match="repeats"):
+        interleave({"a": lambda: None}, repeats=0)
+
+
+def test_stats_and_ratio():
+    s = stats([3.0, 1.0, 2.0, 10.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 10.0 and s["n"] == 4
+    assert s["p10"] <= s["median"] <= s["p90"]
+    for bad in ([1.0, float("nan")], [0.0], [-1.0], []):
+        with pytest.raises(ValueError):
+            stats(bad)
+    r = make_ratio("x", "a", "b", 3.0, 2.0, 1.02, "<=")
+    assert r["value"] == 1.5 and r["meets"] is False
+    assert make_ratio("x", "a", "b", 3.0, 2.0, 1.0, ">=")["meets"] is True
+    assert make_ratio("x", "a", "b", 3.0, 2.0)["meets"] is None
+    with pytest.raises(ValueError, match="positive finite"):
+        make_ratio("x", "a", "b", 1.0, 0.0)
+    with pytest.raises(ValueError, match="direction"):
+        make_ratio("x", "a", "b", 1.0, 1.0, 1.0, "<")
+
+
+def test_results_files_and_index(tmp_path):
+    import time
+
+    raw = {"benchmark": "metric_speed", "title": "t", "config": {"n": 1},
+           "ratios": [make_ratio("r", "a", "b", 2.0, 4.0, 1.0, "<=")],
+           "table": {"columns": ["what", "ms"], "rows": [["x", 1.5]]}, "findings": ["f"]}
+    result = benchmarks.finish(raw, started=time.perf_counter(), load_before=benchmarks.load_average(), argv=["metric_speed"])
+    for key in ("cpu", "logical_cpus", "torch_threads"):
+        assert key in result["machine"]
+    assert result["versions"]["torch"] == torch.__version__
+    assert result["command"].endswith("python -m benchmarks metric_speed")
+    paths = benchmarks.write_result(result, tmp_path)
+    back = json.loads(paths["json"].read_text())
+    assert back["ratios"][0]["value"] == 0.5
+    md = paths["md"].read_text()
+    assert "| r | a / b | 0.500 | <= 1.0 | met |" in md and "load average" in md
+    index = benchmarks.write_index(tmp_path).read_text()
+    assert "[metric_speed](metric_speed.md)" in index and "0.500" in index
+
+
+# ----------------------------------------------------------------------------- GPU path decisions
+def _args(**kw):
+    base = dict(fp16=False, bf16=False, tf32=None, dataloader_num_workers=0, dataloader_pin_memory=True,
+                torch_compile=False, use_cpu=False)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+CNN = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1))
+
+
+class _PatchOnly(torch.nn.Module):  # a ViT-like stem: one conv with kernel == stride
+    def __init__(self):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 16, 16, stride=16)
+        self.head = torch.nn.Linear(16, 4)
+
+
+def test_is_convolutional():
+    assert is_convolutional(CNN)
+    assert not is_convolutional(_PatchOnly())
+    assert not is_convolutional(torch.nn.Linear(3, 3))
+
+
+def test_plan_cpu_keeps_defaults():
+    plan = plan_gpu_path(CNN, _args(), cuda_available=False)
+    assert plan.empty and plan.device == "cpu"
+    assert plan_gpu_path(CNN, _args(), cuda_available=True, enabled=False).empty
+    assert plan_gpu_path(CNN, _args(use_cpu=True), cuda_available=True, bf16_supported=True).empty
+
+
+def test_plan_with_cuda(monkeypatch):
+    plan = plan_gpu_path(CNN, _args(), cuda_available=True, bf16_supported=True, tf32_supported=True, cpu_count=16,
+                         local_processes=1)
+    assert plan.training_args == {"bf16": True, "tf32": True, "dataloader_num_workers": 8,
+                                  "dataloader_persistent_workers": True}
+    assert plan.channels_last and plan.non_blocking and plan.device == "cuda"
+    # a ViT gets no channels_last; two processes on 6 CPUs get 2 workers each; no bf16 -> fp16
+    plan = plan_gpu_path(_PatchOnly(), _args(), cuda_available=True, bf16_supported=False, tf32_supported=False,
+                         cpu_count=6, local_processes=2)
+    assert plan.training_args == {"fp16": True, "dataloader_num_workers": 2, "dataloader_persistent_workers": True}
+    assert not plan.channels_last
+    # the user's choices stand
+    plan = plan_gpu_path(CNN, _args(fp16=True, tf32=False, dataloader_num_workers=3, dataloader_pin_memory=False),
+                         cuda_available=True, bf16_supported=True, tf32_supported=True, cpu_count=16)
+    assert plan.training_args == {} and not plan.non_blocking and plan.channels_last
+    assert plan_gpu_path(CNN, _args(), cuda_available=True, bf16_supported=True, tf32_supported=True,
+                         cpu_count=1).training_args["dataloader_num_workers"] == 1
+    # facts read from torch when not given: mocked CUDA availability
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr("transformers.utils.is_torch_tf32_available", lambda: False)
+    plan = plan_gpu_path(CNN, _args(), cpu_count=4)
+    assert plan.device == "cuda" and plan.training_args["bf16"] is True and "tf32" not in plan.training_args
+    assert plan.training_args["dataloader_num_workers"] == 3
+
+
+def test_apply_gpu_path_rebuilds_training_arguments(tmp_path):
+    from rcl_hf.training import default_training_args
+
+    args = default_training_args(str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                                 use_cpu=True)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    plan = GpuPlan(device="cuda", training_args={"bf16": True, "dataloader_num_workers": 3,
+                                                 "dataloader_persistent_workers": True},
+                   channels_last=True, non_blocking=True)
+    new, model = apply_gpu_path(plan, args, model)
+    assert new is not args and not args.bf16 and args.mixed_precision == "no"
+    assert new.bf16 and new.mixed_precision == "bf16"  # derived in __post_init__, not just assigned
+    assert new.dataloader_num_workers == 3 and new.dataloader_persistent_workers
+    assert new.accelerator_config.non_blocking and not args.accelerator_config.non_blocking
+    assert new.remove_unused_columns is False and new.label_names == ["labels"]
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    same, _ = apply_gpu_path(GpuPlan(), args, None)
+    assert same is args  # the CPU plan changes nothing
+
+
+def test_throughput_callback(monkeypatch):
+    ticks = iter([10.0, 11.0, 11.5, 12.0, 12.5])
+    monkeypatch.setattr("rcl_hf.performance.time.perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cb = ThroughputCallback(samples_per_step=8, skip=2)
+    cb.on_train_begin(None, None, None)
+    for step in range(1, 6):
+        cb.on_step_end(None, SimpleNamespace(global_step=step, max_steps=5), None)
+    assert cb.measured_steps == 3 and cb.seconds == 1.5  # from the end of step 2 (11.0) to step 5 (12.5)
+    assert cb.samples_per_second == 8 * 3 / 1.5
+    with pytest.raises(ValueError, match="skip"):
+        ThroughputCallback(8, skip=0)
+
+
+# ----------------------------------------------------------------------------- harness end to end
+def _check_result(result):
+    for r in result["ratios"]:
+        assert math.isfinite(r["value"]) and r["value"] > 0 and r["a"] > 0 and r["b"] > 0
+        assert r["value"] == r["a"] / r["b"]
+    for row in result["table"]["rows"]:
+        for cell in row:
+            if isinstance(cell, float):
+                assert math.isfinite(cell) and cell >= 0, row
+
+
+def test_quick_run_writes_sane_results(tmp_path):
+    from benchmarks.__main__ import main
+
+    results = main(["loss_overhead", "metric_speed", "--quick", "--repeats", "2", "--output_dir", str(tmp_path)])
+    assert [r["benchmark"] for r in results] == ["loss_overhead", "metric_speed"]
+    for r in results:
+        _check_result(r)
+    loss = results[0]
+    # the ratio's a and b are the medians of this run's own raw step times
+    raw = loss["raw"]["step_s"]
+    assert len(raw["ce"]) == len(raw["rcl"]) == 2
+    assert loss["ratios"][0]["a"] == pytest.approx(statistics.median(raw["rcl"]) * 1e3, rel=1e-12)
+    assert loss["ratios"][0]["b"] == pytest.approx(statistics.median(raw["ce"]) * 1e3, rel=1e-12)
+    metric = results[1]
+    assert metric["ratios"][1]["b"] == pytest.approx(statistics.median(metric["raw"]["seconds"]["core"]), rel=1e-12)
+    assert 0 <= metric["raw"]["core_result"]["cer"] <= 1
+    written = json.loads((tmp_path / "loss_overhead.json").read_text())
+    assert written["ratios"] == json.loads(json.dumps(loss["ratios"]))
+    assert written["load_average"]["before"] is None or len(written["load_average"]["before"]) == 3
+    assert "loss_overhead" in (tmp_path / "README.md").read_text()
+
+
+def test_unknown_benchmark_is_rejected(capsys):
+    from benchmarks.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["no_such_benchmark"])
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run_trainer_data_inference(tmp_path):
+    from benchmarks.__main__ import main
+
+    results = main(["trainer_throughput", "data_pipeline", "inference_latency", "--quick", "--output_dir", str(tmp_path)])
+    for r in results:
+        _check_result(r)
+    tp = results[0]
+    ips = tp["raw"]["images_per_s"]
+    assert tp["ratios"][0]["a"] == statistics.median(ips["rcl_trainer"])
+    assert tp["ratios"][0]["b"] == statistics.median(ips["hf_trainer_ce"])
+    assert results[2]["raw"]["agree"] is True  # predict() and the transformers pipeline agree
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu", "--output_dir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check_cpu_smoke.json").read_text())
+    _check_result(result)
+    assert "| resnet18 | rcl Trainer, RCL |" in proc.stdout and "efficientnet_lite0 fine-tune" in proc.stdout
+
+
+def test_gpu_check_refuses_cpu_without_flag():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from benchmarks.gpu_check import main
+
+    with pytest.raises(SystemExit) as err:
+        main([])
+    assert err.value.code == 2
