@@ -798,7 +798,10 @@ def build_demo(
             path = getattr(payload, "path", None)
             if not path:
                 return None
-            return _uploaded_path(path)
+            try:
+                return _uploaded_path(path)
+            except InputImageError as err:
+                raise gr.Error(str(err), title="Refused", print_exception=False) from None
 
     def run(image: Any, tau: float, clear_on_empty: bool = False):
         if image is None and clear_on_empty:
@@ -892,11 +895,10 @@ def build_demo(
         image.change(lambda im, t: run(im, t, clear_on_empty=True), [image, tau], all_outputs, api_visibility="private")
         tau.release(rescore, [state, tau], score_outputs, api_visibility="private")
         gr.Markdown(
-            "Costs: `M[i, j]` is the clinical cost of predicting *j* when the truth is *i* (0 correct, 0.1 fine-grained, "
-            "0.3 over-call, 1.0 critical). Bayes-risk decision: `argmin_j Σ_i p_i M[i, j]`; referral when that minimum "
+            "Costs: `M[i, j]` is the clinical cost of predicting *j* when the truth is *i* (rcl_hf's presets: 0 correct, "
+            "0.1 fine-grained, 0.3 over-call, 1.0 critical; a model may carry its own). Bayes-risk decision: `argmin_j Σ_i p_i M[i, j]`; referral when that minimum "
             "exceeds τ. Method: Risk-Calibrated Learning (arXiv:2604.12693); the exact losses are rcl_hf's definitions."
         )
-    demo.rcl_models = models  # type: ignore[attr-defined]
     return demo
 
 
