@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["parse_args", "train_main", "compare_main", "run_experiments_main"]
+__all__ = ["parse_args", "expand_argv", "greater_is_better_for", "train_main", "compare_main", "run_experiments_main"]
 
 
 def _config_to_argv(path: str) -> List[str]:
@@ -34,18 +34,58 @@ def _config_to_argv(path: str) -> List[str]:
     return argv
 
 
-def parse_args(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None) -> Tuple:
-    """``HfArgumentParser`` over ``dataclass_types``; a first positional ``.json``/``.yaml``
-    config supplies defaults that later flags override. Unknown flags exit with code 2."""
-    from transformers import HfArgumentParser
-
+def expand_argv(argv: Optional[Sequence[str]] = None) -> List[str]:
+    """``argv`` with a first positional ``.json``/``.yaml`` config expanded into flags (config first)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         if not os.path.exists(argv[0]):
             raise SystemExit(f"error: config file {argv[0]} not found")
         argv = _config_to_argv(argv[0]) + argv[1:]
+    return argv
+
+
+def parse_args(
+    dataclass_types: Sequence[type],
+    argv: Optional[Sequence[str]] = None,
+    defaults: Optional[Dict[str, Any]] = None,
+) -> Tuple:
+    """``HfArgumentParser`` over ``dataclass_types``; a first positional ``.json``/``.yaml``
+    config supplies values that later flags override; ``defaults`` replace the
+    dataclasses' own defaults (``parser.set_defaults``). Unknown flags exit with code 2."""
+    from transformers import HfArgumentParser
+
     parser = HfArgumentParser(tuple(dataclass_types))
-    return parser.parse_args_into_dataclasses(args=argv)
+    if defaults:
+        parser.set_defaults(**defaults)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=expand_argv(argv), return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")  # exits with code 2
+    return tuple(parsed)
+
+
+#: ``scripts/train.py`` defaults that differ from ``TrainingArguments``': evaluate (CER
+#: metric) and save each epoch, keep the best checkpoint by expected cost, no trackers.
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "expected_cost",
+    "report_to": "none",
+    "logging_steps": 20,
+    "remove_unused_columns": False,
+}
+
+#: Metrics where lower is better (``greater_is_better`` is inferred from the name
+#: unless given); everything else (accuracy, balanced_accuracy, macro_f1) is higher-better.
+LOWER_IS_BETTER = ("loss", "cer", "critical_miss_rate", "expected_cost", "n_critical")
+
+
+def greater_is_better_for(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (``eval_`` / ``bayes_`` prefixes allowed) is better."""
+    name = metric[len("eval_"):] if metric.startswith("eval_") else metric
+    name = name[len("bayes_"):] if name.startswith("bayes_") else name
+    return not (name in LOWER_IS_BETTER or name.endswith("loss"))
 
 
 def _one_line_errors(fn):
@@ -60,13 +100,21 @@ def _one_line_errors(fn):
 def train_main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import TrainingArguments
 
-    from .training import DataArguments, ModelArguments, format_table, run_training
+    from .training import DataArguments, ModelArguments, format_table, multiprocess_cpu_launch, run_training
     from .trainer import RiskArguments
 
     def go():
+        flags = expand_argv(argv)
+        defaults = dict(TRAIN_DEFAULTS)
+        if multiprocess_cpu_launch():  # accelerate launch --multi_gpu / torchrun without a GPU: gloo DDP
+            defaults["use_cpu"] = True
         model_args, data_args, risk_args, training_args = parse_args(
-            (ModelArguments, DataArguments, RiskArguments, TrainingArguments), argv
+            (ModelArguments, DataArguments, RiskArguments, TrainingArguments), flags, defaults=defaults
         )
+        if training_args.metric_for_best_model and not any(
+            f.split("=", 1)[0] in ("--greater_is_better", "--greater-is-better") for f in flags
+        ):
+            training_args.greater_is_better = greater_is_better_for(training_args.metric_for_best_model)
         results = run_training(model_args, data_args, risk_args, training_args)
         if training_args.process_index == 0:
             rows = {f"{split} ({risk_args.loss})": results[split] for split in ("validation", "test") if split in results}

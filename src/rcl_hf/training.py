@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
@@ -61,6 +62,11 @@ class ModelArguments:
         metadata={"help": "With CUDA: bf16 autocast, TF32, channels_last for CNNs, dataloader workers, pinned memory "
                           "(rcl_hf.performance). No effect on CPU."},
     )
+    eval_only: bool = field(
+        default=False,
+        metadata={"help": "Skip training: evaluate the checkpoint folder given as --backbone on the validation and test "
+                          "splits (on as many processes as launched) and write the results to output_dir."},
+    )
 
 
 @dataclass
@@ -79,7 +85,11 @@ class DataArguments:
     drop_cross_split_duplicates: bool = field(default=True, metadata={"help": "Drop evaluation images byte-identical to training ones."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training split (smoke runs)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate validation and test splits."})
-    cache_dir: Optional[str] = field(default=".cache/rcl_hf", metadata={"help": "Cache for resized images and embeddings."})
+    cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Cache for resized images and frozen-backbone embeddings (default: $RCL_HF_CACHE or "
+                          "~/.cache/rcl_hf, outside the repository); 'none' disables it."},
+    )
     cache_resized: bool = field(default=False, metadata={"help": "Cache images resized to image_size (faster later epochs)."})
     augmentation: Optional[str] = field(
         default=None,
@@ -93,6 +103,17 @@ AUGMENTATIONS = {
     "flip": {"scale": (1.0, 1.0), "hflip": 0.5, "vflip": 0.5},
     "none": {"scale": (1.0, 1.0), "hflip": 0.0, "vflip": 0.0},
 }
+
+
+def multiprocess_cpu_launch() -> bool:
+    """True when launched as several processes (``WORLD_SIZE`` > 1) on a machine without CUDA.
+
+    ``accelerate launch --multi_gpu --num_processes 2`` / ``torchrun`` then start real
+    processes, but ``TrainingArguments`` only joins them into one gloo DDP job with
+    ``use_cpu=True`` (accelerate's ``MULTI_CPU``); otherwise every process would
+    train alone and all of them would write the same output folder.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def default_training_args(output_dir: str, **overrides: Any) -> TrainingArguments:
@@ -109,7 +130,10 @@ def default_training_args(output_dir: str, **overrides: Any) -> TrainingArgument
         greater_is_better=False,
         report_to=[],
         logging_steps=20,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if multiprocess_cpu_launch():
+        kw["use_cpu"] = True
     kw.update(overrides)
     return TrainingArguments(**kw)
 
@@ -187,6 +211,113 @@ def _augmentation(data_args: DataArguments) -> Dict[str, Any]:
     return AUGMENTATIONS[name]
 
 
+ROW_COLUMN = "rcl_row_index"
+
+
+class SeededAugmentation:
+    """Training transform whose random draws depend only on ``(seed, epoch, row)``.
+
+    The torchvision augmentations draw from torch's global generator, so the
+    augmentation a sample gets would depend on how many draws came before it: on
+    the number of processes, of DataLoader workers, and -- on
+    ``--resume_from_checkpoint`` -- on the Trainer restoring its RNG state only
+    after the first resumed batch was prefetched.  Here every sample is
+    transformed under ``torch.manual_seed(SeedSequence([seed, epoch, row]))``
+    inside ``torch.random.fork_rng`` (the global stream is left untouched), so a
+    resumed or multi-process run sees exactly the augmentations of an
+    uninterrupted single-process run.  ``epoch`` is set by
+    :class:`AugmentationEpochCallback`.
+
+    Args:
+        transform: the batch transform (``rcl_hf.data.transforms.ImageTransform``).
+        seed: base seed (``TrainingArguments.data_seed`` or ``seed``).
+    """
+
+    def __init__(self, transform: Any, seed: int) -> None:
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __call__(self, batch: Dict[str, list]) -> Dict[str, Any]:
+        rows = batch[ROW_COLUMN]
+        parts = []
+        for j, row in enumerate(rows):
+            one = {k: [v[j]] for k, v in batch.items() if k != ROW_COLUMN}
+            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(row)]).generate_state(1)[0])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                parts.append(self.transform(one))
+        out: Dict[str, Any] = {}
+        for key in parts[0] if parts else ():
+            values = [p[key] for p in parts]
+            out[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [x for v in values for x in v]
+        return out
+
+
+class AugmentationEpochCallback(TrainerCallback):
+    """Tell a :class:`SeededAugmentation` which epoch starts (``floor(state.epoch)``, also on resume)."""
+
+    def __init__(self, augmentation: SeededAugmentation) -> None:
+        self.augmentation = augmentation
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.augmentation.epoch = int(math.floor((state.epoch or 0.0) + 1e-9))
+
+
+class BroadcastBuffersCallback(TrainerCallback):
+    """Under DDP, give every process the buffers of process 0 before it evaluates or saves, and at the end.
+
+    DDP broadcasts buffers (BatchNorm running statistics) from rank 0 at the start
+    of each training forward, after which every rank updates them with its own
+    micro-batch: at an evaluation the ranks would hold different statistics, the
+    sharded evaluation would mix models, and its metrics would not be those of the
+    saved (rank-0) model.  Broadcasting them first makes distributed evaluation
+    score exactly the model that is saved (tested: 2 gloo processes vs 1).
+    """
+
+    @staticmethod
+    def _sync(model: Optional[torch.nn.Module]) -> None:
+        import torch.distributed as dist
+
+        if model is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_evaluate or control.should_save:
+            self._sync(model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if control.should_evaluate or control.should_save:
+            self._sync(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._sync(model)
+
+
+def _seeded_train_split(train_ds: Any, seed: int) -> Tuple[Any, SeededAugmentation]:
+    """Wrap the (already transformed) training split in a :class:`SeededAugmentation`."""
+    fmt = train_ds.format
+    transform = (fmt.get("format_kwargs") or {}).get("transform")
+    if transform is None:
+        raise ValueError("The training split has no transform to seed")
+    augmentation = SeededAugmentation(transform, seed)
+    ds = train_ds.with_format(None).add_column(ROW_COLUMN, np.arange(len(train_ds), dtype=np.int64))
+    return ds.with_transform(augmentation), augmentation
+
+
+def _cache_dir(data_args: DataArguments) -> Optional[str]:
+    """The cache folder: ``--cache_dir``, ``None`` for 'none', else :func:`rcl_hf.data.checks.default_cache_dir`."""
+    if data_args.cache_dir is None:
+        from .data.checks import default_cache_dir
+
+        return str(default_cache_dir())
+    if data_args.cache_dir.strip().lower() in ("", "none", "false"):
+        return None
+    return data_args.cache_dir
+
+
 def _subset(ds, n: Optional[int]):
     return ds.select(range(min(n, len(ds)))) if n else ds
 
@@ -204,16 +335,37 @@ def run_training(
     risk_args: RiskArguments,
     training_args: TrainingArguments,
 ) -> Dict[str, Any]:
-    """Train, evaluate and save one run; returns ``{"test": metrics, "validation": metrics, "output_dir": ...}``."""
+    """Train, evaluate and save one run; returns ``{"test": metrics, "validation": metrics, "output_dir": ...}``.
+
+    Works unchanged under ``accelerate launch`` / ``torchrun``: the Trainer shards
+    batches across processes and gathers every process's predictions (dropping the
+    padding of uneven splits) before ``compute_metrics``, so evaluation metrics are
+    identical in value on one or many processes.  Only the main process writes files.
+    With ``model_args.eval_only`` nothing is trained: the checkpoint folder given as
+    ``backbone`` is evaluated.
+    """
     import datasets
 
     from .data.transforms import apply_transforms, cache_resized
     from .models import build_image_processor, build_model, ensure_label_maps_in_config_file
 
     t0 = time.time()
+    if model_args.eval_only and model_args.freeze_backbone:
+        raise ValueError("--eval_only evaluates a saved model: drop --freeze_backbone")
+    if model_args.eval_only and not os.path.isdir(model_args.backbone):
+        raise ValueError(f"--eval_only needs a checkpoint folder as --backbone, got {model_args.backbone!r}")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size != launched:
+        raise ValueError(
+            f"Launched as {launched} processes but TrainingArguments see world_size={training_args.world_size}: "
+            "without CUDA pass --use_cpu true (gloo DDP); scripts/train.py does this by itself"
+        )
     # Image datasets with on-the-fly transforms need these two settings.
     training_args.remove_unused_columns = False
     training_args.label_names = ["labels"]
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False
+    cache_dir = _cache_dir(data_args)
     set_seed(training_args.seed)
     dsd, dataset_severity = load_data(data_args)
     labels = dsd["train"].features["label"].names
@@ -222,7 +374,7 @@ def run_training(
     eval_raw = {s: _subset(dsd[s], data_args.max_eval_samples) for s in ("validation", "test") if s in dsd}
     counts = np.bincount(np.asarray(train_raw["label"]), minlength=severity.num_labels)
     missing = [severity.labels[i] for i in np.flatnonzero(counts == 0)]
-    if missing:
+    if missing and not model_args.eval_only:
         raise ValueError(f"Classes {missing} have no training sample; the loss and metrics need every class")
 
     image_size = model_args.image_size or (32 if data_args.dataset == "synthetic" else 224)
@@ -236,9 +388,10 @@ def run_training(
     processor = build_image_processor(model, data_config)
     splits = datasets.DatasetDict({"train": train_raw, **eval_raw})
     if data_args.cache_resized:
-        if not data_args.cache_dir:
-            raise ValueError("--cache_resized needs --cache_dir")
-        splits = cache_resized(splits, image_size, os.path.join(data_args.cache_dir, "resized"))
+        if not cache_dir:
+            raise ValueError("--cache_resized needs a cache directory (--cache_dir)")
+        with training_args.main_process_first(desc="resized-image cache"):
+            splits = cache_resized(splits, image_size, os.path.join(cache_dir, "resized"))
     transformed = apply_transforms(
         splits, image_size=image_size, mean=data_config["mean"], std=data_config["std"],
         # Frozen embeddings are computed once: no random augmentation then.
@@ -252,9 +405,15 @@ def run_training(
         training_args.eval_strategy = "no"
 
     compute_metrics = make_compute_metrics(severity)
+    callbacks: List[TrainerCallback] = [BroadcastBuffersCallback()]
+    if not model_args.freeze_backbone and not model_args.eval_only:
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        train_split, augmentation = _seeded_train_split(transformed["train"], seed)
+        transformed = datasets.DatasetDict({**transformed, "train": train_split})
+        callbacks.append(AugmentationEpochCallback(augmentation))
     if model_args.freeze_backbone:
         trainer, eval_sets = _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args, training_args,
-                                             severity, counts, compute_metrics, image_size, data_config)
+                                             severity, counts, compute_metrics, image_size, data_config, cache_dir)
     else:
         eval_sets = transformed
         trainer = RiskCalibratedTrainer(
@@ -266,12 +425,16 @@ def run_training(
             compute_metrics=compute_metrics,
             risk_args=risk_args,
             severity=severity,
-            class_counts=counts.tolist(),
+            class_counts=np.maximum(counts, 1).tolist(),
+            callbacks=callbacks,
         )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     out_dir = training_args.output_dir
+    os.makedirs(out_dir, exist_ok=True)
     results: Dict[str, Any] = {"output_dir": out_dir}
-    metrics_all = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
+    metrics_all: Dict[str, Any] = {}
+    if not model_args.eval_only:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics_all = {f"train_{k}" if not k.startswith("train") else k: v for k, v in train_result.metrics.items()}
     for split in ("validation", "test"):
         if split not in eval_sets:
             continue
@@ -286,9 +449,11 @@ def run_training(
             results[split]["per_class_recall"] = full["per_class_recall"]
             results[split]["confusion_matrix"] = full["confusion_matrix"]
             plot_confusion_matrix(full["confusion_matrix"], severity, os.path.join(out_dir, f"confusion_matrix_{split}.png"),
-                                  title=f"{model_args.backbone} / {risk_args.loss} - {split}")
+                                  title=f"{os.path.basename(model_args.backbone.rstrip('/'))} / {risk_args.loss} - {split}")
     if trainer.is_world_process_zero():
-        if model_args.freeze_backbone:
+        if model_args.eval_only:
+            pass  # the evaluated checkpoint stays where it is
+        elif model_args.freeze_backbone:
             model.save_pretrained(out_dir)
             processor.save_pretrained(out_dir)
             ensure_label_maps_in_config_file(out_dir)
@@ -300,34 +465,46 @@ def run_training(
                                           if not isinstance(v, (dict, list))}, combined=False)
         recipe = {
             "backbone": model_args.backbone, "pretrained": model_args.pretrained, "image_size": image_size,
-            "freeze_backbone": model_args.freeze_backbone, "dataset": data_args.dataset, "data_dir": data_args.data_dir,
+            "freeze_backbone": model_args.freeze_backbone, "eval_only": model_args.eval_only,
+            "dataset": data_args.dataset, "data_dir": data_args.data_dir,
             "split_seed": data_args.split_seed, "seed": training_args.seed, "epochs": training_args.num_train_epochs,
             "learning_rate": training_args.learning_rate, "batch_size": training_args.per_device_train_batch_size,
-            "world_size": training_args.world_size, "risk": asdict(risk_args), "severity": severity.to_dict(),
+            "world_size": training_args.world_size, "distributed_type": str(trainer.accelerator.distributed_type.value),
+            "risk": asdict(risk_args), "severity": severity.to_dict(),
             "split_sizes": {s: len(d) for s, d in splits.items()}, "wall_time_s": round(time.time() - t0, 2),
             "metric_for_best_model": training_args.metric_for_best_model,
+            "greater_is_better": training_args.greater_is_better,
+            "global_step": trainer.state.global_step,
+            "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
         }
         _write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
         _write_json(os.path.join(out_dir, "rcl_results.json"), results)
-    if training_args.push_to_hub and trainer.is_world_process_zero():
+    if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
 
         hub.push_model(out_dir, training_args.hub_model_id or os.path.basename(os.path.abspath(out_dir)),
                        token=training_args.hub_token, private=bool(training_args.hub_private_repo))
+    results["split_sizes"] = {s: len(d) for s, d in splits.items()}
     results["wall_time_s"] = time.time() - t0
     return results
 
 
 def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args, training_args, severity, counts,
-                    compute_metrics, image_size, data_config):
-    """Embed every split once (cached), then a Trainer over the head alone."""
+                    compute_metrics, image_size, data_config, cache_dir):
+    """Embed every split once (cached on disk), then a Trainer over the head alone.
+
+    Under several processes the main process embeds first and the others load its
+    cache (``main_process_first``).
+    """
     from .frozen import LinearHead, cached_embeddings, copy_head_into_model, find_classifier
 
     key = {"backbone": model_args.backbone, "pretrained": model_args.pretrained, "image_size": image_size,
-           "mean": data_config["mean"], "std": data_config["std"], "dataset": data_args.dataset}
-    emb = {s: cached_embeddings(model, transformed[s], splits[s], data_args.cache_dir, {**key, "split": s},
-                                batch_size=training_args.per_device_eval_batch_size * 8)
-           for s in transformed}
+           "mean": data_config["mean"], "std": data_config["std"], "dataset": data_args.dataset,
+           "model_args": getattr(model.config, "model_args", None)}
+    with training_args.main_process_first(desc="frozen-backbone embeddings"):
+        emb = {s: cached_embeddings(model, transformed[s], splits[s], cache_dir, {**key, "split": s},
+                                    batch_size=max(8, training_args.per_device_eval_batch_size))
+               for s in transformed}
     classifier = find_classifier(model)
     set_seed(training_args.seed)
     head = LinearHead(classifier.in_features, severity.num_labels)
