@@ -18,11 +18,11 @@ image, e.g. a cross-entropy baseline and a risk-calibrated model.
 Run locally::
 
     python spaces_demo/app.py --model PATH_OR_HUB_ID [--compare PATH_OR_HUB_ID] \\
-        [--examples_dir DIR] [--host 127.0.0.1] [--port 7860]
+        [--examples_dir DIR] [--host 127.0.0.1] [--port 7860] [--threads N]
 
 On the Hugging Face Hub, set the Space variables ``RCL_MODEL`` (and optionally
-``RCL_COMPARE``, ``RCL_MODEL_LABEL``, ``RCL_COMPARE_LABEL``); they take
-precedence over the command line.
+``RCL_COMPARE``, ``RCL_MODEL_LABEL``, ``RCL_COMPARE_LABEL``, ``RCL_TORCH_THREADS``);
+``RCL_MODEL``/``RCL_COMPARE`` take precedence over ``--model``/``--compare``.
 
 Input handling (:func:`load_input_image`): the only file read is the upload that
 Gradio hands over (it must lie in Gradio's upload folder); uploads are capped in
@@ -979,6 +979,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=None, help="initial referral threshold τ")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted width*height")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload (MB)")
+    p.add_argument(
+        "--threads", type=int, default=int(os.environ.get("RCL_TORCH_THREADS") or 0) or None,
+        help="torch CPU threads (default $RCL_TORCH_THREADS, else torch's choice); 1 is steadier on a busy shared CPU",
+    )
     return p.parse_args(argv)
 
 
@@ -986,6 +990,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns a process exit code (2 on a start-up error)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         model_id, compare_id = resolve_model_ids(args.model, args.compare)
         if args.examples_dir and not os.path.isdir(args.examples_dir):
