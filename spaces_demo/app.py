@@ -862,7 +862,7 @@ def build_demo(
                     elem_id="rcl-threshold",
                 )
                 button = gr.Button("Analyze", variant="primary", elem_id="rcl-analyze")
-                input_info = gr.Markdown(elem_id="rcl-input-info")
+                input_info = gr.Markdown(label="Input", elem_id="rcl-input-info")
                 if examples:
                     pairs = [(e, Path(e).stem) if isinstance(e, (str, os.PathLike)) else (str(e[0]), str(e[1])) for e in examples]
                     gr.Examples(
@@ -876,23 +876,29 @@ def build_demo(
             for k, m in enumerate(models):
                 with gr.Column(scale=1, min_width=320):
                     gr.Markdown(f"### {html.escape(m.name)}")
-                    label = gr.Label(num_top_classes=len(m.labels), label="Class probabilities", elem_id=f"rcl-probs-{k}")
-                    card = gr.HTML(elem_id=f"rcl-decision-{k}", js_on_load=None)
+                    label = gr.Label(num_top_classes=len(m.labels), label=f"Class probabilities ({m.name})", elem_id=f"rcl-probs-{k}")
+                    card = gr.HTML(label=f"Decision ({m.name})", elem_id=f"rcl-decision-{k}", js_on_load=None)
                     with gr.Accordion("Severity matrix (critical cells outlined)", open=True):
                         gr.Plot(value=severity_heatmap(m.severity, title=f"Severity matrix of {m.name}"), format="png", label="Severity matrix", show_label=False)
                     with gr.Accordion("Raw result (JSON)", open=False):
-                        raw = gr.JSON(label="result")
+                        raw = gr.JSON(label=f"Result JSON ({m.name})")
                     outputs += [label, card, raw]
-        summary = gr.Markdown(elem_id="rcl-compare")
+        summary = gr.Markdown(label="Side by side", elem_id="rcl-compare")
         with gr.Accordion("Converted input (what the models receive before resizing)", open=False):
             preview = gr.Image(label="converted input", interactive=False, type="pil", format="png", height=220)
         state = gr.State()
         all_outputs = [*outputs, summary, input_info, preview, state]
         score_outputs = [*outputs, summary]
 
-        button.click(lambda im, t: run(im, t), [image, tau], all_outputs, api_name="analyze",
-                     api_description="Analyse one image: per model (probabilities, decision HTML, JSON), comparison, input info, converted input.")
-        image.change(lambda im, t: run(im, t, clear_on_empty=True), [image, tau], all_outputs, api_visibility="private")
+        def analyze_image(image: Any, threshold: float):
+            """Analyse one image: per model (probabilities, decision HTML, JSON), comparison, input info, converted input."""
+            return run(image, threshold)
+
+        def on_image_change(image: Any, threshold: float):
+            return run(image, threshold, clear_on_empty=True)
+
+        button.click(analyze_image, [image, tau], all_outputs, api_name="analyze")
+        image.change(on_image_change, [image, tau], all_outputs, api_visibility="private")
         tau.release(rescore, [state, tau], score_outputs, api_visibility="private")
         gr.Markdown(
             "Costs: `M[i, j]` is the clinical cost of predicting *j* when the truth is *i* (rcl_hf's presets: 0 correct, "
@@ -989,6 +995,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns a process exit code (2 on a start-up error)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     if args.threads:
         import torch

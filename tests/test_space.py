@@ -465,9 +465,8 @@ async def _browser_session(url: str, upload: str, devtools_port: int) -> Dict[st
 
 
 @pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
 def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_url, inputs_dir, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"headless Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
     pytest.importorskip("aiohttp", reason="aiohttp (installed with datasets) drives Chromium over CDP")
     profile = tmp_path / "chromium-profile"
     proc = subprocess.Popen(
