@@ -369,3 +369,60 @@ def test_diverging_run_never_returns_or_saves_a_nan_model(synthetic_dir, tmp_pat
     assert not (out / "model.safetensors").exists()
     for ckpt in out.glob("checkpoint-*"):
         assert all(torch.isfinite(w).all() for w in load_file(str(ckpt / "model.safetensors")).values()), ckpt
+
+
+# ============================================================================ atomic files
+def test_final_model_files_are_replaced_atomically(tmp_path, monkeypatch):
+    """``save_model`` outside a checkpoint stages the files and ``os.replace``s them: a failure mid-save
+    leaves the previous model untouched and no staging folder behind."""
+    from transformers import TrainingArguments
+
+    from rcl_hf.models import build_model
+    from rcl_hf.severity import SeverityMatrix
+    from rcl_hf.trainer import RiskArguments, RiskCalibratedTrainer
+
+    sev = SeverityMatrix.preset("synthetic")
+    torch.manual_seed(0)
+    model, _ = build_model("hf-resnet", sev, image_size=32)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], hub_token="hf_" + "x" * 30)
+    trainer = RiskCalibratedTrainer(model=model, args=args, risk_args=RiskArguments(), severity=sev)
+    out = tmp_path / "model"
+    trainer.save_model(str(out))
+    before = (out / "model.safetensors").read_bytes()
+    assert json.loads((out / "config.json").read_text())["id2label"]["0"] == "normal"
+    assert b"hf_xxxx" not in (out / "training_args.bin").read_bytes()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+
+    def dying_finish(self, folder):
+        assert Path(folder).name.startswith(".tmp-save-") and (Path(folder) / "model.safetensors").is_file()
+        raise OSError(5, "I/O error (simulated)")
+
+    monkeypatch.setattr(RiskCalibratedTrainer, "_finish_model_folder", dying_finish)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.save_model(str(out))
+    assert (out / "model.safetensors").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+    monkeypatch.undo()
+    trainer.save_model(str(out))
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(after[k], v) for k, v in trainer.model.state_dict().items() if k in after)
+    assert (out / "model.safetensors").read_bytes() != before
+
+
+def test_atomic_write_bytes_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    from rcl_hf import reliability
+
+    target = tmp_path / "results.json"
+    reliability.atomic_write_bytes(target, b'{"cer": 0.1}')
+    assert target.read_bytes() == b'{"cer": 0.1}'
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device (simulated)")
+
+    monkeypatch.setattr(reliability.os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        reliability.atomic_write_bytes(target, b'{"cer": 0.2, "truncated')
+    assert target.read_bytes() == b'{"cer": 0.1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -88,10 +88,12 @@ class RiskArguments:
     )
     nonfinite_loss: str = field(
         default="raise",
-        metadata={"help": "On a NaN/inf training loss: 'raise' (stop naming the step) or 'skip' the batch."},
+        metadata={"help": "On a NaN/inf training loss or gradient norm: 'raise' (stop, naming the step and micro-batch) "
+                          "or 'skip' that optimizer step."},
     )
     max_nonfinite_skips: int = field(
-        default=10, metadata={"help": "With nonfinite_loss='skip': stop after this many consecutive skipped batches."}
+        default=10, metadata={"help": "With nonfinite_loss='skip': stop after this many consecutive non-finite batches "
+                                    "(or gradient norms)."}
     )
 
     def __post_init__(self) -> None:
@@ -235,7 +237,7 @@ class RiskCalibratedTrainer(Trainer):
         if self.risk_args.nonfinite_loss == "raise":
             raise NonFiniteLossError(
                 f"Training loss is {loss.item()} {where} with {logit_state}. Lower the learning rate, "
-                "use bf16 instead of fp16, or pass --nonfinite_loss skip to skip such batches."
+                "use bf16 instead of fp16, or pass --nonfinite_loss skip to skip such steps."
             )
         self._nonfinite_streak += 1
         self.nonfinite_skipped += 1
