@@ -250,6 +250,9 @@ def load_grid(path_or_dict: Any, output_dir: Optional[str] = None) -> Grid:
                     **(m.get("data") or {})}
             model = {**{k: v for k, v in b.items() if k not in ("name", "training", "data")}, **(m.get("model") or {})}
             training = {**DEFAULT_TRAINING, **grid_training, **(b.get("training") or {}), **(m.get("training") or {})}
+            for key in ("data_dir", "cache_dir"):  # absolute: image paths are part of the embedding-cache key
+                if data.get(key) and not os.path.isabs(str(data[key])):
+                    data[key] = os.path.abspath(os.path.join(base, str(data[key])))
             cell = Cell(d["name"], b["name"], m["name"], point, seed, model, data, risk, training, "")
             object.__setattr__(cell, "output_dir", os.path.join(out_root, cell.cell_id))
             cells.append(cell)
