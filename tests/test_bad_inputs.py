@@ -348,6 +348,10 @@ ROWS = [
     _p("cli-data-dir-does-not-exist", "cli", lambda c: ["--dataset", "isic2018", "--data_dir", str(c.tmp / "nowhere"), "--use_cpu", "true"],
        Expect("exit2", match="is not a directory|does not exist|not found")),
     _p("cli-unknown-backbone", "cli", lambda c: _train_flags(c, "--backbone", "no_such_net"), Expect("exit2", match="Unknown backbone 'no_such_net'")),
+    _p("cli-resume-from-incomplete-checkpoint", "cli", lambda c: _train_flags(c, "--resume_from_checkpoint", _incomplete_checkpoint(c)),
+       Expect("exit2", match=r"Cannot resume from .*checkpoint-6.*incomplete checkpoint \(no trainer_state.json")),
+    _p("cli-resume-last-without-checkpoints", "cli", lambda c: _train_flags(c, "--resume_from_checkpoint", "last"),
+       Expect("exit2", match=r"Cannot resume: .* holds no checkpoint-\* folder")),
     _p("cli-config-file-missing", "cli", lambda c: [str(c.tmp / "missing.yaml")], Expect("exit2", match="config file .*missing.yaml not found"),
        xfail="cli.expand_argv raises SystemExit(<message>), which exits with code 1"),
     _p("cli-config-not-a-mapping", "cli", lambda c: [_write(c.tmp / "list.json", "[1, 2]")], Expect("exit2", match="must hold a mapping"),
@@ -360,6 +364,15 @@ def _truncate_arrow(folder: str) -> str:
     with open(arrow, "r+b") as fh:
         fh.truncate(100)
     return folder
+
+
+def _incomplete_checkpoint(ctx: Ctx) -> str:
+    """A ``checkpoint-6`` whose save never finished: weights, no ``trainer_state.json``."""
+    folder = _checkpoint(ctx)
+    target = ctx.tmp / "old_run" / "checkpoint-6"
+    target.parent.mkdir()
+    folder.rename(target)
+    return str(target)
 
 
 def _write(path: Path, text: str) -> str:
