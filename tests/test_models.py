@@ -175,3 +175,20 @@ def test_severity_from_config_errors():
     attach_severity(obj, severity)
     assert obj.label2id == {n: i for i, n in enumerate(severity.labels)}
     assert severity_from_config(obj).labels == severity.labels
+
+
+def test_checkpoint_in_another_label_order_keeps_each_logit_with_its_class(tmp_path):
+    """Fine-tuning a checkpoint on data whose classes come in another order moves the head's rows."""
+    severity = SeverityMatrix.preset("synthetic")
+    reversed_labels = list(reversed(severity.labels))
+    torch.manual_seed(0)
+    model, _ = build_model("hf-resnet", severity, image_size=32)
+    model.save_pretrained(tmp_path)
+    again, _ = build_model(str(tmp_path), severity.reorder(reversed_labels), image_size=32)
+    x = torch.randn(3, 3, 32, 32)
+    model.eval(), again.eval()
+    with torch.inference_mode():
+        before, after = model(pixel_values=x).logits, again(pixel_values=x).logits
+    torch.testing.assert_close(after, before.flip(-1))
+    assert [again.config.id2label[i] for i in range(4)] == reversed_labels
+    assert severity_from_config(again.config).labels == reversed_labels

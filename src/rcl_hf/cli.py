@@ -5,22 +5,40 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 __all__ = ["parse_args", "expand_argv", "greater_is_better_for", "train_main", "compare_main", "run_experiments_main"]
 
 
+def _exit2(message: str) -> "NoReturn":
+    """Print ``error: <message>`` as one stderr line and exit with code 2 (argparse's usage-error code)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _one_line(message: str, max_parts: int = 6) -> str:
+    """A multi-line message on one line: its lines joined with `` | `` (at most ``max_parts``)."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    more = len(lines) - max_parts
+    return " | ".join(lines[:max_parts]) + (f" | (+{more} more lines)" if more > 0 else "")
+
+
 def _config_to_argv(path: str) -> List[str]:
     """Turn a JSON / YAML config into ``--key value`` flags (lists expand, booleans as values)."""
-    with open(path, encoding="utf-8") as fh:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
 
-            data = yaml.safe_load(fh)
-        else:
-            data = json.load(fh)
+                data = yaml.safe_load(fh)
+            else:
+                data = json.load(fh)
+    except (OSError, ValueError) as err:  # unreadable, bad JSON
+        _exit2(f"cannot read config {path}: {_one_line(err)}")
+    except Exception as err:  # yaml.YAMLError
+        _exit2(f"cannot parse config {path}: {_one_line(err)}")
     if not isinstance(data, dict):
-        raise SystemExit(f"error: config {path} must hold a mapping of argument names to values")
+        _exit2(f"config {path} must hold a mapping of argument names to values, got {type(data).__name__}")
     argv: List[str] = []
     for key, value in data.items():
         if value is None:
@@ -39,7 +57,7 @@ def expand_argv(argv: Optional[Sequence[str]] = None) -> List[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         if not os.path.exists(argv[0]):
-            raise SystemExit(f"error: config file {argv[0]} not found")
+            _exit2(f"config file {argv[0]} not found")
         argv = _config_to_argv(argv[0]) + argv[1:]
     return argv
 
@@ -58,8 +76,8 @@ def parse_args(
     if defaults:
         parser.set_defaults(**defaults)
     *parsed, remaining = parser.parse_args_into_dataclasses(args=expand_argv(argv), return_remaining_strings=True)
-    if remaining:
-        parser.error(f"unrecognized arguments: {' '.join(remaining)}")  # exits with code 2
+    if remaining:  # one line, not argparse's whole usage block
+        _exit2(f"unrecognized arguments: {' '.join(remaining)} (see --help)")
     return tuple(parsed)
 
 
@@ -93,7 +111,7 @@ def _one_line_errors(fn):
     try:
         return fn()
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -21,6 +21,7 @@ Clinical meaning in ``config.json`` (plain JSON, no rcl_hf needed to read it):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any, Dict, Optional, Tuple
@@ -28,6 +29,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .severity import SeverityMatrix
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "build_model",
@@ -250,14 +253,25 @@ def build_model(
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif _is_local_checkpoint(backbone) or (backbone.count("/") == 1 and not backbone.startswith("timm/") and not os.path.exists(backbone)):
         try:
-            model = AutoModelForImageClassification.from_pretrained(
-                backbone, num_labels=severity.num_labels, id2label=id2label, label2id=label2id,
-                ignore_mismatched_sizes=True,
-            )
+            old_labels = _checkpoint_labels(AutoConfig.from_pretrained(backbone))
+            same_set_other_order = (old_labels is not None and old_labels != severity.labels
+                                    and sorted(old_labels) == sorted(severity.labels))
+            if same_set_other_order:  # keep the trained head, then reorder its rows
+                model = AutoModelForImageClassification.from_pretrained(backbone)
+            else:
+                model = AutoModelForImageClassification.from_pretrained(
+                    backbone, num_labels=severity.num_labels, id2label=id2label, label2id=label2id,
+                    ignore_mismatched_sizes=True,
+                )
         except OSError as err:
             from .hub_errors import offline_error
 
             raise offline_error(backbone, err) from None
+        if same_set_other_order:
+            _permute_classifier(model, [old_labels.index(label) for label in severity.labels])
+        elif old_labels is not None and old_labels != severity.labels and len(old_labels) == severity.num_labels:
+            logger.warning("Checkpoint %s was trained on labels %s; its classifier rows are reused for %s "
+                           "(fine-tuning re-learns them; do not evaluate it as is)", backbone, old_labels, severity.labels)
         attach_severity(model.config, severity)
         mean, std = _processor_stats(backbone)
     else:
@@ -288,6 +302,33 @@ def build_model(
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
         model.config.pretrained_cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0}
     return model, {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}
+
+
+def _checkpoint_labels(config: Any) -> Optional[list]:
+    """The checkpoint's class names in index order, or ``None`` for generic ``LABEL_i`` names."""
+    id2label = getattr(config, "id2label", None) or {}
+    labels = [id2label[k] for k in sorted(id2label, key=int)]
+    if not labels or all(str(x).startswith("LABEL_") for x in labels):
+        return None
+    return labels
+
+
+def _permute_classifier(model: torch.nn.Module, order: list) -> None:
+    """Reorder the output rows of the classifier: new row ``i`` is old row ``order[i]``.
+
+    Used when a checkpoint's classes are the dataset's in another order, so each
+    logit keeps its class (rows are moved, not relabelled).
+    """
+    from .frozen import find_classifier
+
+    head = find_classifier(model)
+    if head.out_features != len(order):
+        raise ValueError(f"Classifier has {head.out_features} outputs but {len(order)} labels are being ordered")
+    idx = torch.as_tensor(order, dtype=torch.long)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[idx].clone())
+        if head.bias is not None:
+            head.bias.copy_(head.bias[idx].clone())
 
 
 def _processor_stats(name: str) -> Tuple[tuple, tuple]:

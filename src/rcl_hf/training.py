@@ -148,7 +148,20 @@ def load_data(data_args: DataArguments, seed: Optional[int] = None):
     if os.path.isdir(name) and (
         os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "dataset_info.json"))
     ):
-        dsd = datasets.load_from_disk(name)
+        try:
+            dsd = datasets.load_from_disk(name)
+        except (IndexError, KeyError) as err:  # datasets fails this way on a saved empty split
+            empty = []
+            for split in (json.load(open(os.path.join(name, "dataset_dict.json"))).get("splits", [])
+                          if os.path.exists(os.path.join(name, "dataset_dict.json")) else []):
+                try:
+                    if len(datasets.load_from_disk(os.path.join(name, split))) == 0:
+                        empty.append(split)
+                except (IndexError, KeyError):
+                    empty.append(split)
+            if empty:
+                raise ValueError(f"Split {empty[0]!r} of dataset {name!r} is empty (or unreadable)") from None
+            raise ValueError(f"Cannot read the saved dataset {name!r}: {type(err).__name__}: {err}") from None
     elif name in rcl_data.available_datasets():
         kwargs: Dict[str, Any] = {"seed": data_args.split_seed if seed is None else seed}
         if name != "synthetic":
