@@ -35,11 +35,11 @@ METRIC_KEYS = ("loss", "accuracy", "balanced_accuracy", "cer", "critical_miss_ra
 
 # The embedded synthetic data, generated once (256 train / 32 validation / 64 test) and saved with
 # save_to_disk, so that each run loads it instead of drawing the default 4,200 images.
-# CLI runs: batch 16, 16 optimizer steps per epoch, 2 epochs, a checkpoint every 4 steps (mid-epoch), and no
-# random augmentation: the Trainer replays a resumed epoch's samples in order, but restores the RNG only after
-# fetching the first resumed batch, so random crops/flips are exact only when resuming at an epoch boundary.
+# CLI runs: batch 16, 16 optimizer steps per epoch, 2 epochs, a checkpoint every 4 steps (so the kill and the
+# resume fall mid-epoch), random flips as for the synthetic default (seeded per sample and epoch by
+# rcl_hf.training, so a resumed epoch gets the same augmentation as an uninterrupted one).
 CLI_ARGS = [
-    "--backbone", "hf-resnet", "--image_size", "32", "--augmentation", "none",
+    "--backbone", "hf-resnet", "--image_size", "32", "--augmentation", "flip",
     "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
     "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "epoch",
     "--load_best_model_at_end", "false", "--logging_steps", "4", "--seed", "7",
