@@ -426,3 +426,48 @@ def test_atomic_write_bytes_keeps_the_old_file_on_failure(tmp_path, monkeypatch)
         reliability.atomic_write_bytes(target, b'{"cer": 0.2, "truncated')
     assert target.read_bytes() == b'{"cer": 0.1}'
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_killed_and_resumed_matches_uninterrupted(synthetic_dir, tmp_path):
+    """Real gloo DDP (2 processes, ``accelerate launch``): every checkpoint is complete with both ranks' RNG
+    states, and a run SIGKILLed (whole process group) after a checkpoint resumes to the uninterrupted result."""
+    import socket
+
+    from rcl_hf.reliability import checkpoint_problem
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def cmd(out: Path, *extra: str) -> List[str]:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(ROOT / "configs" / "accelerate" / "cpu_ddp_2proc.yaml"), "--main_process_port", str(port()),
+                *_train_cmd(synthetic_dir, out, *extra)[1:]]
+
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+    ref = subprocess.run(cmd(tmp_path / "ref"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stdout[-2000:] + ref.stderr[-3000:]
+    # 256 samples, global batch 2 x 16: 8 steps per epoch, 16 in all; checkpoints every 4
+    checkpoints = list((tmp_path / "ref").glob("checkpoint-*"))
+    assert len(checkpoints) >= 2 and (tmp_path / "ref" / "checkpoint-16").is_dir()
+    for ckpt in checkpoints:
+        assert checkpoint_problem(ckpt) is None
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in ckpt.iterdir()}
+
+    run = tmp_path / "killed"
+    victim = subprocess.Popen(cmd(run), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and victim.poll() is None and not list(run.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(60)
+    steps = _checkpoint_steps(run)
+    assert steps and max(steps) < 16 and not (run / "model.safetensors").exists(), steps
+    resumed = subprocess.run(cmd(run, "--resume_from_checkpoint", "last"), cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    _assert_same_metrics(_test_metrics(tmp_path / "ref"), _test_metrics(run))
+    _assert_same_weights(tmp_path / "ref" / "model.safetensors", run / "model.safetensors")
