@@ -12,7 +12,7 @@ Each row of :data:`ROWS` names a target and what must happen:
 * ``call`` rows call the library directly and expect a ``ValueError`` (or the
   documented repair, e.g. a reordered severity matrix).
 
-Rows marked ``xfail`` state a gap in a module this file's author does not own,
+A row marked ``xfail`` states a gap in a module this file's author does not own,
 with the change that closes it (see the reliability report).
 """
 
@@ -227,12 +227,21 @@ def _call_config_without_severity(ctx: Ctx):
 
 
 def _call_backbone_checkpoint_other_order(ctx: Ctx):
-    """A checkpoint trained with labels [normal, round, oval, ring] fine-tuned on data in the reversed order."""
+    """A checkpoint trained with labels [normal, round, oval, ring] fine-tuned on data in the reversed order:
+    each class must keep its own classifier row (the rows are permuted, not relabelled)."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
     from rcl_hf.models import build_model
     from rcl_hf.severity import SeverityMatrix
 
     folder = _checkpoint(ctx)
-    return build_model(str(folder), SeverityMatrix.preset("synthetic").reorder(REVERSED), image_size=32)
+    original = AutoModelForImageClassification.from_pretrained(folder)
+    model, _ = build_model(str(folder), SeverityMatrix.preset("synthetic").reorder(REVERSED), image_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before, after = original.eval()(pixel_values=x).logits, model.eval()(pixel_values=x).logits
+    return {"labels": [model.config.id2label[i] for i in range(4)], "rows_permuted": torch.allclose(after, before.flip(1), atol=1e-6)}
 
 
 def _call_severity_json(content: Any) -> Callable[[Ctx], Any]:
@@ -293,13 +302,11 @@ ROWS = [
     _p("empty-class-folders", "loader", _empty_tree("empty_class_folders"), Expect("raises", match="no usable image")),
     _p("empty-after-skipping-bad-files", "loader", _empty_tree("only_bad_files"), Expect("raises", match=r"(?s)no usable image.*1 skipped \(empty\), 1 skipped \(not_image\)")),
     _p("empty-split-cli", "cli", lambda c: _train_flags(c) + ["--dataset", _saved(c, "empty_split", lambda d: d.__class__(
-        {**d, "validation": d["validation"].select([])}))], Expect("exit2", match="Split 'validation' .* is empty"),
-       xfail="training.load_data: datasets.load_from_disk raises IndexError on a saved empty split (not a ValueError)"),
+        {**d, "validation": d["validation"].select([])}))], Expect("exit2", match="Split 'validation' .* is empty")),
     _p("truncated-saved-dataset-cli", "cli", lambda c: _train_flags(c) + ["--dataset", _truncate_arrow(_saved(c, "cut", lambda d: d))],
        Expect("exit2", match="read .* bytes|arrow|Arrow")),
     _p("empty-data-dir-cli", "cli", lambda c: ["--dataset", "brain_tumor_mri", "--data_dir", str(_empty_tree("empty_class_folders")(c)[1]),
-                                             "--use_cpu", "true"], Expect("exit2", match="no usable image"),
-       xfail="cli._one_line_errors prints the ValueError as is; this one carries the load report on extra lines"),
+                                             "--use_cpu", "true"], Expect("exit2", match="no usable image")),
     # ---- a class missing from the training split
     _p("train-split-missing-a-class-cli", "cli", lambda c: _train_flags(c) + ["--dataset", _saved(c, "no_ring", lambda d: d.__class__(
         {**d, "train": d["train"].filter(lambda r: r["label"] != 3)}))], Expect("exit2", match=r"Classes \['lesion_ring'\] have no training sample")),
@@ -316,8 +323,7 @@ ROWS = [
        Expect("raises", match=r"Model labels \['lesion_ring'.* disagree with its severity labels")),
     _p("model-config-without-severity", "call", _call_config_without_severity, Expect("raises", match="not trained with rcl_hf")),
     _p("backbone-checkpoint-vs-dataset-order", "call", _call_backbone_checkpoint_other_order,
-       Expect("raises", match=r"label"),
-       xfail="models.build_model relabels a checkpoint's classifier rows to the new order without permuting them"),
+       Expect("returns", check=lambda r: r["labels"] == REVERSED and r["rows_permuted"])),
     # ---- invalid severity JSON (library and CLI)
     _p("severity-bad-json", "call", _call_severity_json("{\"labels\": [\"a\", "), Expect("raises", match="is not valid JSON")),
     _p("severity-not-an-object", "call", _call_severity_json("[1, 2, 3]"), Expect("raises", match="must be a JSON object")),
@@ -336,8 +342,7 @@ ROWS = [
        Expect("returns", check=lambda r: r["intact"] and r["leftovers"] == []),
        xfail="SeverityMatrix.to_json leaves its half-written '<path>.tmp' behind when writing fails"),
     # ---- wrong CLI arguments
-    _p("cli-unknown-flag", "cli", lambda c: _train_flags(c, "--no_such_flag", "1"), Expect("exit2", match="unrecognized arguments: --no_such_flag"),
-       xfail="argparse prints its whole usage block (100+ lines) before the error line"),
+    _p("cli-unknown-flag", "cli", lambda c: _train_flags(c, "--no_such_flag", "1"), Expect("exit2", match="unrecognized arguments: --no_such_flag")),
     _p("cli-unknown-loss", "cli", lambda c: _train_flags(c, "--loss", "hinge"), Expect("exit2", match=r"Unknown loss 'hinge'; choose one of \[")),
     _p("cli-negative-lam", "cli", lambda c: _train_flags(c, "--lam", "-1"), Expect("exit2", match=r"lam must be finite and >= 0, got -1")),
     _p("cli-nan-lam", "cli", lambda c: _train_flags(c, "--lam", "nan"), Expect("exit2", match=r"lam must be finite and >= 0, got nan")),
@@ -352,10 +357,8 @@ ROWS = [
        Expect("exit2", match=r"Cannot resume from .*checkpoint-6.*incomplete checkpoint \(no trainer_state.json")),
     _p("cli-resume-last-without-checkpoints", "cli", lambda c: _train_flags(c, "--resume_from_checkpoint", "last"),
        Expect("exit2", match=r"Cannot resume: .* holds no checkpoint-\* folder")),
-    _p("cli-config-file-missing", "cli", lambda c: [str(c.tmp / "missing.yaml")], Expect("exit2", match="config file .*missing.yaml not found"),
-       xfail="cli.expand_argv raises SystemExit(<message>), which exits with code 1"),
-    _p("cli-config-not-a-mapping", "cli", lambda c: [_write(c.tmp / "list.json", "[1, 2]")], Expect("exit2", match="must hold a mapping"),
-       xfail="cli._config_to_argv raises SystemExit(<message>), which exits with code 1"),
+    _p("cli-config-file-missing", "cli", lambda c: [str(c.tmp / "missing.yaml")], Expect("exit2", match="config file .*missing.yaml not found")),
+    _p("cli-config-not-a-mapping", "cli", lambda c: [_write(c.tmp / "list.json", "[1, 2]")], Expect("exit2", match="must hold a mapping")),
 ]
 
 
