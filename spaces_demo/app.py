@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger("rcl_hf.space")
 
@@ -200,24 +200,40 @@ def _rescale_to_uint8(img: Image.Image) -> Tuple[Image.Image, str]:
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L"), note
 
 
+def _convert(img: Image.Image, *paths: Tuple[str, ...]) -> Image.Image:
+    """``img`` converted along the first conversion path PIL supports (e.g. ``("LA", "RGB")``)."""
+    errors = []
+    for path in paths:
+        try:
+            out = img
+            for mode in path:
+                out = out.convert(mode)
+            return out
+        except (ValueError, OSError, TypeError) as err:  # PIL has no such conversion / bad palette
+            errors.append(f"{'->'.join(path)}: {err}")
+    raise InputImageError(f"Cannot convert a {img.mode} image to RGB ({'; '.join(errors)}).", "mode")
+
+
 def _to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[str]]:
-    """Convert any PIL mode the Space accepts to ``RGB``; return ``(image, note)``."""
+    """Convert any PIL mode the Space accepts to ``RGB``; return ``(image, note)``.
+
+    Raises:
+        InputImageError: (kind ``"mode"``) when PIL has no conversion for the mode.
+    """
     mode = img.mode
     if mode == "RGB":
         return img, None
     if mode == "L":
-        return img.convert("RGB"), "grayscale image replicated to 3 channels"
+        return _convert(img, ("RGB",)), "grayscale image replicated to 3 channels"
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
-        out = img.convert("RGBA").convert("RGB") if has_alpha else img.convert("RGB")
-        return out, f"palette image ({mode}) converted to RGB" + (", alpha dropped" if has_alpha else "")
+        paths = (("RGBA", "RGB"), ("RGB",)) if has_alpha else (("RGB",), ("RGBA", "RGB"))
+        return _convert(img, *paths), f"palette image ({mode}) converted to RGB" + (", alpha dropped" if has_alpha else "")
     if mode in ("RGBA", "RGBa", "LA", "La"):
-        return img.convert("RGB"), f"{mode} image: alpha channel dropped"
+        # premultiplied La has no direct RGB conversion in PIL: go through LA / RGBA
+        return _convert(img, ("RGB",), ("LA", "RGB"), ("RGBA", "RGB")), f"{mode} image: alpha channel dropped"
     if mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        try:
-            return img.convert("RGB"), f"{mode} image converted to RGB"
-        except ValueError as err:
-            raise InputImageError(f"Cannot convert a {mode} image to RGB: {err}", "mode") from None
+        return _convert(img, ("RGB",), ("RGBA", "RGB")), f"{mode} image converted to RGB"
     if mode.startswith("I;16") or mode in ("I", "F"):
         gray, note = _rescale_to_uint8(img)
         return gray.convert("RGB"), note
@@ -302,11 +318,18 @@ def _too_many_pixels(w: int, h: int, max_pixels: int) -> str:
 
 
 def _decode(data: bytes, name: str, max_pixels: int, working_side: Optional[int], notes: List[str]) -> Tuple[Image.Image, Optional[str]]:
-    """Open (header only), check the pixel count, then decode the first frame."""
+    """Open (header only), check the pixel count, then decode the first frame.
+
+    Every exception PIL raises while parsing the untrusted bytes (malformed
+    headers raise ``TypeError``, ``struct.error``, ``IndexError``... as well as
+    ``OSError``) becomes an :class:`InputImageError`.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            return _decode_unchecked(data, name, max_pixels, working_side, notes)
+        except InputImageError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise InputImageError(
                 f"The image {name!r} is a decompression bomb or far too large ({err}); the limit is "
@@ -318,28 +341,37 @@ def _decode(data: bytes, name: str, max_pixels: int, working_side: Optional[int]
                 f"The file {name!r} is not an image that can be read (PNG, JPEG, BMP, TIFF, GIF and WebP are supported).",
                 "not_image",
             ) from None
-        except (OSError, ValueError, SyntaxError) as err:
-            raise InputImageError(f"The file {name!r} is not a readable image: {err}", "not_image") from None
-        fmt = img.format
-        w, h = img.size
-        if w * h > max_pixels:
-            raise InputImageError(_too_many_pixels(w, h, max_pixels), "too_large")
-        frames = getattr(img, "n_frames", 1) or 1
-        if frames > 1:
-            notes.append(f"{fmt} with {frames} frames: the first frame is analysed")
-        if fmt == "JPEG" and working_side and max(w, h) >= 2 * working_side:
-            # DCT-scaled decode (1/2, 1/4, 1/8), never below working_side: faster, less memory
-            if img.draft(img.mode, (working_side, working_side)) is not None and img.size != (w, h):
-                notes.append(f"JPEG decoded at reduced scale {img.size[0]}x{img.size[1]}")
-        try:
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise InputImageError(f"The image {name!r} is too large to decode safely: {err}", "too_large") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as err:
-            raise InputImageError(f"The image {name!r} is damaged or truncated and cannot be decoded ({err}).", "truncated") from None
         except MemoryError:
             raise InputImageError(f"The image {name!r} needs too much memory to decode.", "too_large") from None
+        except _Truncated as err:
+            raise InputImageError(f"The image {name!r} is damaged or truncated and cannot be decoded ({err.__cause__}).", "truncated") from None
+        except Exception as err:  # malformed headers: any parser error means "cannot be decoded"
+            raise InputImageError(f"The file {name!r} is not a readable image ({type(err).__name__}: {err}).", "not_image") from None
+
+
+class _Truncated(Exception):
+    """Internal: the header was fine, decoding the pixels failed."""
+
+
+def _decode_unchecked(data: bytes, name: str, max_pixels: int, working_side: Optional[int], notes: List[str]) -> Tuple[Image.Image, Optional[str]]:
+    img = Image.open(io.BytesIO(data))
+    fmt = img.format
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InputImageError(_too_many_pixels(w, h, max_pixels), "too_large")
+    frames = getattr(img, "n_frames", 1) or 1
+    if frames > 1:
+        notes.append(f"{fmt} with {frames} frames: the first frame is analysed")
+    if fmt == "JPEG" and working_side and max(w, h) >= 2 * working_side:
+        # DCT-scaled decode (1/2, 1/4, 1/8), never below working_side: faster, less memory
+        if img.draft(img.mode, (working_side, working_side)) is not None and img.size != (w, h):
+            notes.append(f"JPEG decoded at reduced scale {img.size[0]}x{img.size[1]}")
+    try:
+        img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise _Truncated() from err
     try:
         orientation = img.getexif().get(0x0112)
         if orientation not in (None, 1):

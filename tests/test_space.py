@@ -331,6 +331,21 @@ def test_load_input_image_modes_and_caps(app):
     assert max(rgb.size) == 500 and (info.width, info.height) == (1500, 600)
 
 
+def test_alpha_modes_without_a_direct_rgb_conversion_and_parser_errors(app, monkeypatch):
+    """Premultiplied / palette-alpha modes convert; any exception from PIL's parsers is a clear refusal."""
+    for mode in ("La", "RGBa", "PA"):
+        rgb, info = app.load_input_image(Image.new(mode, (5, 4)))
+        assert rgb.mode == "RGB" and rgb.size == (5, 4) and info.notes, mode
+
+    def broken_open(*args, **kwargs):
+        raise TypeError("Missing dimensions")  # what a malformed TIFF header raises from n_frames
+
+    monkeypatch.setattr(Image, "open", broken_open)
+    with pytest.raises(app.InputImageError, match="not a readable image .TypeError: Missing dimensions") as err:
+        app.load_input_image(b"II*\x00garbage")
+    assert err.value.kind == "not_image"
+
+
 def test_uploaded_path_is_confined_to_gradios_upload_folder(app):
     with pytest.raises(app.InputImageError, match="not uploaded"):
         app._uploaded_path("/etc/hostname")
