@@ -811,29 +811,26 @@ def build_demo(
     max_bytes = int(max_upload_mb * 1024 * 1024)
     tau0 = DEFAULT_REFERRAL_THRESHOLD if threshold is None else _check_threshold(threshold)
 
-    class UploadedImage(gr.Image):
-        """``gr.Image`` whose preprocess hands over the uploaded file's path, unopened.
+    def preprocess_upload(payload: Any) -> Optional[str]:
+        """``gr.Image`` preprocess that hands over the uploaded file's path, unopened.
 
         Gradio's own preprocess decodes with PIL and would fail with a generic error
         on a non-image or a decompression bomb; here :func:`load_input_image` does
-        all decoding. Only files inside Gradio's upload folder are accepted.
+        all decoding. Only files inside Gradio's upload folder are accepted. (Set on
+        the instance: a ``gr.Image`` subclass would make Gradio write an ``app.pyi``.)
         """
-
-        is_template = True  # render with gr.Image's frontend
-
-        def preprocess(self, payload):  # type: ignore[override]
-            if payload is None:
-                return None
-            url = getattr(payload, "url", None)
-            if url and url.startswith("data:"):
-                return url
-            path = getattr(payload, "path", None)
-            if not path:
-                return None
-            try:
-                return _uploaded_path(path)
-            except InputImageError as err:
-                raise gr.Error(str(err), title="Refused", print_exception=False) from None
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if url and url.startswith("data:"):
+            return url
+        path = getattr(payload, "path", None)
+        if not path:
+            return None
+        try:
+            return _uploaded_path(path)
+        except InputImageError as err:
+            raise gr.Error(str(err), title="Refused", print_exception=False) from None
 
     def run(image: Any, tau: float, clear_on_empty: bool = False):
         if image is None and clear_on_empty:
@@ -879,7 +876,7 @@ def build_demo(
         gr.Markdown(DISCLAIMER)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = UploadedImage(
+                image = gr.Image(
                     label="Image (PNG, JPEG, BMP, TIFF, WebP)",
                     type="filepath",
                     image_mode=None,
@@ -887,6 +884,7 @@ def build_demo(
                     height=300,
                     elem_id="rcl-input",
                 )
+                image.preprocess = preprocess_upload  # type: ignore[method-assign]
                 tau = gr.Slider(
                     0.0, 1.0, value=tau0, step=0.01,
                     label="Referral threshold τ (expected clinical cost)",
