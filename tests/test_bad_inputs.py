@@ -18,16 +18,12 @@ with the change that closes it (see the reliability report).
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import shutil
-from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import pytest
 
 from data_fixtures import ISIC_LABELS, isic_items, make_brain, make_isic_task3, write_bad, write_image
@@ -143,10 +139,6 @@ def _critical_below_row_max() -> Dict[str, Any]:
     data["matrix"][1][2] = 1.0  # lesion_round -> lesion_oval now costs 1.0 (not marked critical) ...
     data["matrix"][1][0] = 0.5  # ... while the critical lesion_round -> normal costs 0.5: below its row's maximum
     return data
-
-
-def _cli(extra: Callable[[Ctx], List[str]]) -> Callable[[Ctx], List[str]]:
-    return extra
 
 
 def _train_flags(ctx: Ctx, *flags: str) -> List[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import os
 import sys
 import time

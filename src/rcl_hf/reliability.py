@@ -35,7 +35,6 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from pathlib import Path
 from typing import Iterable, List, Optional, Tuple, Union
 
 logger = logging.getLogger(__name__)
