@@ -348,6 +348,14 @@ def write_index(out_dir: Path = RESULTS_DIR) -> Path:
                      + (" (+ uncommitted changes)" if v.get("rcl_hf_dirty") else ""))
         for res in group:
             lines.append(f"  - {res['benchmark']}: `{res['command']}`")
+        loads = [v[0] for res in group for v in (res.get("load_average") or {}).values() if v]
+        usable = group[0]["machine"].get("usable_cpus") or 1
+        if loads and max(loads) > 0.5 * usable:
+            lines.append(
+                f"  - shared machine: 1-min load average up to {max(loads):.1f} on {usable} usable CPUs during these "
+                f"runs (torch threads {group[0]['machine'].get('torch_threads')}). The CPU was oversubscribed, so "
+                "absolute times are inflated several-fold and noisy, and ratios within a few percent of 1 cannot be "
+                "told apart; the loss-alone estimate (loss_overhead) and the metric timings are the robust figures.")
     lines.append("")
     path = out_dir / "README.md"
     _atomic_write(path, "\n".join(lines))
