@@ -201,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
     end_to_end = rows["analyze() end to end, 1 image"]["median_ms"]
     result = {
         "benchmark": "space_latency",
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": (f"nice -n {os.nice(0)} " if hasattr(os, "nice") and os.nice(0) else "")
+        + " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpu": _cpu_model(),
@@ -209,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "device": "cpu",
+            "niceness": os.nice(0) if hasattr(os, "nice") else None,
             # 1-minute load average before/after: other processes on the machine inflate the figures
             "load_average_1min": {
                 "before": round(load_before[0], 2) if load_before else None,
@@ -247,7 +249,7 @@ def _markdown(r: Dict[str, Any]) -> str:
         f"- command: `{r['command']}`",
         f"- date: {r['date']}",
         f"- machine: {r['machine']['cpu']}, {r['machine']['logical_cpus']} logical CPUs, "
-        f"torch threads {r['machine']['torch_threads']}, {r['machine']['platform']}; "
+        f"torch threads {r['machine']['torch_threads']}, niceness {r['machine'].get('niceness')}, {r['machine']['platform']}; "
         f"1-min load average {r['machine']['load_average_1min']['before']} before, "
         f"{r['machine']['load_average_1min']['after']} after",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),

@@ -1016,8 +1016,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted width*height")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload (MB)")
     p.add_argument(
-        "--threads", type=int, default=int(os.environ.get("RCL_TORCH_THREADS") or 0) or None,
-        help="torch CPU threads (default $RCL_TORCH_THREADS, else torch's choice); 1 is steadier on a busy shared CPU",
+        "--threads", type=int, default=int(os.environ.get("RCL_TORCH_THREADS") or 1),
+        help="torch CPU threads per inference (default $RCL_TORCH_THREADS, else 1: on a shared 2-core CPU, and with "
+        "two requests served at once, one thread is faster and steadier than torch's default; see "
+        "benchmarks/space_latency.py)",
     )
     return p.parse_args(argv)
 
@@ -1027,10 +1029,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         model_id, compare_id = resolve_model_ids(args.model, args.compare)
         if args.examples_dir and not os.path.isdir(args.examples_dir):
@@ -1051,6 +1049,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"rcl_hf Space: cannot start: {err}", file=sys.stderr)
         return 2
+    if args.threads and args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)  # only once the Space really starts (main() is also called in tests)
     launch_demo(demo, args.host, args.port, max_upload_mb=args.max_upload_mb)
     return 0
 
