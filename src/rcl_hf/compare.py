@@ -58,6 +58,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
             per_device_eval_batch_size=max(args.batch_size, 64), learning_rate=args.learning_rate, weight_decay=0.05,
             warmup_steps=0.05, seed=args.seed, disable_tqdm=args.disable_tqdm, logging_steps=50,
             save_total_limit=1,
+            save_only_model=True,  # the best epoch is all a comparison needs (no optimizer state to resume)
         )
         result = run_training(
             ModelArguments(backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,

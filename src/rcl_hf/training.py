@@ -235,8 +235,8 @@ class SeededAugmentation:
     the number of processes, of DataLoader workers, and -- on
     ``--resume_from_checkpoint`` -- on the Trainer restoring its RNG state only
     after the first resumed batch was prefetched.  Here every sample is
-    transformed under ``torch.manual_seed(SeedSequence([seed, epoch, row]))``
-    inside ``torch.random.fork_rng`` (the global stream is left untouched), so a
+    transformed with torch's CPU generator seeded by ``SeedSequence([seed, epoch, row])``
+    (its previous state is restored afterwards: the global stream is untouched), so a
     resumed or multi-process run sees exactly the augmentations of an
     uninterrupted single-process run.  ``epoch`` is set by
     :class:`AugmentationEpochCallback`.
@@ -254,12 +254,17 @@ class SeededAugmentation:
     def __call__(self, batch: Dict[str, list]) -> Dict[str, Any]:
         rows = batch[ROW_COLUMN]
         parts = []
-        for j, row in enumerate(rows):
-            one = {k: [v[j]] for k, v in batch.items() if k != ROW_COLUMN}
-            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(row)]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
+        # Reseed torch's CPU generator per sample and restore it afterwards (``Generator.manual_seed``:
+        # ``torch.manual_seed`` also seeds every device and costs milliseconds per call).
+        generator = torch.default_generator
+        saved = generator.get_state()
+        try:
+            for j, row in enumerate(rows):
+                one = {k: [v[j]] for k, v in batch.items() if k != ROW_COLUMN}
+                generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, int(row)]).generate_state(1)[0]))
                 parts.append(self.transform(one))
+        finally:
+            generator.set_state(saved)
         out: Dict[str, Any] = {}
         for key in parts[0] if parts else ():
             values = [p[key] for p in parts]
