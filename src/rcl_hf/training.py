@@ -12,6 +12,17 @@ the best checkpoint by ``metric_for_best_model``, and writes to ``output_dir``:
 * ``test_results.json`` / ``all_results.json`` (Trainer metrics), ``rcl_run.json``
   (the recipe), ``test_predictions.npz`` (logits and labels);
 * ``confusion_matrix_test.png`` with the critical cells outlined.
+
+Launching: ``python scripts/train.py ...`` or ``accelerate launch ... scripts/train.py``
+(configs in ``configs/accelerate/``).  Without CUDA, a multi-process launch
+(``--multi_gpu --num_processes 2`` / ``torchrun``) becomes one gloo DDP job
+(``use_cpu``; :func:`multiprocess_cpu_launch`).  Evaluation metrics do not depend
+on the number of processes: the Trainer gathers all predictions (padding of
+uneven splits dropped) and :class:`BroadcastBuffersCallback` gives every rank the
+saved model's BatchNorm statistics.  Training augmentation is seeded per
+``(seed, epoch, row)`` (:class:`SeededAugmentation`), so ``--resume_from_checkpoint``
+ends at the weights of an uninterrupted run.  ``--eval_only`` scores a saved
+checkpoint folder.
 """
 
 from __future__ import annotations
@@ -35,7 +46,18 @@ from .trainer import RiskArguments, RiskCalibratedTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelArguments", "DataArguments", "run_training", "load_data", "default_training_args", "format_table"]
+__all__ = [
+    "ModelArguments",
+    "DataArguments",
+    "run_training",
+    "load_data",
+    "default_training_args",
+    "format_table",
+    "multiprocess_cpu_launch",
+    "SeededAugmentation",
+    "AugmentationEpochCallback",
+    "BroadcastBuffersCallback",
+]
 
 TABLE_KEYS = ("accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
 
