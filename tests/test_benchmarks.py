@@ -178,7 +178,7 @@ def _check_result(result):
     for row in result["table"]["rows"]:
         for cell in row:
             if isinstance(cell, float):
-                assert math.isfinite(cell) and cell >= 0, row
+                assert math.isfinite(cell), row
 
 
 def test_quick_run_writes_sane_results(tmp_path):
@@ -194,6 +194,8 @@ def test_quick_run_writes_sane_results(tmp_path):
     assert len(raw["ce"]) == len(raw["rcl"]) == 2
     assert loss["ratios"][0]["a"] == pytest.approx(statistics.median(raw["rcl"]) * 1e3, rel=1e-12)
     assert loss["ratios"][0]["b"] == pytest.approx(statistics.median(raw["ce"]) * 1e3, rel=1e-12)
+    assert loss["ratios"][3]["a"] == pytest.approx(statistics.median(raw["ce (A/A)"]) * 1e3, rel=1e-12)
+    assert all(t > 0 for v in raw.values() for t in v)
     metric = results[1]
     assert metric["ratios"][1]["b"] == pytest.approx(statistics.median(metric["raw"]["seconds"]["core"]), rel=1e-12)
     assert 0 <= metric["raw"]["core_result"]["cer"] <= 1
@@ -222,6 +224,7 @@ def test_quick_run_trainer_data_inference(tmp_path):
     ips = tp["raw"]["images_per_s"]
     assert tp["ratios"][0]["a"] == statistics.median(ips["rcl_trainer"])
     assert tp["ratios"][0]["b"] == statistics.median(ips["hf_trainer_ce"])
+    assert tp["ratios"][1]["a"] == statistics.median(ips["hf_trainer_ce (A/A)"])
     assert results[2]["raw"]["agree"] is True  # predict() and the transformers pipeline agree
 
 
