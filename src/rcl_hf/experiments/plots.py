@@ -163,7 +163,13 @@ def plot_lambda_sweep(comparison, ds: str, bb: str, path: str) -> Optional[str]:
                 r = arg[arg["method"] == ref]
                 if not r.empty:
                     ax.axhline(100 * r[f"{split}_{metric}"].mean(), color="k", ls=ls, lw=1, label=f"{ref} (argmax)")
-            ax.set_xscale("log") if all((g["x"] > 0).all() for _, _, g in series) else None
+            if all((g["x"] > 0).all() for _, _, g in series):
+                from matplotlib.ticker import NullFormatter
+
+                ax.set_xscale("log")
+                xs = sorted({float(v) for _, _, g in series for v in g["x"]})
+                ax.set_xticks(xs, [f"{v:g}" for v in xs])
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_ylabel(("critical error rate" if metric == "cer" else "accuracy") + " (%)")
             ax.set_title(f"{'validation' if split == 'val' else 'test'}: {metric.upper() if metric == 'cer' else metric}")
             ax.grid(alpha=0.3)
