@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -27,7 +29,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--real", action="store_true", help="data_pipeline: also the real Brain Tumor MRI images")
     parser.add_argument("--data_dir", default=None, help="real data folder (default: ../shared/data beside the repo)")
     parser.add_argument("--repeats", type=int, default=None, help="override each benchmark's number of timed rounds")
-    parser.add_argument("--output_dir", default=str(RESULTS_DIR), help="where results are written")
+    parser.add_argument("--output_dir", default=None,
+                        help="where results are written (default benchmarks/results; with --quick, a temporary folder "
+                             "so a smoke run never overwrites the recorded results)")
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only; write no files")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -35,6 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.output_dir is None:
+        args.output_dir = os.path.join(tempfile.gettempdir(), "rcl_hf_benchmarks_quick") if args.quick else str(RESULTS_DIR)
     return args
 
 

@@ -211,6 +211,9 @@ def test_unknown_benchmark_is_rejected(capsys):
     with pytest.raises(SystemExit):
         parse_args(["no_such_benchmark"])
     assert "unknown benchmark" in capsys.readouterr().err
+    # a smoke run never overwrites the recorded results
+    assert Path(parse_args(["--quick"]).output_dir) != benchmarks.RESULTS_DIR
+    assert Path(parse_args([]).output_dir) == benchmarks.RESULTS_DIR
 
 
 @pytest.mark.slow
