@@ -178,15 +178,7 @@ def space(tmp_path_factory):
 #: Crashes the fuzz finds in modules this file's author does not own, each with its fix (see the reliability
 #: report).  They are listed, counted and turn the test into an expected failure; any *other* crash fails it,
 #: and once they are fixed the test simply passes.
-KNOWN_BUGS = {
-    r"loader: <PIL\.Image\.Image image mode=RGB size=(0x\d+|\d+x0) ":
-        "data.checks.open_image_rgb returns a 0-pixel image for a 0-sized PIL input (should raise ImageLoadError 'empty')",
-    r"(loader|analyze): ValueError: conversion from (La|RGBa|PA) to":
-        "data.checks.to_rgb / app._to_rgb: Image.convert('RGB') fails for premultiplied/palette-alpha modes "
-        "(convert via 'LA'/'RGBA' first, and wrap conversion errors in ImageLoadError / InputImageError)",
-    r"(analyze|button): .*TypeError: Missing dimensions":
-        "app._decode reads img.n_frames outside its try: a malformed TIFF header raises a raw TypeError",
-}
+KNOWN_BUGS: dict = {}  # pattern -> explanation of a known crash in another module (none open)
 
 
 def _classify(fn: Callable[[], Any], documented: Tuple[type, ...], check: Callable[[Any], None]) -> str:
@@ -272,7 +264,7 @@ def test_fuzz_image_loader_and_space(space, tmp_path, monkeypatch):
         ok = sum(v for (t, f, o), v in counts.items() if t == target and o == "ok" and f != "refusal")
         refused = sum(v for (t, f, o), v in counts.items() if t == target and o == "refused")
         assert ok >= 5 and refused >= 5, (target, ok, refused)
-    assert elapsed < 60
+    assert elapsed < 180  # a bound against hangs, not a timing test
     if known:
         hit = sorted({why for c in known for p, why in KNOWN_BUGS.items() if re.search(p, c)})
         print(f"  {len(known)} known crash(es):\n    " + "\n    ".join(known[:10]))

@@ -113,6 +113,9 @@ def _one_line_errors(fn):
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as err:  # NonFiniteLossError: the run diverged
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> dict:

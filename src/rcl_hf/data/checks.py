@@ -182,6 +182,15 @@ def to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[str]]:
     Raises:
         ImageLoadError: (kind ``"mode"``) for a mode with no sensible RGB form.
     """
+    try:
+        return _to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (ValueError, OSError) as err:
+        raise ImageLoadError(f"cannot convert {img.mode!r} image to RGB: {err}", kind="mode") from None
+
+
+def _to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[str]]:
     mode = img.mode
     if mode == "RGB":
         return img, None
@@ -191,8 +200,10 @@ def to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[str]]:
         has_alpha = mode == "PA" or "transparency" in img.info
         out = img.convert("RGBA").convert("RGB") if has_alpha else img.convert("RGB")
         return out, f"palette image ({mode}) converted to RGB" + (", alpha dropped" if has_alpha else "")
-    if mode in ("RGBA", "RGBa", "LA", "La"):
+    if mode in ("RGBA", "LA"):
         return img.convert("RGB"), f"{mode} image: alpha channel dropped"
+    if mode in ("RGBa", "La"):  # premultiplied alpha: un-premultiply first
+        return img.convert("RGBA" if mode == "RGBa" else "LA").convert("RGB"), f"{mode} image: alpha channel dropped"
     if mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return img.convert("RGB"), f"{mode} image converted to RGB"
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -288,6 +299,8 @@ def open_image_rgb(
     """
     if isinstance(source, Image.Image):
         w, h = source.size
+        if w == 0 or h == 0:
+            raise ImageLoadError(f"image has no pixels ({w}x{h})", kind="empty")
         if max_pixels is not None and w * h > max_pixels:
             raise ImageLoadError(f"image too large ({w}x{h} > max_pixels={max_pixels})", kind="too_large")
         img = source
