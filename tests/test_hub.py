@@ -744,3 +744,23 @@ def test_plain_pipeline_in_a_fresh_process_without_rcl_hf(loading_runs):
     assert argmax == SEVERITY.labels[int(p.argmax())]
     assert decision == SEVERITY.labels[int(np.argmin(result["risk"]))]
     assert float(cost) == pytest.approx(min(result["risk"]), abs=1e-4)
+
+
+def test_trainer_create_model_card_writes_the_rcl_card(run_dir, tmp_path):
+    """``trainer.push_to_hub()`` calls ``create_model_card``: it must write rcl_hf's card, not the generic one."""
+    from transformers import TrainingArguments, AutoModelForImageClassification
+
+    from rcl_hf import RiskArguments, RiskCalibratedTrainer
+
+    out = tmp_path / "out"
+    shutil.copytree(run_dir, out)
+    model = AutoModelForImageClassification.from_pretrained(out)
+    args = TrainingArguments(str(out), report_to=[], use_cpu=True, remove_unused_columns=False, label_names=["labels"])
+    trainer = RiskCalibratedTrainer(model=model, args=args, risk_args=RiskArguments(loss="rcl"), severity=SEVERITY)
+    trainer.create_model_card(dataset="owner/synthetic-lesions")
+    card = (out / "README.md").read_text()
+    meta = _front_matter(card)
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["datasets"] == ["owner/synthetic-lesions"]
+    assert "model-index" in meta
+    assert "⚠" in card  # the severity table with critical cells marked

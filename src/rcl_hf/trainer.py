@@ -208,7 +208,8 @@ class RiskCalibratedTrainer(Trainer):
                 self._nonfinite_streak = 0
                 if parts is not None:
                     for key in ("base", "risk"):
-                        self._parts_sum[key] = self._parts_sum.get(key, 0.0) + float(parts[key].mean().detach())
+                        # kept on the device: no host sync per micro-batch; converted in log()
+                        self._parts_sum[key] = self._parts_sum.get(key, 0.0) + parts[key].detach().mean()
                     self._parts_count += 1
         return (loss, outputs) if return_outputs else loss
 
@@ -399,12 +400,29 @@ class RiskCalibratedTrainer(Trainer):
                     setattr(args, name, None)
             torch.save(args, path)
 
+    def create_model_card(self, **kwargs: Any) -> None:
+        """The rcl_hf model card (results, severity table, recipe, clinical limits) instead of
+        transformers' generic one, so ``trainer.push_to_hub()`` uploads the same card as
+        ``scripts/push_to_hub.py``."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import write_model_card
+
+        write_model_card(
+            self.args.output_dir,
+            self.hub_model_id,
+            license=kwargs.get("license") or "apache-2.0",
+            base_model=kwargs.get("finetuned_from"),
+            datasets=[kwargs["dataset"]] if isinstance(kwargs.get("dataset"), str) else kwargs.get("dataset"),
+        )
+
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and isinstance(self.loss_fn, RiskCalibratedLoss):
-            values = torch.tensor(
-                [self._parts_sum.get("base", 0.0), self._parts_sum.get("risk", 0.0), float(self._parts_count)],
-                device=self.args.device,
-            )
+            values = torch.stack([
+                torch.as_tensor(self._parts_sum.get("base", 0.0), dtype=torch.float32, device=self.args.device),
+                torch.as_tensor(self._parts_sum.get("risk", 0.0), dtype=torch.float32, device=self.args.device),
+                torch.tensor(float(self._parts_count), device=self.args.device),
+            ])
             if self.args.world_size > 1:
                 values = self.accelerator.reduce(values, reduction="sum")
             if values[2] > 0:
