@@ -3,7 +3,8 @@
 
     python scripts/train.py --dataset synthetic --loss rcl --lam 1 --output_dir runs/rcl
     accelerate launch --multi_gpu --num_processes 2 scripts/train.py configs/synthetic_rcl.yaml
-    python scripts/train.py configs/brain_tumor_mri_rcl.json --data_dir ../shared/data/brain_tumor_mri
+    python scripts/train.py configs/brain_tumor_mri_rcl.yaml --data_dir ../shared/data/brain_tumor_mri
+    accelerate launch --config_file configs/accelerate/cpu_ddp_2proc.yaml scripts/train.py configs/synthetic_rcl.yaml
 
 A single JSON or YAML file may replace the flags; flags given after it override it.
 """
