@@ -27,8 +27,8 @@ class CompareArguments:
     """The main job's knobs; every run gets the same seed, epochs and batch size."""
 
     output_dir: str = field(default="runs/main", metadata={"help": "Where runs and the comparison go."})
-    losses: List[str] = field(default_factory=lambda: ["ce", "rcl"], metadata={"help": "Losses to compare."})
-    lam: float = field(default=2.0, metadata={"help": "λ of the risk-calibrated losses."})
+    losses: List[str] = field(default_factory=lambda: ["ce", "rcl_log"], metadata={"help": "Losses to compare."})
+    lam: float = field(default=1.0, metadata={"help": "λ of the risk-calibrated losses."})
     backbone: str = field(default="resnet18", metadata={"help": "Backbone (see scripts/train.py --help)."})
     pretrained: Optional[str] = field(default=None, metadata={"help": "Offline weights, e.g. efficientnet-lite0-package."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Train only the head on cached embeddings."})
