@@ -39,6 +39,8 @@ from PIL import Image
 
 from .checks import DEFAULT_MAX_PIXELS, open_image_rgb
 
+from ..models import IMAGENET_MEAN, IMAGENET_STD  # one definition of the ImageNet statistics
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -50,8 +52,6 @@ __all__ = [
     "resolve_transform_config",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SizeLike = Union[int, Sequence[int]]
 
 
