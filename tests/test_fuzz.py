@@ -21,7 +21,6 @@ The outcome counts are printed (``-s`` shows them).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import numpy as np
 import pytest
 from PIL import Image
+from space_app import load_space_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(__import__("os").environ.get("RCL_FUZZ_SEED", "20240607"))
@@ -144,14 +144,6 @@ def _inputs() -> List[Tuple[str, Any]]:
 
 
 # =============================================================================== targets
-def _app():
-    name = "rcl_space_app"  # the module name tests/test_space.py uses
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "spaces_demo" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +160,7 @@ def space(tmp_path_factory):
     model.save_pretrained(folder)
     build_image_processor(model, data_config).save_pretrained(folder)
     ensure_label_maps_in_config_file(str(folder))
-    app = _app()
+    app = load_space_app()
     space_model = app.load_space_model(str(folder), "tiny")
     demo = app.build_demo(space_model, None, [], max_pixels=MAX_PIXELS, max_upload_mb=1.0)
     button = next(f for f in demo.fns.values() if getattr(f, "api_name", None) == "analyze")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
+from space_app import load_space_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("src", "scripts", "spaces_demo")
@@ -168,7 +168,7 @@ def _load_paths():
     return {
         "inference.load_model": lambda f: load_model(str(f)),
         "models.build_model(checkpoint)": lambda f: build_model(str(f), SeverityMatrix.preset("synthetic"), image_size=32),
-        "space.load_space_model": lambda f: _app().load_space_model(str(f)),
+        "space.load_space_model": lambda f: load_space_app().load_space_model(str(f)),
     }
 
 
@@ -238,20 +238,12 @@ def test_resuming_from_a_checkpoint_with_a_pickle_payload_refuses_it(tmp_path, v
 
 
 # =============================================================================== the Space's inputs
-def _app():
-    name = "rcl_space_app"  # the name tests/test_space.py uses: one module object per session
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "spaces_demo" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory):
     pytest.importorskip("gradio")
-    app = _app()
+    app = load_space_app()
     folder = _tiny_checkpoint(tmp_path_factory.mktemp("space_model") / "m")
     model = app.load_space_model(str(folder), "tiny")
     demo = app.build_demo(model, None, [], max_pixels=1_000_000, max_upload_mb=1.0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -35,9 +34,9 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 from PIL import Image
+from space_app import APP_PATH, load_space_app
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_PATH = ROOT / "spaces_demo" / "app.py"
 CHROMIUM = os.environ.get("RCL_CHROMIUM", "/usr/bin/chromium")
 MAX_PIXELS = 1_000_000  # small caps so the "too large" paths are cheap to reach
 MAX_UPLOAD_MB = 1.0
@@ -47,15 +46,6 @@ pytest.importorskip("gradio", reason="gradio is needed for the Space (pip instal
 
 
 # ------------------------------------------------------------------------------ helpers
-def _load_app():
-    name = "rcl_space_app"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, APP_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
@@ -104,7 +94,7 @@ def _subprocess_env(**extra: str) -> Dict[str, str]:
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def app():
-    return _load_app()
+    return load_space_app()
 
 
 @pytest.fixture(scope="module")
