@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files
+from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "brain_tumor_mri"
 LABELS = list(PRESETS[NAME].labels)
@@ -73,7 +73,7 @@ def _scan_split_dir(split_dir: Path, root: Path, split: Optional[str], records: 
         if kind == "ignore":
             continue
         if kind == "other":
-            problems.append(Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})"))
+            problems.append(unsupported_file(path, show))
             continue
         if len(rel) == 1:
             problems.append(Problem(show, "wrong_place", "image is not inside a class folder; cannot tell its label"))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files
+from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "breakhis"
 LABELS = list(PRESETS[NAME].labels)
@@ -160,7 +160,7 @@ def scan(
         in_tree = any(p.lower() in BENIGN + tuple(TYPE_CODES.values()) for p in rel[:-1])
         if kind == "other":
             if in_tree:
-                problems.append(Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})"))
+                problems.append(unsupported_file(path, show))
             continue
         info = parse_filename(path.name)
         if info is None:

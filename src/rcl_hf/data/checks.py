@@ -129,6 +129,11 @@ def file_kind(name: str) -> str:
     return "other"
 
 
+def unsupported_file(path: Path, show: str) -> "Problem":
+    """The report for a file that is neither an image nor a known side file."""
+    return Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})")
+
+
 def iter_files(root: Union[str, os.PathLike]) -> Iterator[Path]:
     """Every regular file under ``root``, recursively, in sorted (deterministic) order.
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files
+from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "isic2018"
 LABELS = list(PRESETS[NAME].labels)
@@ -125,7 +125,7 @@ def _index_images(folder: Path, root: Path, problems: List[Problem], flat: bool)
             continue
         if kind == "other":
             if flat:
-                problems.append(Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})"))
+                problems.append(unsupported_file(path, show))
             continue
         if flat and path.parent != folder:
             problems.append(Problem(show, "wrong_place", f"image is nested inside {folder.name}/ (expected directly in it)"))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files
+from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "sicapv2"
 LABELS = list(PRESETS[NAME].labels)
@@ -177,7 +177,7 @@ def scan(data_dir: os.PathLike, *, fold: Optional[int] = 1) -> Scan:
         if kind == "ignore":
             continue
         if kind == "other":
-            problems.append(Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})"))
+            problems.append(unsupported_file(path, show))
             continue
         if path.parent != images_dir:
             problems.append(Problem(show, "wrong_place", "image is nested inside images/ (expected directly in it)"))
