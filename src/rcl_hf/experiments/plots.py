@@ -113,6 +113,13 @@ def plot_fronts(comparison, ds: str, bb: str, path: str, post_hoc: str = "ce + b
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{ds} / {bb}: CER–accuracy fronts (mean of {n_seeds} seeds, bars ±1 SD over seeds; ★ chosen on validation)",
                  fontsize=11)
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+    """Lay out, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -178,10 +185,7 @@ def plot_lambda_sweep(comparison, ds: str, bb: str, path: str) -> Optional[str]:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{ds} / {bb}: operating-point sweep of the risk-calibrated losses (argmax decision; bands ±1 SD over seeds)",
                  fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confusions(comparison, ds: str, bb: str, out_dir: str, post_hoc: str = "ce + blend") -> Dict[str, str]:
@@ -239,10 +243,7 @@ def plot_reliability(comparison, ds: str, bb: str, path: str, n_bins: int = 10) 
     axes[0, 0].set_ylabel("accuracy in bin")
     axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{ds} / {bb}: reliability (test, pooled over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_risk_coverage(comparison, ds: str, bb: str, path: str, post_hoc: str = "ce + blend") -> str:
@@ -273,10 +274,7 @@ def plot_risk_coverage(comparison, ds: str, bb: str, path: str, post_hoc: str = 
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"{ds} / {bb}: risk–coverage (test, mean of seeds)\nreferral order: expected clinical cost of the decision",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(comparison, out_dir: str, post_hoc: str = "ce + blend") -> Dict[str, str]:
