@@ -133,6 +133,10 @@ class RiskCalibratedTrainer(Trainer):
 
     Image datasets with on-the-fly transforms need ``remove_unused_columns=False``
     and ``label_names=["labels"]`` in ``TrainingArguments``.
+
+    A ``sample_weight`` column in the training set weights each sample's loss while
+    training: ``mean_i(w_i · ℓ_i)`` (weights normalised to mean 1 keep the loss scale;
+    gradient accumulation stays exact). Evaluation losses ignore it.
     """
 
     loss_is_scaled_for_ga = False
@@ -192,11 +196,22 @@ class RiskCalibratedTrainer(Trainer):
     ):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        weight = inputs.pop("sample_weight", None)
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if weight is not None and model.training:
+            weight = torch.as_tensor(weight, device=logits.device, dtype=torch.float32)
+        else:
+            weight = None  # evaluation losses stay unweighted, so they compare across runs
         if isinstance(self.loss_fn, RiskCalibratedLoss):
             parts = self.loss_fn.per_sample_parts(logits, labels)
-            loss = parts["loss"].mean()
+            loss = (parts["loss"] * weight).mean() if weight is not None else parts["loss"].mean()
+        elif weight is not None:
+            per_sample = getattr(self.loss_fn, "per_sample", None)
+            if per_sample is None:
+                raise ValueError(f"A sample_weight column needs a loss with per_sample(); {type(self.loss_fn).__name__} has none")
+            parts = None
+            loss = (per_sample(logits, labels) * weight).mean()
         else:
             parts = None
             loss = self.loss_fn(logits, labels)

@@ -390,6 +390,9 @@ def run_training(
     from .models import build_image_processor, build_model, ensure_label_maps_in_config_file
 
     t0 = time.time()
+    if getattr(risk_args, "crossfit_weight", 0) > 0 and not model_args.freeze_backbone:
+        raise ValueError("crossfit_weight needs the frozen-backbone mode (--freeze_backbone true): under full "
+                         "fine-tuning its out-of-fold models would be K extra fine-tunes")
     if model_args.eval_only and model_args.freeze_backbone:
         raise ValueError("--eval_only evaluates a saved model: drop --freeze_backbone")
     if model_args.eval_only and not os.path.isdir(model_args.backbone):
@@ -545,6 +548,13 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
         emb = {s: cached_embeddings(model, transformed[s], splits[s], cache_dir, {**key, "split": s},
                                     batch_size=max(8, training_args.per_device_eval_batch_size))
                for s in transformed}
+    weights_fn = getattr(risk_args, "train_sample_weights", None)  # cross-fitted risk weights (experiments)
+    if weights_fn is not None:
+        train = emb["train"].with_format("numpy")
+        groups = splits["train"]["group_id"] if "group_id" in splits["train"].column_names else None
+        weights = weights_fn(train["embeddings"], train["labels"], groups, severity, training_args.seed)
+        if weights is not None:
+            emb["train"] = emb["train"].add_column("sample_weight", weights.tolist()).with_format("torch")
     classifier = find_classifier(model)
     set_seed(training_args.seed)
     head = LinearHead(classifier.in_features, severity.num_labels)

@@ -18,6 +18,11 @@ while gradients are enabled (training), so evaluation losses stay comparable.
   risk term of the RCL loss then still sees mass on critical classes after the
   argmax is right. ``m = 0`` is the wrapped loss exactly.
 
+* **Cross-fitted risk weights** (:mod:`rcl_hf.experiments.crossfit`): each
+  training image's loss is weighted by its *out-of-fold* expected cost, so images
+  a held-out model would get critically wrong keep their pull after the head has
+  memorised them (frozen-backbone mode).
+
 * **Logit mixup** (mixup, Zhang et al., ICLR 2018, applied to the logits)::
 
       a ~ Beta(α, α),  π a random permutation of the batch,
@@ -29,8 +34,8 @@ while gradients are enabled (training), so evaluation losses stay comparable.
   images lie between classes, where the model keeps erring, so the risk term
   keeps a gradient. ``α = 0`` disables it.
 
-:class:`ExperimentRiskArguments` adds ``severity_margin`` and
-``logit_mixup_alpha`` to :class:`rcl_hf.trainer.RiskArguments`; its ``build``
+:class:`ExperimentRiskArguments` adds ``severity_margin``, ``logit_mixup_alpha``
+and ``crossfit_weight`` / ``crossfit_folds`` to :class:`rcl_hf.trainer.RiskArguments`; its ``build``
 returns the wrapped loss, so a grid cell still trains through
 :func:`rcl_hf.training.run_training` unchanged.
 """
@@ -105,13 +110,34 @@ class ExperimentRiskArguments(RiskArguments):
     logit_mixup_alpha: float = field(
         default=0.0, metadata={"help": "α >= 0 of Beta(α, α) logit mixup while training (0 = off)."}
     )
+    crossfit_weight: float = field(
+        default=0.0,
+        metadata={"help": "β >= 0: weight each training image by 1 + β·(its out-of-fold expected cost / mean), "
+                          "frozen-backbone mode only (rcl_hf.experiments.crossfit; 0 = off)."},
+    )
+    crossfit_folds: int = field(default=5, metadata={"help": "Grouped folds of the cross-fitted risk weights."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("severity_margin", "logit_mixup_alpha"):
+        for name in ("severity_margin", "logit_mixup_alpha", "crossfit_weight"):
             value = getattr(self, name)
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if self.crossfit_folds < 2:
+            raise ValueError(f"crossfit_folds must be >= 2, got {self.crossfit_folds}")
+        if self.crossfit_weight > 0 and (self.severity_margin > 0 or self.logit_mixup_alpha > 0):
+            raise ValueError("crossfit_weight weights per-sample losses: combine it with neither severity_margin "
+                             "nor logit_mixup_alpha")
+
+    def train_sample_weights(self, embeddings: np.ndarray, labels: Sequence[int], groups: Optional[Sequence[str]],
+                             severity: SeverityMatrix, seed: int) -> Optional[np.ndarray]:
+        """Cross-fitted risk weights for the frozen-backbone head (``None`` when off)."""
+        if self.crossfit_weight == 0:
+            return None
+        from .crossfit import crossfit_risk_weights, out_of_fold_probabilities
+
+        p = out_of_fold_probabilities(embeddings, labels, groups, n_folds=self.crossfit_folds, seed=seed)
+        return crossfit_risk_weights(p, labels, severity, self.crossfit_weight)
 
     def build(self, severity: Optional[SeverityMatrix], class_counts: Optional[Sequence[int]] = None) -> nn.Module:
         loss = super().build(severity, class_counts)

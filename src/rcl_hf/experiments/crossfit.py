@@ -1,0 +1,136 @@
+"""Cross-fitted risk weights: point the loss at images the model errs on *out of sample*.
+
+With frozen features the head fits its training split almost perfectly, so the
+risk term ``R_i = Σ_j M[y_i, j] p_j(x_i)`` evaluated on the training images is
+about zero and has nothing to act on (issue 9, point 5). Cross-fitting (as in
+double machine learning, Chernozhukov et al., Econometrics Journal 2018) gets
+the risk each image *would* carry if the model had not seen it:
+
+1. split the training images into ``K`` folds, grouped (all images of one
+   lesion / patient in one fold) and stratified by label;
+2. for each fold ``k`` fit a multinomial logistic regression on the other
+   ``K - 1`` folds and predict fold ``k``: out-of-fold probabilities ``p̂_i``;
+3. the out-of-fold expected cost of image ``i`` is ``c_i = Σ_j M[y_i, j] p̂_ij``;
+4. each training image's loss is weighted by ``w_i ∝ 1 + β · c_i / mean(c)``,
+   normalised to mean 1, so the total weight (and the learning rate's meaning)
+   is unchanged::
+
+       L = (1/N) Σ_i w_i · ℓ(z_i, y_i)      (ℓ: any per-sample loss, RCL included)
+
+A melanoma that a held-out model would call a nevus keeps a large weight even
+after the final head has memorised it. ``β = 0`` gives ``w_i = 1`` (the plain
+loss). The nuisance models are cheap here because the embeddings are cached;
+under full fine-tuning the same idea would need ``K`` extra fine-tunes, so the
+option is offered for the frozen-backbone mode only.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..severity import SeverityMatrix
+
+__all__ = ["grouped_folds", "out_of_fold_probabilities", "crossfit_risk_weights"]
+
+
+def grouped_folds(labels: Sequence[int], groups: Optional[Sequence[str]], n_folds: int, seed: int) -> np.ndarray:
+    """Fold index per sample: whole groups per fold, folds balanced by label (greedy, seeded).
+
+    Groups are visited in a seeded random order, largest label-count first, and each is
+    placed in the fold that currently holds the fewest samples of the group's
+    majority label (ties: fewest samples overall).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    n = len(y)
+    if n_folds < 2:
+        raise ValueError(f"crossfit_folds must be >= 2, got {n_folds}")
+    g = np.asarray([str(x) for x in groups]) if groups is not None else np.arange(n).astype(str)
+    if len(g) != n:
+        raise ValueError(f"{len(g)} group ids for {n} labels")
+    uniq, inverse = np.unique(g, return_inverse=True)
+    if len(uniq) < n_folds:
+        raise ValueError(f"{len(uniq)} groups cannot fill {n_folds} cross-fitting folds")
+    n_classes = int(y.max()) + 1 if n else 0
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    sizes = np.bincount(inverse, minlength=len(uniq))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    per_fold = np.zeros((n_folds, n_classes), dtype=np.int64)
+    group_fold = np.empty(len(uniq), dtype=np.int64)
+    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
+    for gi in order:
+        label_counts = np.bincount(y[members[gi]], minlength=n_classes)
+        major = int(np.argmax(label_counts))
+        key = per_fold[:, major] * (n + 1) + per_fold.sum(1)
+        fold = int(np.argmin(key))
+        group_fold[gi] = fold
+        per_fold[fold] += label_counts
+    return group_fold[inverse]
+
+
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int) -> torch.nn.Linear:
+    """Multinomial logistic regression by full-batch L-BFGS (deterministic; starts from zero)."""
+    head = torch.nn.Linear(x.shape[1], n_classes, dtype=torch.float64)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return head
+
+
+def out_of_fold_probabilities(
+    embeddings: np.ndarray,
+    labels: Sequence[int],
+    groups: Optional[Sequence[str]] = None,
+    n_folds: int = 5,
+    seed: int = 0,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> np.ndarray:
+    """``(N, C)`` probabilities, each row from a logistic regression that never saw that sample's fold.
+
+    Features are standardised with the fitting folds' mean and standard deviation.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"embeddings must be (N, D) with N = {len(y)} labels, got shape {x.shape}")
+    n_classes = int(y.max()) + 1
+    folds = grouped_folds(y, groups, n_folds, seed)
+    out = np.zeros((len(y), n_classes), dtype=np.float64)
+    with torch.random.fork_rng(devices=[]):
+        for k in range(n_folds):
+            fit, held = folds != k, folds == k
+            mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
+            xt = torch.from_numpy((x[fit] - mu) / sd)
+            head = _fit_logistic(xt, torch.from_numpy(y[fit]), n_classes, l2, max_iter)
+            with torch.no_grad():
+                out[held] = torch.softmax(head(torch.from_numpy((x[held] - mu) / sd)), -1).numpy()
+    return out
+
+
+def crossfit_risk_weights(
+    probabilities: np.ndarray, labels: Sequence[int], severity: SeverityMatrix, beta: float
+) -> np.ndarray:
+    """``w_i ∝ 1 + β · c_i / mean(c)`` with ``c_i = Σ_j M[y_i, j] p̂_ij``, normalised to mean 1."""
+    if beta < 0 or not np.isfinite(beta):
+        raise ValueError(f"crossfit_weight must be finite and >= 0, got {beta}")
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    m = np.asarray(severity.matrix, dtype=np.float64)
+    if p.ndim != 2 or p.shape != (len(y), m.shape[0]):
+        raise ValueError(f"probabilities must be (N, {m.shape[0]}) for {len(y)} labels, got shape {p.shape}")
+    cost = (m[y] * p).sum(1)
+    mean = cost.mean()
+    w = 1.0 + beta * (cost / mean if mean > 0 else np.zeros_like(cost))
+    return (w / w.mean()).astype(np.float32)
