@@ -476,3 +476,19 @@ def test_build_dataset_script_hub_errors_are_one_line(tmp_path, monkeypatch, cap
 
     bad = mod["main"](["--name", "brain_tumor_mri", "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o2")])
     assert bad == 1 and "not a directory" in capsys.readouterr().err
+
+
+def test_fingerprint_follows_image_content_so_cached_embeddings_are_not_reused(tmp_path):
+    """The frozen-backbone embedding cache is keyed by the split's fingerprint: it must change when an
+    image's bytes change under the same file name (the ``sha1`` column is part of the table), and only then."""
+    from data_fixtures import write_image
+
+    root = make_brain(tmp_path / "brain", n_train=6, n_test=2)
+    first = load_dataset("brain_tumor_mri", root, **KW)
+    again = load_dataset("brain_tumor_mri", root, **KW)
+    assert {s: d._fingerprint for s, d in first.items()} == {s: d._fingerprint for s, d in again.items()}
+    target = next((root / "Testing").rglob("*.jpg"))
+    write_image(target, size=(12, 10), mode="L", seed=12345)
+    changed = load_dataset("brain_tumor_mri", root, **KW)
+    assert changed["test"]._fingerprint != first["test"]._fingerprint
+    assert changed["train"]._fingerprint == first["train"]._fingerprint
