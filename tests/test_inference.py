@@ -151,3 +151,15 @@ def test_load_model_errors(checkpoint, tmp_path):
     (no_severity / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="not trained with rcl_hf"):
         load_model(str(no_severity))
+
+
+def test_import_rcl_hf_is_light_and_the_public_api_resolves_lazily():
+    """`import rcl_hf` (the Space, the evaluate metric) must not pull in transformers' Trainer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rcl_hf; assert 'transformers' not in sys.modules, 'transformers imported'; "
+            "from rcl_hf import RiskCalibratedTrainer, RiskArguments, load_model, predict, SeverityMatrix; "
+            "assert RiskCalibratedTrainer.__module__ == 'rcl_hf.trainer'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

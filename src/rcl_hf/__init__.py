@@ -13,16 +13,19 @@ Public API (see README.md):
 from . import metrics
 from .losses import CrossEntropyLoss, FocalLoss, RiskCalibratedLoss, build_loss, class_weights
 from .severity import SeverityMatrix
-from .trainer import RiskArguments, RiskCalibratedTrainer
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name):  # lazy: keep `import rcl_hf` light for the metric module and scripts
-    if name in ("load_model", "predict"):
-        from . import inference
+_LAZY = {"load_model": "inference", "predict": "inference",
+         "RiskArguments": "trainer", "RiskCalibratedTrainer": "trainer"}
 
-        return getattr(inference, name)
+
+def __getattr__(name):  # lazy: `import rcl_hf` stays light (no transformers.Trainer) for the Space and metric
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'rcl_hf' has no attribute {name!r}")
 
 
