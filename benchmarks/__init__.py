@@ -185,10 +185,11 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def versions() -> Dict[str, Any]:
-    """Library versions and the rcl_hf git commit (``dirty`` when files differ from it)."""
+def versions(extra: Sequence[str] = ()) -> Dict[str, Any]:
+    """Library versions (plus the ``extra`` packages) and the rcl_hf git commit (``dirty`` when files differ from it)."""
     out: Dict[str, Any] = {}
-    for name in ("torch", "torchvision", "transformers", "accelerate", "datasets", "evaluate", "timm", "numpy", "PIL", "rcl_hf"):
+    for name in ("torch", "torchvision", "transformers", "accelerate", "datasets", "evaluate", "timm", "numpy", "PIL",
+                 "rcl_hf", *extra):
         try:
             mod = __import__(name)
             out["pillow" if name == "PIL" else name] = str(getattr(mod, "__version__", "?"))

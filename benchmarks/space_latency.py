@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib.util
-import io
 import json
 import os
-import platform
 import shlex
 import socket
 import statistics
@@ -44,6 +42,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
+from benchmarks import machine_info, versions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 100.0
@@ -84,28 +85,6 @@ def _stats(timings: Tuple[Sequence[float], Sequence[float]]) -> Dict[str, float]
         "cpu_median_ms": float(np.median(np.asarray(cpu, dtype=np.float64))),
         "n": int(arr.size),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _versions() -> Dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "timm", "gradio", "gradio_client", "numpy", "PIL", "rcl_hf"):
-        try:
-            mod = __import__(name)
-            out[name if name != "PIL" else "pillow"] = str(getattr(mod, "__version__", "?"))
-        except Exception:  # pragma: no cover - a missing optional package
-            out[name] = "not installed"
-    return out
 
 
 def _free_port() -> int:
@@ -205,10 +184,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
         + " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": _cpu_model(),
-            "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
+            **machine_info(),
             "device": "cpu",
             "niceness": os.nice(0) if hasattr(os, "nice") else None,
             # 1-minute load average before/after: other processes on the machine inflate the figures
@@ -217,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
                 "after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             },
         },
-        "versions": _versions(),
+        "versions": versions(extra=("gradio", "gradio_client")),
         "model": {
             "backbone": "efficientnet_lite0 (timm via TimmWrapperForImageClassification)",
             "weights": "efficientnet-lite0-package (ImageNet, offline)",
