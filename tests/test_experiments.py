@@ -259,6 +259,18 @@ def test_write_results_files(tmp_path):
         assert os.path.getsize(tmp_path / name) > 5000
 
 
+def test_floor_flag_follows_the_critical_error_counts(tmp_path):
+    from rcl_hf.experiments.report import at_the_floor
+
+    g = pd.DataFrame({"rule": ["argmax", "argmax", "bayes"], "n_critical_seeds": [[5, 4, 4], [25, 1, 11], [90, 80, 70]]})
+    assert at_the_floor(g, 20.0)  # argmax means 4.3 and 12.3; the Bayes row does not count
+    assert not at_the_floor(g, 10.0)
+    comp = compare(_fake_runs(), [0.0, 1.0], n_boot=10)
+    floor = "Critical errors are at the floor here"
+    assert floor in open(write_results(comp, str(tmp_path / "a"), plots=False, floor_count=1e9)["results.md"]).read()
+    assert floor not in open(write_results(comp, str(tmp_path / "b"), plots=False, floor_count=-1)["results.md"]).read()
+
+
 # ----------------------------------------------------------------------------- point-5 loss options
 def test_severity_margin_loss():
     torch.manual_seed(0)
