@@ -336,9 +336,11 @@ def write_index(out_dir: Path = RESULTS_DIR) -> Path:
         try:
             s = json.loads(space.read_text(encoding="utf-8"))
             med = s["per_image"]["analyze() end to end, 1 image"]["median_ms"]
+            sl = (s.get("machine") or {}).get("load_average_1min") or {}
+            sload = f"{sl['before']} -> {sl['after']}" if sl.get("before") is not None else "-"
             lines.append(f"| [space_latency](space_latency.md) | Space analyze() per image | - | {med:.1f} ms | "
                          f"< {s.get('target_ms', 100):.0f} ms | {'met' if s.get('meets_target') else 'MISSED'} | "
-                         f"- | {s.get('date', '')[:16]} |")
+                         f"{sload} | {s.get('date', '')[:16]} |")
         except (OSError, ValueError, KeyError, TypeError):
             pass
     lines += ["", "Machines and commands:", ""]
