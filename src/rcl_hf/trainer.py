@@ -203,18 +203,20 @@ class RiskCalibratedTrainer(Trainer):
             weight = torch.as_tensor(weight, device=logits.device, dtype=torch.float32)
         else:
             weight = None  # evaluation losses stay unweighted, so they compare across runs
+        parts = None
         if isinstance(self.loss_fn, RiskCalibratedLoss):
             parts = self.loss_fn.per_sample_parts(logits, labels)
-            loss = (parts["loss"] * weight).mean() if weight is not None else parts["loss"].mean()
+            per = parts["loss"]
         elif weight is not None:
-            per_sample = getattr(self.loss_fn, "per_sample", None)
-            if per_sample is None:
+            if not hasattr(self.loss_fn, "per_sample"):
                 raise ValueError(f"A sample_weight column needs a loss with per_sample(); {type(self.loss_fn).__name__} has none")
-            parts = None
-            loss = (per_sample(logits, labels) * weight).mean()
+            per = self.loss_fn.per_sample(logits, labels)
         else:
-            parts = None
+            per = None
+        if per is None:
             loss = self.loss_fn(logits, labels)
+        else:
+            loss = (per * weight).mean() if weight is not None else per.mean()
         if model.training:
             self._micro_batch += 1
             if not torch.isfinite(loss):

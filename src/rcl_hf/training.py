@@ -548,13 +548,12 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
         emb = {s: cached_embeddings(model, transformed[s], splits[s], cache_dir, {**key, "split": s},
                                     batch_size=max(8, training_args.per_device_eval_batch_size))
                for s in transformed}
-    weights_fn = getattr(risk_args, "train_sample_weights", None)  # cross-fitted risk weights (experiments)
-    if weights_fn is not None:
+    if getattr(risk_args, "crossfit_weight", 0) > 0:  # cross-fitted risk weights (rcl_hf.experiments.crossfit)
         train = emb["train"].with_format("numpy")
         groups = splits["train"]["group_id"] if "group_id" in splits["train"].column_names else None
-        weights = weights_fn(train["embeddings"], train["labels"], groups, severity, training_args.seed)
-        if weights is not None:
-            emb["train"] = emb["train"].add_column("sample_weight", weights.tolist()).with_format("torch")
+        weights = risk_args.train_sample_weights(train["embeddings"], train["labels"], groups, severity,
+                                                 training_args.seed)
+        emb["train"] = emb["train"].add_column("sample_weight", weights.tolist()).with_format("torch")
     classifier = find_classifier(model)
     set_seed(training_args.seed)
     head = LinearHead(classifier.in_features, severity.num_labels)

@@ -54,15 +54,14 @@ def grouped_folds(labels: Sequence[int], groups: Optional[Sequence[str]], n_fold
     if len(uniq) < n_folds:
         raise ValueError(f"{len(uniq)} groups cannot fill {n_folds} cross-fitting folds")
     n_classes = int(y.max()) + 1 if n else 0
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))
-    sizes = np.bincount(inverse, minlength=len(uniq))
-    order = order[np.argsort(-sizes[order], kind="stable")]
+    group_labels = np.zeros((len(uniq), n_classes), dtype=np.int64)  # label counts of each group
+    np.add.at(group_labels, (inverse, y), 1)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    order = order[np.argsort(-group_labels.sum(1)[order], kind="stable")]
     per_fold = np.zeros((n_folds, n_classes), dtype=np.int64)
     group_fold = np.empty(len(uniq), dtype=np.int64)
-    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
     for gi in order:
-        label_counts = np.bincount(y[members[gi]], minlength=n_classes)
+        label_counts = group_labels[gi]
         major = int(np.argmax(label_counts))
         key = per_fold[:, major] * (n + 1) + per_fold.sum(1)
         fold = int(np.argmin(key))
