@@ -462,7 +462,20 @@ def test_two_process_ddp_run_killed_and_resumed_matches_uninterrupted(synthetic_
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and victim.poll() is None and not list(run.glob("checkpoint-*/trainer_state.json")):
         time.sleep(0.01)
-    os.killpg(victim.pid, signal.SIGKILL)
+    # torch.distributed.run starts each rank in a session of its own, so killing the launcher's process group would
+    # leave both ranks running (and writing checkpoints) as orphans: kill the whole process tree, as a crash would.
+    import psutil
+
+    tree = [psutil.Process(victim.pid)]
+    tree += tree[0].children(recursive=True)
+    assert len(tree) >= 3, tree  # the launcher and two ranks
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(tree, timeout=60)
+    assert not alive, alive
     victim.wait(60)
     steps = _checkpoint_steps(run)
     assert steps and max(steps) < 16 and not (run / "model.safetensors").exists(), steps
