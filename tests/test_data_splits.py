@@ -168,3 +168,40 @@ def test_perceptual_duplicates_are_found_and_grouped(tmp_path):
     assert gid["Training/glioma/big.png"] == gid["Training/glioma/small.png"]
     audit = audit_duplicates(dsd, perceptual=True, max_distance=6, progress=False)
     assert any({"Training/glioma/big.png", "Training/glioma/small.png"} <= set(g.names) for g in audit.of_kind("perceptual"))
+
+
+# ---------------------------------------------------------------------------- subsets of a split
+def _class_ordered(n_per_class=(100, 100, 100, 100)):
+    """A Dataset whose rows are sorted by class, like a folder-per-class layout's split."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    labels = [c for c, n in enumerate(n_per_class) for _ in range(n)]
+    features = Features({"row": Value("int64"), "label": ClassLabel(names=[f"c{c}" for c in range(len(n_per_class))])})
+    return Dataset.from_dict({"row": list(range(len(labels))), "label": labels}, features=features)
+
+
+def test_subsample_stratified_keeps_every_class_in_proportion_and_is_seeded():
+    from rcl_hf.data import subsample
+
+    ds = _class_ordered((100, 100, 100, 100))
+    first = subsample(ds, 100, "first")
+    assert first["row"] == list(range(100)) and set(first["label"]) == {0}  # what the old truncation did
+    a, b, c = (subsample(ds, 100, "stratified", seed=s) for s in (0, 0, 1))
+    assert Counter(a["label"]) == {0: 25, 1: 25, 2: 25, 3: 25}
+    assert len(set(a["row"])) == 100 and sorted(a["row"]) == sorted(b["row"]) and sorted(a["row"]) != sorted(c["row"])
+    skewed = subsample(_class_ordered((600, 300, 90, 10)), 100, "stratified", seed=0)
+    assert Counter(skewed["label"]) == {0: 60, 1: 30, 2: 9, 3: 1}
+
+
+def test_subsample_edges_and_errors(caplog):
+    from rcl_hf.data import subsample
+
+    ds = _class_ordered((5, 5, 1))
+    assert subsample(ds, None) is ds and subsample(ds, 11) is ds and subsample(ds, 50, "first") is ds
+    with caplog.at_level("WARNING", logger="rcl_hf.data.splits"):
+        uniform = subsample(ds, 6, "stratified", seed=0)  # a one-row class: datasets cannot stratify
+    assert len(uniform) == 6 and len(set(uniform["row"])) == 6 and "uniform seeded sample" in caplog.text
+    with pytest.raises(ValueError, match="positive"):
+        subsample(ds, 0)
+    with pytest.raises(ValueError, match="subset mode must be one of"):
+        subsample(ds, 3, "random")

@@ -307,3 +307,26 @@ def test_format_table_and_errors(tmp_path, tiny_dataset):
     with pytest.raises(ValueError, match="Cannot load dataset"):
         run_training(ModelArguments(), DataArguments(dataset=str(tmp_path / "nope")), RiskArguments(),
                      default_training_args(str(tmp_path)))
+
+
+def test_max_train_samples_takes_every_class_from_a_class_ordered_split(tmp_path):
+    """A folder-per-class split is ordered by class: its first rows hold one class. ``subset='stratified'`` (the
+    default) trains on every class; ``subset='first'`` is refused with the classes it would leave out."""
+    from data_fixtures import make_brain
+
+    data_dir = make_brain(tmp_path / "brain", n_train=8, n_test=2)
+
+    def args(subset):
+        return DataArguments(dataset="brain_tumor_mri", data_dir=str(data_dir), cache_dir="none", subset=subset,
+                             max_train_samples=4, augmentation="none")
+
+    with pytest.raises(ValueError, match=r"Classes \['meningioma', 'notumor', 'pituitary'\] have no training sample"):
+        run_training(ModelArguments(backbone="resnet18", image_size=32), args("first"), RiskArguments(),
+                     default_training_args(str(tmp_path / "first"), num_train_epochs=1, disable_tqdm=True))
+    out = tmp_path / "stratified"
+    run_training(ModelArguments(backbone="resnet18", image_size=32), args("stratified"), RiskArguments(),
+                 default_training_args(str(out), num_train_epochs=1, per_device_train_batch_size=4, disable_tqdm=True))
+    recipe = json.loads((out / "rcl_run.json").read_text())
+    assert recipe["split_sizes"]["train"] == 4 and recipe["subset"] == "stratified"
+    with pytest.raises(ValueError, match="--subset must be one of"):
+        DataArguments(subset="random")

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
+from .data.splits import SUBSET_MODES, subsample
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
 from .severity import SeverityMatrix
@@ -105,8 +106,14 @@ class DataArguments:
     val_size: float = field(default=0.15, metadata={"help": "Share of groups carved out for validation when missing."})
     test_size: Optional[float] = field(default=None, metadata={"help": "Share of groups carved out for test when missing."})
     drop_cross_split_duplicates: bool = field(default=True, metadata={"help": "Drop evaluation images byte-identical to training ones."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training split (smoke runs)."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate validation and test splits."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on this many rows of the training split."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Score this many rows of validation and test."})
+    subset: str = field(
+        default="stratified",
+        metadata={"help": "How max_train_samples / max_eval_samples pick rows: 'stratified' (a sample seeded by "
+                          "split_seed, every class in proportion) or 'first' (the split's first rows; splits of "
+                          "folder-per-class layouts are ordered by class, so this can leave classes out)."},
+    )
     cache_dir: Optional[str] = field(
         default=None,
         metadata={"help": "Cache for resized images and frozen-backbone embeddings (default: $RCL_HF_CACHE or "
@@ -118,6 +125,10 @@ class DataArguments:
         metadata={"help": "Training augmentation: 'crop_flip' (random resized crop 0.8-1 + h-flip), 'flip' (h/v flips "
                           "only, no resampling), 'none'. Default: 'flip' for synthetic, else 'crop_flip'."},
     )
+
+    def __post_init__(self) -> None:
+        if self.subset not in SUBSET_MODES:
+            raise ValueError(f"--subset must be one of {SUBSET_MODES}, got {self.subset!r}")
 
 
 AUGMENTATIONS = {
@@ -358,10 +369,6 @@ def _cache_dir(data_args: DataArguments) -> Optional[str]:
     return data_args.cache_dir
 
 
-def _subset(ds, n: Optional[int]):
-    return ds.select(range(min(n, len(ds)))) if n else ds
-
-
 def _write_json(path: str, data: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -413,8 +420,9 @@ def run_training(
     dsd, dataset_severity = load_data(data_args)
     labels = dsd["train"].features["label"].names
     severity = _resolve_severity(risk_args, dataset_severity, labels)
-    train_raw = _subset(dsd["train"], data_args.max_train_samples)
-    eval_raw = {s: _subset(dsd[s], data_args.max_eval_samples) for s in ("validation", "test") if s in dsd}
+    train_raw = subsample(dsd["train"], data_args.max_train_samples, data_args.subset, seed=data_args.split_seed)
+    eval_raw = {s: subsample(dsd[s], data_args.max_eval_samples, data_args.subset, seed=data_args.split_seed)
+                for s in ("validation", "test") if s in dsd}
     counts = np.bincount(np.asarray(train_raw["label"]), minlength=severity.num_labels)
     missing = [severity.labels[i] for i in np.flatnonzero(counts == 0)]
     if missing and not model_args.eval_only:
@@ -511,6 +519,7 @@ def run_training(
             "freeze_backbone": model_args.freeze_backbone, "eval_only": model_args.eval_only,
             "dataset": data_args.dataset, "data_dir": data_args.data_dir,
             "split_seed": data_args.split_seed, "seed": training_args.seed, "epochs": training_args.num_train_epochs,
+            "subset": data_args.subset if (data_args.max_train_samples or data_args.max_eval_samples) else None,
             "learning_rate": training_args.learning_rate, "batch_size": training_args.per_device_train_batch_size,
             "world_size": training_args.world_size, "distributed_type": str(trainer.accelerator.distributed_type.value),
             "risk": asdict(risk_args), "severity": severity.to_dict(),

@@ -60,7 +60,7 @@ from .duplicates import (
     find_duplicates,
     merge_groups,
 )
-from .splits import check_disjoint_groups, group_overlaps, grouped_stratified_split
+from .splits import SUBSET_MODES, check_disjoint_groups, group_overlaps, grouped_stratified_split, subsample
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ __all__ = [
     "load_synthetic",
     "open_image_rgb",
     "severity_for",
+    "subsample",
     "validate_images",
 ]
 

@@ -24,11 +24,17 @@ seed, same split.
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Set
+import logging
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 
-__all__ = ["check_disjoint_groups", "group_overlaps", "grouped_stratified_split"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SUBSET_MODES", "check_disjoint_groups", "group_overlaps", "grouped_stratified_split", "subsample"]
+
+#: How :func:`subsample` picks rows.
+SUBSET_MODES = ("stratified", "first")
 
 
 def grouped_stratified_split(
@@ -148,3 +154,37 @@ def check_disjoint_groups(groups_by_split: Mapping[str, Iterable[Hashable]], wha
         raise ValueError(
             f"{total} {what} id(s) appear in two splits; e.g. {len(both)} in both {a!r} and {b!r}: {both[:5]}"
         )
+
+
+def subsample(ds: Any, n: Optional[int], mode: str = "stratified", seed: int = 0, label_column: str = "label") -> Any:
+    """``n`` rows of the ``datasets.Dataset`` ``ds`` (all of it when ``n`` is ``None`` or ``>= len(ds)``).
+
+    ``mode``:
+
+    * ``"stratified"`` (default): a seeded sample holding every class in proportion
+      (``Dataset.train_test_split(train_size=n, stratify_by_column=label_column, seed=seed)``);
+      when stratifying is impossible (a class with one row, or ``n`` below the number of
+      classes) a seeded uniform sample, with a warning;
+    * ``"first"``: the first ``n`` rows in the split's order.  Splits of folder-per-class
+      layouts (Brain Tumor MRI, BreaKHis) are ordered by class, so this can leave whole
+      classes out; kept to reproduce runs made that way.
+
+    Raises:
+        ValueError: ``n`` is not positive, or ``mode`` is unknown.
+    """
+    if mode not in SUBSET_MODES:
+        raise ValueError(f"subset mode must be one of {SUBSET_MODES}, got {mode!r}")
+    if n is None:
+        return ds
+    if int(n) <= 0:
+        raise ValueError(f"the number of rows to keep must be positive, got {n}")
+    n = int(n)
+    if n >= len(ds):
+        return ds
+    if mode == "first":
+        return ds.select(range(n))
+    try:
+        return ds.train_test_split(train_size=n, stratify_by_column=label_column, seed=seed, keep_in_memory=True)["train"]
+    except ValueError as err:
+        logger.warning("No stratified %d-row sample of %d rows (%s): taking a uniform seeded sample instead", n, len(ds), err)
+        return ds.shuffle(seed=seed, keep_in_memory=True).select(range(n))
