@@ -94,14 +94,21 @@ def plot_fronts(comparison, ds: str, bb: str, path: str, post_hoc: str = "ce + b
             ax.errorbar(100 * c[f"{split}_accuracy_mean"], 100 * c[f"{split}_cer_mean"],
                         yerr=100 * c[f"{split}_cer_sd"], fmt="--", lw=1.2, capsize=1.5, alpha=0.85,
                         color=colors.get(m, "k"), label=f"{m} @ {mp} + blend rule (w = 0 → 1)")
+        stars: Dict[Tuple[float, float], List[str]] = {}  # one label per position: coinciding points share it
         for _, s in summ.iterrows():
             if s["family"] not in _highlight_families(summ, verdict, post_hoc):
                 continue
             p = pts[(pts["family"] == s["family"]) & (pts["point"] == s["point"])]
-            ax.plot(100 * p[f"{split}_accuracy"].mean(), 100 * p[f"{split}_cer"].mean(), marker="*", ms=15,
-                    mec="k", mfc=colors.get(s["method"], "k"), ls="none")
-            ax.annotate(s["family"], (100 * p[f"{split}_accuracy"].mean(), 100 * p[f"{split}_cer"].mean()),
-                        textcoords="offset points", xytext=(6, 6), fontsize=8)
+            xy = (100 * p[f"{split}_accuracy"].mean(), 100 * p[f"{split}_cer"].mean())
+            ax.plot(*xy, marker="*", ms=15, mec="k", mfc=colors.get(s["method"], "k"), ls="none")
+            stars.setdefault((round(xy[0], 3), round(xy[1], 3)), []).append(s["family"])
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        placed: List[Tuple[float, float]] = []
+        for xy in sorted(stars):
+            fx, fy = (xy[0] - x0) / ((x1 - x0) or 1), (xy[1] - y0) / ((y1 - y0) or 1)
+            near = sum(abs(fx - px) < 0.12 and abs(fy - py) < 0.06 for px, py in placed)  # labels that would overlap
+            placed.append((fx, fy))
+            ax.annotate(" = ".join(stars[xy]), xy, textcoords="offset points", xytext=(6, 6 - 13 * near), fontsize=8)
         if split == "val":
             ax.axvspan(100 * (ref_acc - 0.01), ax.get_xlim()[1], color="green", alpha=0.07,
                        label="matched: ≥ CE val. accuracy − 1 pt")
