@@ -176,9 +176,9 @@ def subsample(ds: Any, n: Optional[int], mode: str = "stratified", seed: int = 0
         raise ValueError(f"subset mode must be one of {SUBSET_MODES}, got {mode!r}")
     if n is None:
         return ds
-    if int(n) <= 0:
-        raise ValueError(f"the number of rows to keep must be positive, got {n}")
     n = int(n)
+    if n <= 0:
+        raise ValueError(f"the number of rows to keep must be positive, got {n}")
     if n >= len(ds):
         return ds
     if mode == "first":
