@@ -60,7 +60,7 @@ from .duplicates import (
     find_duplicates,
     merge_groups,
 )
-from .splits import SUBSET_MODES, check_disjoint_groups, group_overlaps, grouped_stratified_split, subsample
+from .splits import check_disjoint_groups, group_overlaps, grouped_stratified_split, subsample
 
 logger = logging.getLogger(__name__)
 
