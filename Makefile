@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 main: setup
-	$(PY) scripts/compare.py
+	$(PY) scripts/main_job.py
 
 test: setup
 	$(PY) -m pytest

@@ -5,10 +5,10 @@ minutes on one H100); prints one table and writes
 ``benchmarks/results/gpu_check.json`` / ``.md``. ``--cpu`` runs the same code on
 the CPU with tiny sizes (a smoke test of the script, not a measurement).
 
-Throughput (images/s, :class:`rcl_hf.performance.ThroughputCallback`; in-memory
+Throughput (images/s, :class:`rcl_hf.gpu_defaults.ThroughputCallback`; in-memory
 random tensors so the data pipeline is not what is measured), for each model,
 the variants interleaved over ``--rounds`` rounds, each with the GPU path of
-:func:`rcl_hf.performance.plan_gpu_path` (bf16 autocast, channels_last for the
+:func:`rcl_hf.gpu_defaults.plan_gpu_path` (bf16 autocast, channels_last for the
 CNN, TF32, pinned memory, workers):
 
 * ``hf Trainer, CE``: ``transformers.Trainer``, the model's own cross-entropy;
@@ -17,7 +17,7 @@ CNN, TF32, pinned memory, workers):
 * ``rcl Trainer, RCL``: ``RiskCalibratedTrainer`` with the risk-calibrated loss;
 * with ``--compile``, ``rcl Trainer, RCL, compiled`` (``torch_compile=True``).
 
-Fine-tuning: :func:`rcl_hf.training.run_training` on the synthetic default at 224
+Fine-tuning: :func:`rcl_hf.train_job.run_training` on the synthetic default at 224
 px, EfficientNet-Lite0 from the offline ImageNet weights, RCL loss, 2 epochs:
 wall time, training images/s (decode + transform included), test CER and
 accuracy, and the GPU-path settings it applied.
@@ -88,10 +88,10 @@ def throughput(model_name: str, *, cpu: bool, batch: int, steps: int, rounds: in
 
     from benchmarks import interleave, stats
     from rcl_hf.models import build_model
-    from rcl_hf.performance import ThroughputCallback, apply_gpu_path, plan_gpu_path
+    from rcl_hf.gpu_defaults import ThroughputCallback, apply_gpu_path, plan_gpu_path
     from rcl_hf.severity import SeverityMatrix
     from rcl_hf.trainer import RiskArguments, RiskCalibratedTrainer
-    from rcl_hf.training import default_training_args
+    from rcl_hf.train_job import default_training_args
 
     severity = SeverityMatrix.preset("isic2018")
     skip = 1 if cpu else 3
@@ -140,9 +140,9 @@ def throughput(model_name: str, *, cpu: bool, batch: int, steps: int, rounds: in
 
 
 def finetune(*, cpu: bool, work: str) -> Dict[str, Any]:
-    """A short real run of :func:`rcl_hf.training.run_training` (synthetic data, EfficientNet-Lite0, RCL)."""
+    """A short real run of :func:`rcl_hf.train_job.run_training` (synthetic data, EfficientNet-Lite0, RCL)."""
     from rcl_hf.trainer import RiskArguments
-    from rcl_hf.training import DataArguments, ModelArguments, default_training_args, run_training
+    from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
 
     image_size = 64 if cpu else 224
     model_args = ModelArguments(backbone="efficientnet_lite0", pretrained="efficientnet-lite0-package",

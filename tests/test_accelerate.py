@@ -88,7 +88,7 @@ def _free_port() -> int:
 def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path, tiny_dataset):
     """Two gloo ranks train and evaluate; evaluating the saved model on one process gives identical metrics."""
     from rcl_hf.trainer import RiskArguments
-    from rcl_hf.training import DataArguments, ModelArguments, default_training_args, run_training
+    from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
 
     out = tmp_path / "ddp"
     ranks = tmp_path / "ranks"

@@ -167,7 +167,7 @@ REVERSED = ["lesion_ring", "lesion_oval", "lesion_round", "normal"]
 # --------------------------------------------------------------------------- call rows
 def _call_resolve_reordered(ctx: Ctx):
     from rcl_hf.trainer import RiskArguments
-    from rcl_hf.training import _resolve_severity
+    from rcl_hf.train_job import _resolve_severity
 
     return _resolve_severity(RiskArguments(severity="synthetic"), None, REVERSED)
 

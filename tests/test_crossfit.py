@@ -10,7 +10,7 @@ import torch
 
 from rcl_hf.experiments.crossfit import crossfit_risk_weights, grouped_folds, out_of_fold_probabilities
 from rcl_hf.experiments.grid import load_grid, run_grid
-from rcl_hf.experiments.losses import ExperimentRiskArguments
+from rcl_hf.experiments.variants import ExperimentRiskArguments
 from rcl_hf.losses import RiskCalibratedLoss, build_loss
 from rcl_hf.severity import SeverityMatrix
 from rcl_hf.trainer import RiskArguments, RiskCalibratedTrainer
@@ -182,7 +182,7 @@ def test_crossfit_cell_trains_the_head_with_the_weights(tmp_path, monkeypatch):
 
 
 def test_crossfit_refused_under_full_fine_tuning(tmp_path):
-    from rcl_hf.training import DataArguments, ModelArguments, default_training_args, run_training
+    from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
 
     with pytest.raises(ValueError, match="frozen-backbone mode"):
         run_training(ModelArguments(backbone="resnet18", image_size=32), DataArguments(dataset="synthetic"),

@@ -14,8 +14,8 @@ import torch
 
 from rcl_hf.experiments import grid as grid_mod
 from rcl_hf.experiments.grid import Cell, is_done, load_grid, run_grid
-from rcl_hf.experiments.losses import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
-from rcl_hf.experiments.report import Run, compare, operating_points, write_results
+from rcl_hf.experiments.variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
+from rcl_hf.experiments.report import Run, compare_pipelines, operating_points, write_results
 from rcl_hf.experiments.rules import (
     blend_cost_matrix,
     blend_decision,
@@ -232,8 +232,8 @@ def _fake_runs(test_flip=False):
 
 def test_compare_selects_on_validation_and_scores_test_once():
     weights = [0.0, 0.25, 0.5, 0.75, 1.0]
-    a = compare(_fake_runs(), weights, n_boot=50)
-    b = compare(_fake_runs(test_flip=True), weights, n_boot=50)
+    a = compare_pipelines(_fake_runs(), weights, n_boot=50)
+    b = compare_pipelines(_fake_runs(test_flip=True), weights, n_boot=50)
     pd.testing.assert_frame_equal(a.selection, b.selection)  # test logits never touch the choice
     assert not np.allclose(a.summary["accuracy"], b.summary["accuracy"])  # ... but they are what gets scored
     fams = set(a.summary["family"])
@@ -246,7 +246,7 @@ def test_compare_selects_on_validation_and_scores_test_once():
 
 
 def test_write_results_files(tmp_path):
-    comp = compare(_fake_runs(), [0.0, 0.5, 1.0], n_boot=30)
+    comp = compare_pipelines(_fake_runs(), [0.0, 0.5, 1.0], n_boot=30)
     paths = write_results(comp, str(tmp_path), title="fake", plots=True)
     table = pd.read_csv(paths["results.csv"])
     assert len(table) == 8  # one row per training run
@@ -265,7 +265,7 @@ def test_floor_flag_follows_the_critical_error_counts(tmp_path):
     g = pd.DataFrame({"rule": ["argmax", "argmax", "bayes"], "n_critical_seeds": [[5, 4, 4], [25, 1, 11], [90, 80, 70]]})
     assert at_the_floor(g, 20.0)  # argmax means 4.3 and 12.3; the Bayes row does not count
     assert not at_the_floor(g, 10.0)
-    comp = compare(_fake_runs(), [0.0, 1.0], n_boot=10)
+    comp = compare_pipelines(_fake_runs(), [0.0, 1.0], n_boot=10)
     floor = "Critical errors are at the floor here"
     assert floor in open(write_results(comp, str(tmp_path / "a"), plots=False, floor_count=1e9)["results.md"]).read()
     assert floor not in open(write_results(comp, str(tmp_path / "b"), plots=False, floor_count=-1)["results.md"]).read()
@@ -385,7 +385,7 @@ def test_run_grid_resumes_and_reruns_changed_cells(tmp_path):
 
 
 def test_one_tiny_frozen_cell_end_to_end(tmp_path):
-    """One real cell through rcl_hf.training.run_training, then the grid skips it."""
+    """One real cell through rcl_hf.train_job.run_training, then the grid skips it."""
     g = load_grid({**GRID, "seeds": [0], "methods": [{"name": "rcl", "loss": "rcl", "lam": 1.0,
                                                        "severity_margin": 1.0}],
                       "selection": {"reference": "rcl"}},
@@ -406,7 +406,7 @@ def test_one_tiny_frozen_cell_end_to_end(tmp_path):
 def test_cli_dry_run_and_errors(tmp_path, capsys):
     import yaml
 
-    from rcl_hf.experiments.cli import main
+    from rcl_hf.experiments.command import main
 
     y = tmp_path / "g.yaml"
     y.write_text(yaml.safe_dump(GRID))

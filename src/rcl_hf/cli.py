@@ -121,7 +121,7 @@ def _one_line_errors(fn):
 def train_main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import TrainingArguments
 
-    from .training import DataArguments, ModelArguments, format_table, multiprocess_cpu_launch, run_training
+    from .train_job import DataArguments, ModelArguments, format_table, multiprocess_cpu_launch, run_training
     from .trainer import RiskArguments
 
     def go():
@@ -147,14 +147,14 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def run_experiments_main(argv: Optional[Sequence[str]] = None) -> None:
-    from .experiments.cli import main
+    from .experiments.command import main
 
     main(argv)
 
 
 def compare_main(argv: Optional[Sequence[str]] = None) -> dict:
     """The main job: CE vs the risk-calibrated loss on the embedded default (no arguments needed)."""
-    from .compare import CompareArguments, run_comparison
+    from .main_job import CompareArguments, run_comparison
 
     def go():
         (args,) = parse_args((CompareArguments,), argv)

@@ -373,7 +373,7 @@ def _normalize_run(run: Dict[str, Any]) -> Dict[str, Any]:
     """The recipe as the card shows it.
 
     Accepts the flat form (``loss``, ``lam``, ``risk_form`` at the top) and the one
-    ``rcl_hf.training`` writes (``risk`` = the :class:`~rcl_hf.trainer.RiskArguments` dict,
+    ``rcl_hf.train_job`` writes (``risk`` = the :class:`~rcl_hf.trainer.RiskArguments` dict,
     ``severity`` = the matrix dict, ``split_sizes``); fills ``grouping`` from the dataset's
     module when absent.
     """

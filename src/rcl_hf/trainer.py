@@ -12,7 +12,7 @@ so no model ever normalises by ``num_items_in_batch`` behind our back). With
 equal micro-batches, accumulation 1 x batch B and k x batch B/k give the same
 gradients (tested); DDP averages those means across processes.
 
-Crash safety (:mod:`rcl_hf.reliability`):
+Crash safety (:mod:`rcl_hf.crash_safety`):
 
 * each checkpoint is written into a hidden staging folder, ``fsync``-ed and renamed
   to ``checkpoint-N`` in one step, so a kill during a save leaves the previous
@@ -47,7 +47,7 @@ import torch
 from transformers import Trainer
 
 from .losses import LOSS_NAMES, RiskCalibratedLoss, build_loss
-from .reliability import (
+from .crash_safety import (
     CHECKPOINT_PREFIX,
     STAGING_PREFIX,
     atomic_replace_files,
@@ -302,7 +302,7 @@ class RiskCalibratedTrainer(Trainer):
         """``Trainer.train`` resuming from the newest *complete* checkpoint, and never returning NaN weights.
 
         ``resume_from_checkpoint`` may be ``True``, ``"last"``/``"true"``/``"latest"``, a
-        run folder or a checkpoint folder (:func:`rcl_hf.reliability.resolve_resume_checkpoint`).
+        run folder or a checkpoint folder (:func:`rcl_hf.crash_safety.resolve_resume_checkpoint`).
         Unfinished saves of a killed run (``.tmp-*`` in ``output_dir``) are removed first.
 
         Raises:

@@ -8,7 +8,7 @@ ECE, risk–coverage), :mod:`.selection`, :mod:`.stats`, :mod:`.report` (results
 """
 
 from .grid import Cell, Grid, is_done, load_grid, run_cell, run_grid
-from .losses import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
+from .variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
 from .rules import DEFAULT_BLEND_WEIGHTS, blend_decision, expected_calibration_error, risk_coverage
 from .selection import select_operating_points
 from .stats import clopper_pearson, combined_mcnemar, exact_mcnemar, summarize

@@ -1,5 +1,5 @@
 """The experiment grid: one YAML file -> cells (datasets × backbones × methods × operating points × seeds),
-each trained through :func:`rcl_hf.training.run_training` (the code path of ``scripts/train.py``).
+each trained through :func:`rcl_hf.train_job.run_training` (the code path of ``scripts/train.py``).
 
 Grid file (every key but ``datasets``, ``backbones`` and ``methods`` optional)::
 
@@ -22,12 +22,12 @@ Grid file (every key but ``datasets``, ``backbones`` and ``methods`` optional)::
     report: {n_boot: 1000, baselines: [focal, ce], post_hoc: ce + blend}
     keep_models: false                                        # delete weights after a cell (predictions stay)
 
-A method's keys are :class:`~rcl_hf.experiments.losses.ExperimentRiskArguments`
+A method's keys are :class:`~rcl_hf.experiments.variants.ExperimentRiskArguments`
 fields (``loss``, ``lam``, ``risk_form``, ``gamma``, ``label_smoothing``,
 ``severity_margin``, ``logit_mixup_alpha``, ...) plus optional ``training`` /
 ``data`` / ``model`` overrides; list values are swept (Cartesian product). A
-dataset entry takes :class:`~rcl_hf.training.DataArguments` fields, a backbone
-entry :class:`~rcl_hf.training.ModelArguments` fields (plus ``training`` /
+dataset entry takes :class:`~rcl_hf.train_job.DataArguments` fields, a backbone
+entry :class:`~rcl_hf.train_job.ModelArguments` fields (plus ``training`` /
 ``data`` overrides). Precedence: built-in defaults < grid ``training`` / ``data``
 < dataset < backbone < method.
 
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Cell", "Grid", "load_grid", "expand_cells", "run_grid", "run_cell", "is_done", "DEFAULT_TRAINING"]
 
-#: TrainingArguments every cell starts from (on top of rcl_hf.training.default_training_args).
+#: TrainingArguments every cell starts from (on top of rcl_hf.train_job.default_training_args).
 DEFAULT_TRAINING: Dict[str, Any] = {
     "num_train_epochs": 20,
     "learning_rate": 1e-3,
@@ -163,8 +163,8 @@ def load_grid(path_or_dict: Any, output_dir: Optional[str] = None) -> Grid:
     """Parse a grid YAML file (or an equivalent dict) into cells; validates every key."""
     from transformers import TrainingArguments
 
-    from ..training import DataArguments, ModelArguments
-    from .losses import ExperimentRiskArguments
+    from ..train_job import DataArguments, ModelArguments
+    from .variants import ExperimentRiskArguments
 
     if isinstance(path_or_dict, dict):
         raw = dict(path_or_dict)
@@ -312,11 +312,11 @@ def _write_marker(cell: Cell, info: Dict[str, Any]) -> None:
 
 
 def run_cell(cell: Cell, keep_models: bool = False) -> Dict[str, Any]:
-    """Train one cell with :func:`rcl_hf.training.run_training`; write its done-marker; return a summary."""
+    """Train one cell with :func:`rcl_hf.train_job.run_training`; write its done-marker; return a summary."""
     import transformers
 
-    from ..training import DataArguments, ModelArguments, default_training_args, run_training
-    from .losses import ExperimentRiskArguments
+    from ..train_job import DataArguments, ModelArguments, default_training_args, run_training
+    from .variants import ExperimentRiskArguments
 
     transformers.logging.set_verbosity_error()
     t0 = time.time()

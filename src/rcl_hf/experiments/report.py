@@ -177,7 +177,7 @@ def _is_rcl(loss: str) -> bool:
     return str(loss).startswith("rcl")
 
 
-def compare(
+def compare_pipelines(
     runs: Sequence[Run],
     blend_weights: Sequence[float],
     reference: str = "ce",
@@ -451,7 +451,7 @@ def write_results(comparison: Comparison, out_dir: str, grid: Optional[Grid] = N
         lines += _md_group(g, ds, bb, comparison.verdicts.get((ds, bb), {}), baselines, post_hoc,
                            counts_first=at_the_floor(g, floor_count))
     if plots:
-        from .plots import plot_all
+        from .figures import plot_all
 
         figs = plot_all(comparison, out_dir)
         paths.update(figs)

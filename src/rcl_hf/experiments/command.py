@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import HfArgumentParser
 
     from .grid import is_done, load_grid, run_grid
-    from .report import compare, load_runs, write_results
+    from .report import compare_pipelines, load_runs, write_results
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if not runs:
             print("error: no finished cell to report on", file=sys.stderr)
             raise SystemExit(1)
-        comparison = compare(runs, grid.blend_weights, reference=grid.reference, tolerance=grid.tolerance,
+        comparison = compare_pipelines(runs, grid.blend_weights, reference=grid.reference, tolerance=grid.tolerance,
                              n_boot=args.n_boot or grid.n_boot, baselines=grid.baselines, post_hoc=grid.post_hoc)
         notes = None
         if args.notes:

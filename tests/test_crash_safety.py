@@ -37,7 +37,7 @@ METRIC_KEYS = ("loss", "accuracy", "balanced_accuracy", "cer", "critical_miss_ra
 # save_to_disk, so that each run loads it instead of drawing the default 4,200 images.
 # CLI runs: batch 16, 16 optimizer steps per epoch, 2 epochs, a checkpoint every 4 steps (so the kill and the
 # resume fall mid-epoch), random flips as for the synthetic default (seeded per sample and epoch by
-# rcl_hf.training, so a resumed epoch gets the same augmentation as an uninterrupted one).
+# rcl_hf.train_job, so a resumed epoch gets the same augmentation as an uninterrupted one).
 CLI_ARGS = [
     "--backbone", "hf-resnet", "--image_size", "32", "--augmentation", "flip",
     "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
@@ -139,7 +139,7 @@ def _args(data: Path, out_dir: Path, *, seed: int = 5, lr: float = 5e-5, nonfini
     from transformers import TrainingArguments
 
     from rcl_hf.trainer import RiskArguments
-    from rcl_hf.training import DataArguments, ModelArguments
+    from rcl_hf.train_job import DataArguments, ModelArguments
 
     model_args = ModelArguments(backbone="hf-resnet", image_size=32)
     data_args = DataArguments(dataset=str(data), augmentation="flip", max_train_samples=max_train, max_eval_samples=32,
@@ -156,7 +156,7 @@ def _args(data: Path, out_dir: Path, *, seed: int = 5, lr: float = 5e-5, nonfini
 
 
 def _run(data: Path, out_dir: Path, **kw):
-    from rcl_hf.training import run_training
+    from rcl_hf.train_job import run_training
 
     return run_training(*_args(data, out_dir, **kw))
 
@@ -194,9 +194,9 @@ def test_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(s
     complete, no checkpoint-8 appears, and resuming from the last complete one reproduces the reference."""
     from transformers import AutoModelForImageClassification
 
-    from rcl_hf.reliability import checkpoint_problem, last_complete_checkpoint
+    from rcl_hf.crash_safety import checkpoint_problem, last_complete_checkpoint
     from rcl_hf.trainer import RiskCalibratedTrainer
-    from rcl_hf.training import run_training
+    from rcl_hf.train_job import run_training
 
     ref_dir, ref = reference_run
     out = tmp_path / "run"
@@ -227,7 +227,7 @@ def test_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(s
     monkeypatch.setattr(RiskCalibratedTrainer, "_save_optimizer_and_scheduler", original)
     model_args, data_args, risk_args, training_args = _args(synthetic_dir, out, **EPOCH_RUN)
     training_args.resume_from_checkpoint = "last"
-    with caplog.at_level(logging.WARNING, logger="rcl_hf.reliability"):
+    with caplog.at_level(logging.WARNING, logger="rcl_hf.crash_safety"):
         resumed = run_training(model_args, data_args, risk_args, training_args)
     assert "unfinished save" in caplog.text and ".tmp-checkpoint-8" in caplog.text
     assert not staging.exists()
@@ -240,7 +240,7 @@ def test_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(s
 def test_resume_skips_incomplete_checkpoints_and_refuses_a_named_one(reference_run, tmp_path, caplog):
     import shutil
 
-    from rcl_hf.reliability import IncompleteCheckpointError, checkpoint_problem, resolve_resume_checkpoint
+    from rcl_hf.crash_safety import IncompleteCheckpointError, checkpoint_problem, resolve_resume_checkpoint
 
     ref_dir, _ = reference_run
     run = tmp_path / "run"
@@ -261,7 +261,7 @@ def test_resume_skips_incomplete_checkpoints_and_refuses_a_named_one(reference_r
         damage(run / name)
         assert reasons[name] in checkpoint_problem(run / name)
     assert checkpoint_problem(run / "checkpoint-4") is None
-    with caplog.at_level(logging.WARNING, logger="rcl_hf.reliability"):
+    with caplog.at_level(logging.WARNING, logger="rcl_hf.crash_safety"):
         for spec in (True, "last", "true", str(run)):
             assert resolve_resume_checkpoint(spec, run) == str(run / "checkpoint-4")
     assert caplog.text.count("Skipping incomplete checkpoint") >= 5
@@ -412,7 +412,7 @@ def test_final_model_files_are_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_atomic_write_bytes_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    from rcl_hf import reliability
+    from rcl_hf import crash_safety as reliability
 
     target = tmp_path / "results.json"
     reliability.atomic_write_bytes(target, b'{"cer": 0.1}')
@@ -434,7 +434,7 @@ def test_two_process_ddp_run_killed_and_resumed_matches_uninterrupted(synthetic_
     states, and a run SIGKILLed (whole process group) after a checkpoint resumes to the uninterrupted result."""
     import socket
 
-    from rcl_hf.reliability import checkpoint_problem
+    from rcl_hf.crash_safety import checkpoint_problem
 
     def port() -> int:
         with socket.socket() as s:

@@ -1,6 +1,6 @@
 """The main job: cross-entropy vs the risk-calibrated loss, same seed and budget.
 
-``python scripts/compare.py`` (no arguments) trains both on the embedded synthetic
+``python scripts/main_job.py`` (no arguments) trains both on the embedded synthetic
 dataset and prints one table: accuracy, balanced accuracy, CER, CMR and expected
 cost on the test split, for the argmax decision of each model and for the
 Bayes-risk decision applied to each (the post-hoc alternative, shown for honesty).
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
-from .training import DataArguments, ModelArguments, default_training_args, format_table, run_training
+from .train_job import DataArguments, ModelArguments, default_training_args, format_table, run_training
 from .trainer import RiskArguments
 
 __all__ = ["CompareArguments", "run_comparison"]

@@ -15,7 +15,7 @@ from rcl_hf.cli import TRAIN_DEFAULTS, greater_is_better_for, parse_args
 from rcl_hf.models import severity_from_config
 from rcl_hf.severity import SeverityMatrix
 from rcl_hf.trainer import RiskArguments
-from rcl_hf.training import DataArguments, ModelArguments, default_training_args, format_table, run_training
+from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, format_table, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "test_results.json", "rcl_run.json",
@@ -187,10 +187,10 @@ def test_greater_is_better_inferred_from_metric():
         captured["args"] = training_args
         return {"output_dir": training_args.output_dir}
 
-    import rcl_hf.training
+    import rcl_hf.train_job
 
-    orig = rcl_hf.training.run_training
-    rcl_hf.training.run_training = fake_run
+    orig = rcl_hf.train_job.run_training
+    rcl_hf.train_job.run_training = fake_run
     try:
         cli.train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "cer"])
         assert captured["args"].greater_is_better is False
@@ -199,7 +199,7 @@ def test_greater_is_better_inferred_from_metric():
         cli.train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "cer", "--greater_is_better", "true"])
         assert captured["args"].greater_is_better is True
     finally:
-        rcl_hf.training.run_training = orig
+        rcl_hf.train_job.run_training = orig
 
 
 def test_frozen_backbone_caches_embeddings_and_matches_full_model(tmp_path, tiny_dataset, monkeypatch):
@@ -279,7 +279,7 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_and_row(tiny_dataset):
     import datasets
 
     from rcl_hf.data.transforms import apply_transforms
-    from rcl_hf.training import _seeded_train_split
+    from rcl_hf.train_job import _seeded_train_split
 
     raw = datasets.load_from_disk(tiny_dataset)["train"].select(range(8))
     train = apply_transforms(datasets.DatasetDict({"train": raw}), image_size=32, hflip=0.5, vflip=0.5)["train"]

@@ -1,9 +1,9 @@
-"""The main job (scripts/compare.py): same budget for every loss, one table, files written."""
+"""The main job (scripts/main_job.py): same budget for every loss, one table, files written."""
 
 import json
 
 from rcl_hf.cli import compare_main
-from rcl_hf.compare import CompareArguments
+from rcl_hf.main_job import CompareArguments
 
 
 def test_defaults_compare_cross_entropy_with_the_risk_calibrated_loss():

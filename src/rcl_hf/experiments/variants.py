@@ -37,7 +37,7 @@ while gradients are enabled (training), so evaluation losses stay comparable.
 :class:`ExperimentRiskArguments` adds ``severity_margin``, ``logit_mixup_alpha``
 and ``crossfit_weight`` / ``crossfit_folds`` to :class:`rcl_hf.trainer.RiskArguments`; its ``build``
 returns the wrapped loss, so a grid cell still trains through
-:func:`rcl_hf.training.run_training` unchanged.
+:func:`rcl_hf.train_job.run_training` unchanged.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class ModelArguments:
     gpu_path: bool = field(
         default=True,
         metadata={"help": "With CUDA: bf16 autocast, TF32, channels_last for CNNs, dataloader workers, pinned memory "
-                          "(rcl_hf.performance). No effect on CPU."},
+                          "(rcl_hf.gpu_defaults). No effect on CPU."},
     )
     eval_only: bool = field(
         default=False,
@@ -433,7 +433,7 @@ def run_training(
     model, data_config = build_model(model_args.backbone, severity, image_size=image_size, pretrained=model_args.pretrained)
     if model_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    from .performance import apply_gpu_path, plan_gpu_path
+    from .gpu_defaults import apply_gpu_path, plan_gpu_path
 
     training_args, model = apply_gpu_path(plan_gpu_path(model, training_args, enabled=model_args.gpu_path), training_args, model)
     processor = build_image_processor(model, data_config)
