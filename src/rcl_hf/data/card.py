@@ -29,6 +29,7 @@ def build_dataset_card(
     *,
     repo_id: Optional[str] = None,
     report: Any = None,
+    license: Optional[str] = None,
 ) -> DatasetCard:
     """Build the card of a ``DatasetDict`` returned by :func:`rcl_hf.data.load_dataset`.
 
@@ -37,6 +38,7 @@ def build_dataset_card(
         repo_id: Hub repository, used in the usage snippet.
         report: the :class:`~rcl_hf.data.checks.LoadReport` of the load, for the
             list of skipped files (counts come from the metadata otherwise).
+        license: a Hub license id that replaces the source's (``LICENSE`` of the dataset module).
     """
     from . import dataset_metadata, dataset_module, severity_for
 
@@ -51,7 +53,7 @@ def build_dataset_card(
     total = sum(len(ds) for ds in dsd.values())
     pretty = getattr(mod, "PRETTY_NAME", name)
     generated = name == "synthetic"
-    license_id = getattr(mod, "LICENSE", "apache-2.0" if generated else "other")
+    license_id = license or getattr(mod, "LICENSE", "apache-2.0" if generated else "other")
     description = getattr(mod, "DESCRIPTION", None) or (mod.__doc__ or "").strip().split("\n\n")[0]
 
     data = DatasetCardData(
