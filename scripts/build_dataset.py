@@ -15,7 +15,9 @@ one folder per split, images embedded), ``data/<split>-00000-of-00001.parquet``
 converted or dropped file with its reason, and the duplicate audit).
 
 ``--push_to_hub REPO_ID`` checks first for offline mode and a token
-(``huggingface_hub.get_token()``), and reports any failure as one line.
+(``huggingface_hub.get_token()``), then pushes with :func:`rcl_hf.hub.push_dataset` (the same
+card and Parquet layout as ``scripts/push_to_hub.py --kind dataset``), and reports any failure
+as one line.
 Exit codes: 0 ok, 1 data error, 2 Hub unavailable (offline / no token), 3 push failed.
 """
 
@@ -48,6 +50,7 @@ class BuildDatasetArguments:
     parquet: bool = field(default=False, metadata={"help": "also export data/<split>-*.parquet"})
     push_to_hub: Optional[str] = field(default=None, metadata={"help": "REPO_ID to push the dataset and its card to"})
     private: bool = field(default=False, metadata={"help": "create the Hub repository as private"})
+    dry_run_dir: Optional[str] = field(default=None, metadata={"help": "with --push_to_hub: write the folder that would be uploaded here, upload nothing"})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "image-check cache (default ~/.cache/rcl_hf)"})
     num_workers: Optional[int] = field(default=None, metadata={"help": "threads for the image check"})
 
@@ -58,48 +61,16 @@ def _fail(message: str, code: int) -> int:
 
 
 def _hub_ready() -> Optional[str]:
-    """``None`` when a push can be attempted, else the reason it cannot."""
-    from huggingface_hub import constants, get_token
+    """``None`` when a push can be attempted, else the reason it cannot (checked before any work, no network)."""
+    import huggingface_hub
 
-    if constants.HF_HUB_OFFLINE:
+    from rcl_hf.hub.errors import is_offline
+
+    if is_offline():
         return "cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE=1)"
-    if get_token() is None:
+    if huggingface_hub.get_token() is None:
         return "cannot push to the Hub: no Hugging Face token (run `hf auth login` or set HF_TOKEN)"
     return None
-
-
-def _hub_errors() -> tuple:
-    from huggingface_hub import errors
-
-    types: List[type] = [errors.HfHubHTTPError, errors.OfflineModeIsEnabled, errors.LocalTokenNotFoundError, OSError]
-    for mod, name in (("httpx", "HTTPError"), ("requests", "RequestException")):
-        try:
-            types.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
-
-
-def _embedded(ds):
-    """The split with image bytes embedded (paths alone are useless in a Parquet file)."""
-    from datasets.table import embed_table_storage
-
-    return ds.with_format("arrow").map(embed_table_storage, batched=True, desc=f"Encoding {ds.split}").with_format(None)
-
-
-def push(dsd, card, repo_id: str, private: bool) -> None:
-    """Push the splits, then the card merged with the YAML that ``push_to_hub`` wrote."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    dsd.push_to_hub(repo_id, private=private)
-    try:
-        remote = DatasetCard.load(repo_id, repo_type="dataset")
-        data = remote.data.to_dict()
-    except _hub_errors():
-        data = {}
-    data.update({k: v for k, v in card.data.to_dict().items() if v is not None})
-    merged_card = DatasetCard(f"---\n{DatasetCardData(**data).to_yaml()}\n---\n{card.text}")
-    merged_card.push_to_hub(repo_id, repo_type="dataset")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -107,12 +78,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     (args,) = HfArgumentParser(BuildDatasetArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.push_to_hub:
+    if args.push_to_hub and not args.dry_run_dir:
         why = _hub_ready()
         if why:
             return _fail(why, 2)
 
-    from rcl_hf.data import build_dataset_card, load_dataset, severity_for
+    from rcl_hf import hub
+    from rcl_hf.crash_safety import atomic_write_bytes
+    from rcl_hf.data import load_dataset, severity_for
 
     options = {}
     if args.fold is not None:
@@ -143,31 +116,26 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     out = Path(args.output_dir or f"outputs/datasets/{args.name}")
     out.mkdir(parents=True, exist_ok=True)
-    card = build_dataset_card(dsd, repo_id=args.push_to_hub, report=report)
+    card = hub.build_dataset_card(dsd, args.push_to_hub or f"<owner>/{args.name}", report=report)
     if args.save_to_disk:
         dsd.save_to_disk(str(out))
         logger.info("saved to %s", out)
-    if args.parquet:
-        (out / "data").mkdir(exist_ok=True)
-        for split, ds in dsd.items():
-            target = out / "data" / f"{split}-00000-of-00001.parquet"
-            _embedded(ds).to_parquet(str(target))
-            logger.info("wrote %s (%d rows)", target, len(ds))
+    if args.parquet:  # the Hub's layout, written by the same code as a push
+        info = hub.write_parquet_shards(dsd, out)
+        logger.info("wrote %s (%s rows)", out / "data", {s: i.num_examples for s, i in info.splits.items()})
     card.save(str(out / "README.md"))
     severity_for(dsd).to_json(out / "severity.json")
-    with open(out / "load_report.json", "w", encoding="utf-8") as fh:
-        json.dump(report.to_dict(), fh, indent=1)
+    atomic_write_bytes(out / "load_report.json", json.dumps(report.to_dict(), indent=1).encode("utf-8"))
     print(report.summary())
     for split, ds in dsd.items():
         print(f"{split}: {len(ds)} images")
 
     if args.push_to_hub:
         try:
-            push(dsd, card, args.push_to_hub, args.private)
-        except _hub_errors() as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            return _fail(f"push to {args.push_to_hub} failed: {type(err).__name__}: {first}", 3)
-        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+            url = hub.push_dataset(dsd, args.push_to_hub, args.dry_run_dir, private=args.private, card=card)
+        except (hub.HubUnavailableError, OSError, ValueError) as err:
+            return _fail(f"push to {args.push_to_hub} failed: {' '.join(str(err).split())}", 3)
+        print(f"dry run: wrote the upload folder to {url}" if args.dry_run_dir else f"pushed to {url}")
     return 0
 
 
