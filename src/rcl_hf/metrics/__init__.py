@@ -10,8 +10,10 @@ from .functional import (
     bayes_risk_decision,
     confusion_matrix,
     critical_error_rate,
+    expected_costs,
     metrics_from_confusion,
     relative_safety_improvement,
+    softmax,
 )
 from .trainer_metrics import make_compute_metrics
 
@@ -22,7 +24,9 @@ __all__ = [
     "bayes_risk_decision",
     "confusion_matrix",
     "critical_error_rate",
+    "expected_costs",
     "make_compute_metrics",
     "metrics_from_confusion",
     "relative_safety_improvement",
+    "softmax",
 ]

@@ -7,15 +7,9 @@ from typing import Any, Callable, Dict
 import numpy as np
 
 from ..severity import SeverityMatrix
-from .functional import bayes_risk_decision, critical_error_rate
+from .functional import bayes_risk_decision, critical_error_rate, softmax
 
 _SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "cer", "critical_miss_rate", "expected_cost", "n_critical")
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def make_compute_metrics(severity: SeverityMatrix, bayes_rule: bool = True) -> Callable[[Any], Dict[str, float]]:
@@ -37,7 +31,7 @@ def make_compute_metrics(severity: SeverityMatrix, bayes_rule: bool = True) -> C
         out = critical_error_rate(logits.argmax(-1), labels, severity)
         result = {k: float(out[k]) for k in _SCALARS}
         if bayes_rule:
-            decisions, _ = bayes_risk_decision(_softmax(logits), severity)
+            decisions, _ = bayes_risk_decision(softmax(logits), severity)
             bayes = critical_error_rate(decisions, labels, severity)
             result.update({f"bayes_{k}": float(bayes[k]) for k in _SCALARS})
         return result

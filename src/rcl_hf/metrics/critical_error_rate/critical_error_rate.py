@@ -1,19 +1,23 @@
 """Critical Error Rate (CER): an `evaluate` metric for risk-calibrated medical classification.
 
-A thin `evaluate.Metric` over `rcl_hf.metrics.functional.critical_error_rate`,
-the single implementation of the formulas (see README.md beside this file).
+A thin `evaluate.Metric` over ``clinical_scores.py`` beside this file (numpy only), the same
+core rcl_hf.metrics.functional computes with; this folder needs no rcl_hf (see README.md).
 """
 
 import datasets
 import evaluate
 import numpy as np
-from rcl_hf.metrics.functional import critical_error_rate
+from .clinical_scores import PRESET_GROUPS
+from .clinical_scores import check_severity
+from .clinical_scores import clinical_scores
+from .clinical_scores import preset_severity
 
 _CITATION = """\
-@article{rcl2026,
-  title   = {Risk-Calibrated Learning: Minimizing Fatal Errors in Medical AI},
-  journal = {arXiv preprint arXiv:2604.12693},
-  year    = {2026}
+@misc{risk_calibrated_learning,
+  title  = {Risk-Calibrated Learning: Minimizing Fatal Errors in Medical AI},
+  year   = {2026},
+  eprint = {2604.12693},
+  archivePrefix = {arXiv}
 }
 """
 
@@ -27,26 +31,30 @@ expected clinical cost under a severity matrix M. Rates are fractions in [0, 1].
 
 _KWARGS_DESCRIPTION = """\
 Args:
-    predictions (`list` of `int`): predicted class indices.
-    references (`list` of `int`): true class indices.
-    severity_matrix (`list` of `list` of `float`, K x K): cost M[i][j] of predicting j for truth i.
+    predictions (`list` of `int` or `str`): predicted classes, as indices or as class names.
+    references (`list` of `int` or `str`): true classes, as indices or as class names.
+    severity (`str` or `dict`, optional): a preset name (brain_tumor_mri, isic2018, breakhis,
+        sicapv2, synthetic) or {"labels", "matrix", "critical"} (rcl_hf's SeverityMatrix.to_dict()).
+    severity_matrix (`list` of `list` of `float`, K x K): cost M[i][j] of predicting j for truth i,
+        instead of `severity`.
     critical_mask (`list` of `list` of `bool`, K x K, optional): critical cells; default: cells of cost 1.0.
-    severity (`str`, optional): a preset name instead of the two arrays
-        (brain_tumor_mri, isic2018, breakhis, sicapv2, synthetic).
-    labels (`list` of `str`, optional): class names for per-class outputs.
+    labels (`list` of `str`, optional): class names (default: the severity's labels); needed for
+        class-name inputs with `severity_matrix`.
     per_class (`bool`): add `per_class_recall`.
-    return_confusion (`bool`): add `confusion_matrix`.
+    return_confusion (`bool`): add `confusion_matrix` and `labels`.
     n_bootstrap (`int`): bootstrap resamples for `*_ci` intervals (0: none).
     seed (`int`): bootstrap seed.
 Returns:
     accuracy, balanced_accuracy, macro_f1, cer, critical_miss_rate, expected_cost,
     n_critical, n_positive, n_samples (and the optional keys above).
 Examples:
-    >>> metric = evaluate.load(rcl_hf.metrics.METRIC_PATH)
-    >>> metric.compute(predictions=[2, 0], references=[0, 0],
-    ...                severity_matrix=M, critical_mask=C)["cer"]
+    >>> metric = evaluate.load("critical_error_rate")  # the folder of this file
+    >>> metric.compute(predictions=["notumor", "glioma"], references=["glioma", "glioma"],
+    ...                severity="brain_tumor_mri")["cer"]
     0.5
 """
+
+_NUMBER, _NAME = datasets.Value("float64"), datasets.Value("string")
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -54,41 +62,45 @@ class CriticalErrorRate(evaluate.Metric):
     """CER and its companions for K-class medical image classification."""
 
     def _info(self):
+        # Numbers are read as float64 so that 0.5 reaches _compute and is refused (an int64
+        # feature would truncate it to 0); class names as strings.
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=[datasets.Features({"predictions": p, "references": r})
+                      for p, r in ((_NUMBER, _NUMBER), (_NAME, _NAME), (_NAME, _NUMBER), (_NUMBER, _NAME))],
             reference_urls=["https://arxiv.org/abs/2604.12693"],
         )
 
-    def _compute(
-        self,
-        predictions,
-        references,
-        severity_matrix=None,
-        critical_mask=None,
-        severity=None,
-        labels=None,
-        per_class=False,
-        return_confusion=False,
-        n_bootstrap=0,
-        seed=0,
-    ):
+    def _compute(self, predictions, references, severity=None, severity_matrix=None, critical_mask=None,
+                 labels=None, per_class=False, return_confusion=False, n_bootstrap=0, seed=0):
         if severity is None and severity_matrix is None:
-            raise ValueError("Pass severity_matrix (and critical_mask) or a severity preset name")
-        sev = severity if severity is not None else np.asarray(severity_matrix, dtype=np.float64)
-        mask = None if critical_mask is None else np.asarray(critical_mask, dtype=bool)
-        return critical_error_rate(
-            np.asarray(predictions),
-            np.asarray(references),
-            sev,
-            mask,
-            labels=labels,
-            per_class=per_class,
-            return_confusion=return_confusion,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
+            raise ValueError("Pass severity (a preset name or a dict with labels, matrix, critical) or severity_matrix")
+        sev_labels = None
+        if isinstance(severity, str):
+            matrix, critical, sev_labels = preset_severity(severity)
+        elif isinstance(severity, dict):
+            if "matrix" not in severity:
+                raise ValueError("A severity dict needs 'matrix' (and 'labels', 'critical'), like SeverityMatrix.to_dict()")
+            matrix, critical = check_severity(severity["matrix"], severity.get("critical"))
+            sev_labels = list(severity["labels"]) if severity.get("labels") is not None else None
+        elif severity is not None:
+            raise ValueError(f"severity must be a preset name {sorted(PRESET_GROUPS)} or a dict, got {type(severity).__name__}")
+        else:
+            matrix, critical = check_severity(severity_matrix, critical_mask)
+        names = list(labels) if labels is not None else sev_labels
+        return clinical_scores(
+            _column(predictions), _column(references), matrix, critical, names, accept_names=True,
+            return_confusion=return_confusion, per_class=per_class, n_bootstrap=n_bootstrap, seed=seed,
         )
+
+
+def _column(values):
+    """Class names as a string array, numbers as float64 (integers are checked by the core)."""
+    values = list(values)
+    if any(isinstance(v, str) for v in values):
+        if not all(isinstance(v, str) for v in values):
+            raise ValueError("Mix of class names and numbers in one column: use one or the other")
+        return np.asarray(values, dtype=str)
+    return np.asarray(values, dtype=np.float64)
