@@ -10,9 +10,12 @@ Examples::
     python scripts/push_to_hub.py --model_dir outputs/run --repo_id me/rcl-brain-mri --private
 
     python scripts/push_to_hub.py --kind dataset --dataset_dir data/brain_mri_dd --repo_id me/brain-mri
-    python scripts/push_to_hub.py --kind space --space_dir spaces_demo --repo_id me/rcl-demo
+    # the Space, with the models it serves (folders shipped under models/ with their cards, or Hub ids)
+    # and rcl_hf itself inside (built from this checkout); the dry run lists what it checked
+    python scripts/push_to_hub.py --kind space --space_dir spaces_demo --repo_id me/rcl-demo \
+        --space_models runs/space/rcl runs/space/ce --dry_run_dir /tmp/space
 
-Arguments are those of :class:`rcl_hf.hub.PushArguments` (``--help`` lists them). On failure
+Arguments are those of :class:`rcl_hf.hub.cli.PushArguments` (``--help`` lists them). On failure
 the script prints one ``error: ...`` line to stderr and exits with status 2.
 """
 

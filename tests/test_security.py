@@ -355,7 +355,10 @@ def test_tokens_never_reach_files_logs_or_output(tmp_path, monkeypatch, capfd):
     assert hub.main(["--model_dir", str(out), "--repo_id", "someone/rcl-test", "--dry_run_dir", str(dry)]) == 0
     assert (dry / "README.md").is_file()
     # a real push cannot happen here: it must fail with one line that does not show the token
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what the variable sets at import
     assert hub.main(["--model_dir", str(out), "--repo_id", "someone/rcl-test"]) == 2
 
     captured = capfd.readouterr()
