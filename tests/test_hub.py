@@ -578,7 +578,7 @@ def test_no_token_error(online_env, run_dir, tiny_dataset, tmp_path):
     for call in (hub.check_hub_access,
                  lambda: hub.push_model(run_dir, "owner/tiny-rcl"),
                  lambda: hub.push_dataset(tiny_dataset, "owner/tiny-lesions"),
-                 lambda: hub.push_space(space, "owner/rcl-demo")):
+                 lambda: hub.push_space(space, "owner/rcl-demo", models=["owner/rcl-brain"])):
         with pytest.raises(HubUnavailableError) as info:
             call()
         msg = _assert_one_line(info.value)
@@ -670,7 +670,9 @@ def test_real_push_path_stages_the_dry_run_folder(online_env, run_dir, tmp_path,
     try:
         url = hub.push_model(run_dir, "tiny-rcl", private=True)
         space = _make_space(tmp_path / "space", GOOD_SPACE)
-        hub.push_space(space, "owner/rcl-demo", wheel=rcl_wheel)
+        with pytest.raises(ValueError, match="A pushed Space must serve a model"):
+            hub.push_space(space, "owner/rcl-demo", wheel=rcl_wheel)
+        hub.push_space(space, "owner/rcl-demo", wheel=rcl_wheel, models=["owner/rcl-brain"])
     finally:
         server.shutdown()
         server.server_close()

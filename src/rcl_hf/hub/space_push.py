@@ -297,6 +297,9 @@ def push_space(
         return str(prepare_space_folder(space_dir, dry_run_dir, repo_id=repo_id, overwrite=overwrite, **kwargs))
     with_namespace(repo_id, "user")
     validate_space_folder(space_dir)
+    if not models and not (Path(space_dir) / SPACE_CONFIG).is_file():
+        raise ValueError("A pushed Space must serve a model: pass --space_models MODEL_DIR_OR_HUB_ID [COMPARE] "
+                         "(models trained on real data; a dry run shows the folder without one)")
     user, token = _push.check_hub_access(token)
     repo_id = with_namespace(repo_id, user)
     with tempfile.TemporaryDirectory(prefix="rcl_hf_space_") as tmp:
