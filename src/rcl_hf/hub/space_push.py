@@ -252,7 +252,7 @@ def prepare_space_folder(
     _check_requirements(out / "requirements.txt", dist_info, checks)
     hub_ids = _stage_models(list(models), out, repo_id, allow_synthetic, checks)
     if not models:
-        checks.append(f"no model given: the Space stops at start until RCL_MODEL is set (pass --space_models)")
+        checks.append("no model given: the Space stops at start until RCL_MODEL is set (pass --space_models)")
     if hub_ids:
         card = SpaceCard((out / "README.md").read_text(encoding="utf-8"))
         card.data.models = sorted(set(list(getattr(card.data, "models", None) or []) + hub_ids))
