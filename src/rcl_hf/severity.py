@@ -24,6 +24,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .crash_safety import atomic_write_bytes
+
 __all__ = ["SeverityMatrix", "PRESETS", "FINE_COST", "OVERCALL_COST", "CRITICAL_COST"]
 
 FINE_COST = 0.1
@@ -273,17 +275,8 @@ class SeverityMatrix:
         return cls(data["labels"], data["matrix"], data.get("critical"), name=data.get("name"))
 
     def to_json(self, path: PathLike) -> None:
-        """Write :meth:`to_dict` as JSON, atomically (temp file then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write :meth:`to_dict` as JSON, atomically (:func:`rcl_hf.crash_safety.atomic_write_bytes`)."""
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode("utf-8"))
 
     @classmethod
     def from_json(cls, path: PathLike) -> "SeverityMatrix":
