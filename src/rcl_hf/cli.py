@@ -181,23 +181,78 @@ def _one_line_errors(fn):
         raise SystemExit(1) from None
 
 
+#: ``TrainingArguments`` flags shown by the short ``--help`` (``--help_all`` lists every one).
+COMMON_TRAINING_FLAGS = ("output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+                         "per_device_eval_batch_size", "gradient_accumulation_steps", "weight_decay", "seed",
+                         "eval_strategy", "save_strategy", "metric_for_best_model", "resume_from_checkpoint",
+                         "do_train", "bf16", "use_cpu", "push_to_hub", "hub_model_id")
+
+
+def train_help(dataclass_types: Sequence[type]) -> str:
+    """The short ``--help``: our flags by group, then the common ``TrainingArguments`` flags."""
+    import argparse
+
+    from transformers import HfArgumentParser, TrainingArguments
+
+    *ours, training = dataclass_types
+    parts = ["usage: scripts/train.py [CONFIG.yaml] [--flag value ...]",
+             "Fine-tune an image classifier with a clinical loss. A first positional .yaml/.json config supplies "
+             "values; flags after it override them. Aliases of transformers' run_image_classification.py: "
+             "--dataset_name (= --dataset), --model_name_or_path (= --backbone), --train_dir, --validation_dir, "
+             "--image_column_name, --label_column_name; --ignore_mismatched_sizes is accepted (always on)."]
+    for cls in ours:
+        parser = HfArgumentParser(cls)
+        parser.usage = argparse.SUPPRESS
+        text = parser.format_help()
+        body = text.split("options:", 1)[-1].split("\n", 1)[-1]
+        body = "\n".join(ln for ln in body.splitlines() if not ln.strip().startswith(("-h, --help", "show this help")))
+        parts.append(f"\n{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]}):\n{body.rstrip()}")
+    lines = [f"  --{f.name:<30} {' '.join(str(f.metadata.get('help', '')).split())[:100]}"
+             for f in dataclasses.fields(training) if f.name in COMMON_TRAINING_FLAGS]
+    parts.append(f"\nCommon {training.__name__} flags (defaults of this script differ: evaluate and save each epoch, "
+                 "keep the best checkpoint by expected_cost; learning rate and epochs per mode unless given):\n"
+                 + "\n".join(lines))
+    parts.append("\nAll TrainingArguments flags (~200): scripts/train.py --help_all")
+    return "\n".join(parts)
+
+
 def train_main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import TrainingArguments
 
+    from .train_args import first_run_defaults
     from .train_job import DataArguments, ModelArguments, format_table, multiprocess_cpu_launch, run_training
     from .trainer import RiskArguments
 
+    types = (ModelArguments, DataArguments, RiskArguments, TrainingArguments)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--help_all" in raw:
+        from transformers import HfArgumentParser
+
+        HfArgumentParser(types).print_help()
+        raise SystemExit(0)
+    if "-h" in raw or "--help" in raw:
+        print(train_help(types))
+        raise SystemExit(0)
+
     def go():
-        flags = expand_argv(argv)
         defaults = dict(TRAIN_DEFAULTS)
         if multiprocess_cpu_launch():  # accelerate launch --multi_gpu / torchrun without a GPU: gloo DDP
             defaults["use_cpu"] = True
-        model_args, data_args, risk_args, training_args = parse_args(
-            (ModelArguments, DataArguments, RiskArguments, TrainingArguments), flags, defaults=defaults
-        )
-        if training_args.metric_for_best_model and not any(
-            f.split("=", 1)[0] in ("--greater_is_better", "--greater-is-better") for f in flags
-        ):
+        (model_args, data_args, risk_args, training_args), given = parse_args_explicit(
+            types, _drop_ignored(raw), defaults=defaults)
+        model_over, training_over = first_run_defaults(model_args, data_args, given)
+        if model_over or training_over:
+            for key, value in model_over.items():
+                setattr(model_args, key, value)
+            # rebuild TrainingArguments so its __post_init__ sees the new values (e.g. warmup_steps < 1)
+            training_args = TrainingArguments(**{**_init_fields(training_args), **training_over})
+            print("note: defaults for this mode (flags you did not give): "
+                  + ", ".join(f"{k}={v}" for k, v in {**model_over, **training_over}.items()), file=sys.stderr)
+        if "output_dir" not in given:
+            training_args.output_dir = os.path.join("runs", f"{data_args.dataset.rstrip('/').split('/')[-1]}_{risk_args.loss}")
+        if "do_train" in given and not training_args.do_train:  # --do_train false: evaluate a given model only
+            model_args.eval_only = True
+        if training_args.metric_for_best_model and "greater_is_better" not in given:
             training_args.greater_is_better = greater_is_better_for(training_args.metric_for_best_model)
         results = run_training(model_args, data_args, risk_args, training_args)
         if training_args.process_index == 0:
@@ -207,6 +262,11 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
         return results
 
     return _one_line_errors(go)
+
+
+def _init_fields(args: Any) -> Dict[str, Any]:
+    """The ``__init__`` fields of a dataclass instance (``TrainingArguments``), as given."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
 
 
 def run_experiments_main(argv: Optional[Sequence[str]] = None) -> None:
