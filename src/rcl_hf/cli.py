@@ -246,8 +246,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
                 setattr(model_args, key, value)
             # rebuild TrainingArguments so its __post_init__ sees the new values (e.g. warmup_steps < 1)
             training_args = TrainingArguments(**{**_init_fields(training_args), **training_over})
-            print("note: defaults for this mode (flags you did not give): "
-                  + ", ".join(f"{k}={v}" for k, v in {**model_over, **training_over}.items()), file=sys.stderr)
+            import logging
+
+            logging.getLogger("rcl_hf.cli").info("defaults for this mode (flags you did not give): %s",
+                                                 ", ".join(f"{k}={v}" for k, v in {**model_over, **training_over}.items()))
         if "output_dir" not in given:
             training_args.output_dir = os.path.join("runs", f"{data_args.dataset.rstrip('/').split('/')[-1]}_{risk_args.loss}")
         if "do_train" in given and not training_args.do_train:  # --do_train false: evaluate a given model only
