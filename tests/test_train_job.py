@@ -161,6 +161,7 @@ def test_config_file_round_trip(tmp_path):
 
 
 def test_shipped_configs_parse():
+    """One config per dataset; the loss is a flag, and every flag after the config overrides it."""
     from transformers import TrainingArguments
 
     from rcl_hf.data import available_datasets
@@ -169,10 +170,14 @@ def test_shipped_configs_parse():
     seen = set()
     for path in sorted(glob.glob(str(REPO / "configs" / "*.yaml"))):
         m, d, r, t = parse_args(types, [path], defaults=TRAIN_DEFAULTS)
-        assert os.path.basename(path) == f"{d.dataset}_{r.loss}.yaml"
+        assert os.path.basename(path) == f"{d.dataset}.yaml"
+        assert r.loss == "rcl" and r.lam == 2.0
         assert t.metric_for_best_model == "expected_cost" and t.greater_is_better is False
-        seen.add((d.dataset, r.loss))
-    assert seen == {(ds, loss) for ds in available_datasets() for loss in ("ce", "focal", "rcl")}
+        m2, d2, r2, t2 = parse_args(types, [path, "--loss", "focal", "--learning_rate", "0.01", "--lam", "0.5"],
+                                    defaults=TRAIN_DEFAULTS)
+        assert (r2.loss, r2.lam, t2.learning_rate, d2.dataset) == ("focal", 0.5, 0.01, d.dataset)
+        seen.add(d.dataset)
+    assert seen == set(available_datasets())
 
 
 def test_greater_is_better_inferred_from_metric():

@@ -354,3 +354,20 @@ def test_nonfinite_loss_skip_gives_up_on_divergence(tmp_path):
     )
     with pytest.raises(NonFiniteLossError, match=r"3 consecutive non-finite losses up to .*global step 2"):
         trainer.train()
+
+
+def test_private_save_checkpoint_api():
+    """``RiskCalibratedTrainer._save_checkpoint`` (the one private override) relies on this contract of
+    ``Trainer._save_checkpoint`` (checked on transformers 5.0 - 5.24): it fails loudly when an upgrade changes it."""
+    import inspect
+
+    from transformers import Trainer
+
+    assert list(inspect.signature(Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    source = inspect.getsource(Trainer._save_checkpoint)
+    for needle in ("run_dir = self._get_output_dir(trial=trial)", "self.save_model(output_dir, _internal_call=True)",
+                   "self.state.save_to_json(", "self._push_from_checkpoint(output_dir)", "rotate_checkpoints("):
+        assert needle in source, f"Trainer._save_checkpoint changed: {needle!r} is gone; re-check the override"
+    assert "run_dir = self.args.output_dir" in inspect.getsource(Trainer._get_output_dir)
+    overridden = {name for name, value in vars(RiskCalibratedTrainer).items() if callable(value)}
+    assert {n for n in overridden if n.startswith("_") and not n.startswith("__") and hasattr(Trainer, n)} == {"_save_checkpoint"}

@@ -35,7 +35,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ __all__ = [
     "IncompleteCheckpointError",
     "atomic_replace_files",
     "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "checkpoint_problem",
     "commit_dir",
     "fsync_tree",
@@ -118,6 +120,16 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             pass
         raise
     _fsync_path(folder, directory=True)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded with ``encoding``."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: PathLike, data: Any, indent: int = 2) -> None:
+    """:func:`atomic_write_bytes` of ``json.dumps(data)`` (NumPy scalars through ``float``)."""
+    atomic_write_text(path, json.dumps(data, indent=indent, default=float))
 
 
 def staging_dir(final: PathLike) -> str:
@@ -291,20 +303,35 @@ def checkpoint_problem(folder: PathLike) -> Optional[str]:
 
 
 def list_checkpoints(output_dir: PathLike) -> List[Tuple[int, str]]:
-    """``[(step, path), ...]`` of ``checkpoint-<step>`` folders in ``output_dir``, oldest first."""
+    """``[(step, path), ...]`` of ``checkpoint-<step>`` folders in ``output_dir``, oldest first
+    (``transformers.trainer_utils.sort_checkpoints``, by step number)."""
+    from transformers.trainer_utils import sort_checkpoints
+
     output_dir = os.fspath(output_dir)
     if not os.path.isdir(output_dir):
         return []
     found = []
-    for name in os.listdir(output_dir):
-        m = _CHECKPOINT_RE.match(name)
-        if m and os.path.isdir(os.path.join(output_dir, name)):
-            found.append((int(m.group(1)), os.path.join(output_dir, name)))
-    return sorted(found)
+    for path in sort_checkpoints(output_dir, checkpoint_prefix=CHECKPOINT_PREFIX):
+        m = _CHECKPOINT_RE.match(os.path.basename(path))
+        if m:  # sort_checkpoints globs ``checkpoint-*``; keep exact ``checkpoint-<int>`` names only
+            found.append((int(m.group(1)), path))
+    return found
 
 
 def last_complete_checkpoint(output_dir: PathLike) -> Tuple[Optional[str], List[Tuple[str, str]]]:
-    """The newest complete checkpoint in ``output_dir`` and the ``(path, reason)`` of each newer one skipped."""
+    """The newest complete checkpoint in ``output_dir`` and the ``(path, reason)`` of each newer one skipped.
+
+    ``transformers.trainer_utils.get_last_checkpoint`` gives the newest; when
+    :func:`checkpoint_problem` rejects it, older ones are tried in turn.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = os.fspath(output_dir)
+    if not os.path.isdir(output_dir):
+        return None, []
+    newest = get_last_checkpoint(output_dir)
+    if newest is not None and checkpoint_problem(newest) is None:
+        return newest, []
     skipped: List[Tuple[str, str]] = []
     for _step, path in reversed(list_checkpoints(output_dir)):
         problem = checkpoint_problem(path)

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .crash_safety import fsync_tree
+
 __all__ = ["find_classifier", "extract_embeddings", "cached_embeddings", "LinearHead", "copy_head_into_model"]
 
 
@@ -95,7 +97,10 @@ def cached_embeddings(
     if path:
         tmp = f"{path}.tmp{os.getpid()}"
         ds.save_to_disk(tmp)
-        if os.path.exists(path):  # another process finished first: keep its copy
+        # A folder, published by one rename (crash_safety.fsync_tree first); not commit_dir, which would
+        # replace a copy another process finished first: the first writer wins here.
+        fsync_tree(tmp)
+        if os.path.exists(path):
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, path)

@@ -27,23 +27,33 @@ checkpoint folder.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import asdict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from .data.splits import SUBSET_MODES, subsample
+from .crash_safety import atomic_write_json
+from .data.splits import subsample
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
 from .severity import SeverityMatrix
+from .train_args import AUGMENTATIONS, DataArguments, ModelArguments, default_training_args, multiprocess_cpu_launch
+from .train_data import (
+    AugmentationEpochCallback,
+    SeededAugmentation,
+    _augmentation,
+    _cache_dir,
+    _seeded_train_split,
+    carve_missing_splits,
+    load_data,
+)
 from .trainer import RiskArguments, RiskCalibratedTrainer
+from .trainer_callbacks import BroadcastBuffersCallback
 
 logger = logging.getLogger(__name__)
 
@@ -58,171 +68,12 @@ __all__ = [
     "SeededAugmentation",
     "AugmentationEpochCallback",
     "BroadcastBuffersCallback",
+    "AUGMENTATIONS",
+    "carve_missing_splits",
+    "collapse_warning",
 ]
 
 TABLE_KEYS = ("accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
-
-
-@dataclass
-class ModelArguments:
-    """Which network to train."""
-
-    backbone: str = field(
-        default="resnet18",
-        metadata={"help": "timm name (resnet18, efficientnet_lite0, vit_small_patch16_224, ...), hf-vit / hf-swin / "
-                          "hf-convnext / hf-resnet, a checkpoint folder, or a Hub id."},
-    )
-    pretrained: Optional[str] = field(
-        default=None, metadata={"help": "Offline ImageNet weights: 'efficientnet-lite0-package' (efficientnet_lite0 only)."}
-    )
-    image_size: Optional[int] = field(default=None, metadata={"help": "Input side in pixels (default: 32 synthetic, 224 otherwise)."})
-    freeze_backbone: bool = field(
-        default=False, metadata={"help": "Embed once with the frozen backbone (cached) and train only the head."}
-    )
-    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster CNNs on GPU)."})
-    gpu_path: bool = field(
-        default=True,
-        metadata={"help": "With CUDA: bf16 autocast, TF32, channels_last for CNNs, dataloader workers, pinned memory "
-                          "(rcl_hf.gpu_defaults). No effect on CPU."},
-    )
-    eval_only: bool = field(
-        default=False,
-        metadata={"help": "Skip training: evaluate the checkpoint folder given as --backbone on the validation and test "
-                          "splits (on as many processes as launched) and write the results to output_dir."},
-    )
-
-
-@dataclass
-class DataArguments:
-    """Which data to train on."""
-
-    dataset: str = field(
-        default="synthetic",
-        metadata={"help": "A registered loader (synthetic, brain_tumor_mri, isic2018, breakhis, sicapv2), a "
-                          "save_to_disk folder, or a Hub dataset id."},
-    )
-    data_dir: Optional[str] = field(default=None, metadata={"help": "Raw dataset folder for a registered loader."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of derived (grouped) splits and of synthetic data."})
-    val_size: float = field(default=0.15, metadata={"help": "Share of groups carved out for validation when missing."})
-    test_size: Optional[float] = field(default=None, metadata={"help": "Share of groups carved out for test when missing."})
-    drop_cross_split_duplicates: bool = field(default=True, metadata={"help": "Drop evaluation images byte-identical to training ones."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on this many rows of the training split."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Score this many rows of validation and test."})
-    subset: str = field(
-        default="stratified",
-        metadata={"help": "How max_train_samples / max_eval_samples pick rows: 'stratified' (a sample seeded by "
-                          "split_seed, every class in proportion) or 'first' (the split's first rows; splits of "
-                          "folder-per-class layouts are ordered by class, so this can leave classes out)."},
-    )
-    cache_dir: Optional[str] = field(
-        default=None,
-        metadata={"help": "Cache for resized images and frozen-backbone embeddings (default: $RCL_HF_CACHE or "
-                          "~/.cache/rcl_hf, outside the repository); 'none' disables it."},
-    )
-    cache_resized: bool = field(default=False, metadata={"help": "Cache images resized to image_size (faster later epochs)."})
-    augmentation: Optional[str] = field(
-        default=None,
-        metadata={"help": "Training augmentation: 'crop_flip' (random resized crop 0.8-1 + h-flip), 'flip' (h/v flips "
-                          "only, no resampling), 'none'. Default: 'flip' for synthetic, else 'crop_flip'."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.subset not in SUBSET_MODES:
-            raise ValueError(f"--subset must be one of {SUBSET_MODES}, got {self.subset!r}")
-
-
-AUGMENTATIONS = {
-    "crop_flip": {},
-    "flip": {"scale": (1.0, 1.0), "hflip": 0.5, "vflip": 0.5},
-    "none": {"scale": (1.0, 1.0), "hflip": 0.0, "vflip": 0.0},
-}
-
-
-def multiprocess_cpu_launch() -> bool:
-    """True when launched as several processes (``WORLD_SIZE`` > 1) on a machine without CUDA.
-
-    ``accelerate launch --multi_gpu --num_processes 2`` / ``torchrun`` then start real
-    processes, but ``TrainingArguments`` only joins them into one gloo DDP job with
-    ``use_cpu=True`` (accelerate's ``MULTI_CPU``); otherwise every process would
-    train alone and all of them would write the same output folder.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-def default_training_args(output_dir: str, **overrides: Any) -> TrainingArguments:
-    """``TrainingArguments`` with the settings image classification with this Trainer needs."""
-    kw: Dict[str, Any] = dict(
-        output_dir=output_dir,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="expected_cost",
-        greater_is_better=False,
-        report_to=[],
-        logging_steps=20,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    if multiprocess_cpu_launch():
-        kw["use_cpu"] = True
-    kw.update(overrides)
-    return TrainingArguments(**kw)
-
-
-def load_data(data_args: DataArguments, seed: Optional[int] = None):
-    """Return ``(DatasetDict, SeverityMatrix or None)`` from the data arguments."""
-    import datasets
-
-    from . import data as rcl_data
-
-    name = data_args.dataset
-    if os.path.isdir(name) and (
-        os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "dataset_info.json"))
-    ):
-        try:
-            dsd = datasets.load_from_disk(name)
-        except (IndexError, KeyError) as err:  # datasets fails this way on a saved empty split
-            empty = []
-            for split in (json.load(open(os.path.join(name, "dataset_dict.json"))).get("splits", [])
-                          if os.path.exists(os.path.join(name, "dataset_dict.json")) else []):
-                try:
-                    if len(datasets.load_from_disk(os.path.join(name, split))) == 0:
-                        empty.append(split)
-                except (IndexError, KeyError):
-                    empty.append(split)
-            if empty:
-                raise ValueError(f"Split {empty[0]!r} of dataset {name!r} is empty (or unreadable)") from None
-            raise ValueError(f"Cannot read the saved dataset {name!r}: {type(err).__name__}: {err}") from None
-    elif name in rcl_data.available_datasets():
-        kwargs: Dict[str, Any] = {"seed": data_args.split_seed if seed is None else seed}
-        if name != "synthetic":
-            kwargs.update(val_size=data_args.val_size, test_size=data_args.test_size,
-                          drop_cross_split_duplicates=data_args.drop_cross_split_duplicates)
-        dsd = rcl_data.load_dataset(name, data_args.data_dir, **kwargs)
-    else:
-        try:
-            dsd = datasets.load_dataset(name)
-        except Exception as err:  # offline / unknown id
-            raise ValueError(
-                f"Cannot load dataset {name!r}: not a registered loader {rcl_data.available_datasets()}, not a "
-                f"save_to_disk folder, and the Hub id failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-            ) from None
-    if not isinstance(dsd, datasets.DatasetDict):
-        raise ValueError(f"Dataset {name!r} must have splits (a DatasetDict), got {type(dsd).__name__}")
-    if "train" not in dsd:
-        raise ValueError(f"Dataset {name!r} has no 'train' split: {list(dsd)}")
-    for split in dsd:
-        if len(dsd[split]) == 0:
-            raise ValueError(f"Split {split!r} of dataset {name!r} is empty")
-        if "label" not in dsd[split].column_names or "image" not in dsd[split].column_names:
-            raise ValueError(f"Split {split!r} needs 'image' and 'label' columns, has {dsd[split].column_names}")
-    try:
-        severity = rcl_data.severity_for(dsd)
-    except ValueError:
-        severity = None
-    return dsd, severity
 
 
 def _resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[SeverityMatrix], labels: List[str]) -> SeverityMatrix:
@@ -250,130 +101,24 @@ def format_table(rows: Dict[str, Dict[str, float]], keys: Tuple[str, ...] = TABL
     return "\n".join(lines)
 
 
-def _augmentation(data_args: DataArguments) -> Dict[str, Any]:
-    name = data_args.augmentation or ("flip" if data_args.dataset == "synthetic" else "crop_flip")
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"Unknown augmentation {name!r}; choose one of {sorted(AUGMENTATIONS)}")
-    return AUGMENTATIONS[name]
-
-
-ROW_COLUMN = "rcl_row_index"
-
-
-class SeededAugmentation:
-    """Training transform whose random draws depend only on ``(seed, epoch, row)``.
-
-    The torchvision augmentations draw from torch's global generator, so the
-    augmentation a sample gets would depend on how many draws came before it: on
-    the number of processes, of DataLoader workers, and -- on
-    ``--resume_from_checkpoint`` -- on the Trainer restoring its RNG state only
-    after the first resumed batch was prefetched.  Here every sample is
-    transformed with torch's CPU generator seeded by ``SeedSequence([seed, epoch, row])``
-    (its previous state is restored afterwards: the global stream is untouched), so a
-    resumed or multi-process run sees exactly the augmentations of an
-    uninterrupted single-process run.  ``epoch`` is set by
-    :class:`AugmentationEpochCallback`.
-
-    Args:
-        transform: the batch transform (``rcl_hf.data.transforms.ImageTransform``).
-        seed: base seed (``TrainingArguments.data_seed`` or ``seed``).
-    """
-
-    def __init__(self, transform: Any, seed: int) -> None:
-        self.transform = transform
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __call__(self, batch: Dict[str, list]) -> Dict[str, Any]:
-        rows = batch[ROW_COLUMN]
-        parts = []
-        # Reseed torch's CPU generator per sample and restore it afterwards (``Generator.manual_seed``:
-        # ``torch.manual_seed`` also seeds every device and costs milliseconds per call).
-        generator = torch.default_generator
-        saved = generator.get_state()
-        try:
-            for j, row in enumerate(rows):
-                one = {k: [v[j]] for k, v in batch.items() if k != ROW_COLUMN}
-                generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, int(row)]).generate_state(1)[0]))
-                parts.append(self.transform(one))
-        finally:
-            generator.set_state(saved)
-        out: Dict[str, Any] = {}
-        for key in parts[0] if parts else ():
-            values = [p[key] for p in parts]
-            out[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [x for v in values for x in v]
-        return out
-
-
-class AugmentationEpochCallback(TrainerCallback):
-    """Tell a :class:`SeededAugmentation` which epoch starts (``floor(state.epoch)``, also on resume)."""
-
-    def __init__(self, augmentation: SeededAugmentation) -> None:
-        self.augmentation = augmentation
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.augmentation.epoch = int(math.floor((state.epoch or 0.0) + 1e-9))
-
-
-class BroadcastBuffersCallback(TrainerCallback):
-    """Under DDP, give every process the buffers of process 0 before it evaluates or saves, and at the end.
-
-    DDP broadcasts buffers (BatchNorm running statistics) from rank 0 at the start
-    of each training forward, after which every rank updates them with its own
-    micro-batch: at an evaluation the ranks would hold different statistics, the
-    sharded evaluation would mix models, and its metrics would not be those of the
-    saved (rank-0) model.  Broadcasting them first makes distributed evaluation
-    score exactly the model that is saved (tested: 2 gloo processes vs 1).
-    """
-
-    @staticmethod
-    def _sync(model: Optional[torch.nn.Module]) -> None:
-        import torch.distributed as dist
-
-        if model is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-            return
-        for buf in model.buffers():
-            dist.broadcast(buf.data, src=0)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if control.should_evaluate or control.should_save:
-            self._sync(model)
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if control.should_evaluate or control.should_save:
-            self._sync(model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._sync(model)
-
-
-def _seeded_train_split(train_ds: Any, seed: int) -> Tuple[Any, SeededAugmentation]:
-    """Wrap the (already transformed) training split in a :class:`SeededAugmentation`."""
-    fmt = train_ds.format
-    transform = (fmt.get("format_kwargs") or {}).get("transform")
-    if transform is None:
-        raise ValueError("The training split has no transform to seed")
-    augmentation = SeededAugmentation(transform, seed)
-    ds = train_ds.with_format(None).add_column(ROW_COLUMN, np.arange(len(train_ds), dtype=np.int64))
-    return ds.with_transform(augmentation), augmentation
-
-
-def _cache_dir(data_args: DataArguments) -> Optional[str]:
-    """The cache folder: ``--cache_dir``, ``None`` for 'none', else :func:`rcl_hf.data.checks.default_cache_dir`."""
-    if data_args.cache_dir is None:
-        from .data.checks import default_cache_dir
-
-        return str(default_cache_dir())
-    if data_args.cache_dir.strip().lower() in ("", "none", "false"):
+def collapse_warning(predictions: Sequence[int], labels: Sequence[str], split: str = "validation") -> Optional[str]:
+    """A warning when every prediction on ``split`` is one class (a collapsed, one-class predictor), else ``None``."""
+    predictions = np.asarray(predictions)
+    if predictions.size < 2 or len(labels) < 2 or np.unique(predictions).size > 1:
         return None
-    return data_args.cache_dir
+    return (f"The model predicts one class ({labels[int(predictions[0])]!r}) for all {predictions.size} {split} images: "
+            "it has not learned. Train longer (--num_train_epochs), change --learning_rate, or start from a "
+            "pretrained backbone (--backbone efficientnet_lite0 --pretrained efficientnet-lite0-package "
+            "--freeze_backbone true).")
 
 
-def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=float)
-    os.replace(tmp, path)
+def _no_validation_error(name: str, splits: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"Dataset {name!r} has no validation split (splits: {list(splits)}): evaluation during training and the "
+        "best-checkpoint selection must not read the test split. Carve one (--val_size 0.15 for a registered "
+        "loader or a single-split folder), give --validation_dir, or train without selection "
+        "(--eval_strategy no --load_best_model_at_end false)."
+    )
 
 
 def run_training(
@@ -449,10 +194,13 @@ def run_training(
         train_splits=() if model_args.freeze_backbone else ("train",),
         **_augmentation(data_args),
     )
-    eval_split = "validation" if "validation" in transformed else ("test" if "test" in transformed else None)
-    if eval_split is None and training_args.load_best_model_at_end:
-        training_args.load_best_model_at_end = False
+    eval_split = "validation" if "validation" in transformed else None
+    selects = training_args.load_best_model_at_end or str(getattr(training_args.eval_strategy, "value",
+                                                                  training_args.eval_strategy)) != "no"
+    if eval_split is None and selects and not model_args.eval_only:
+        raise _no_validation_error(data_args.dataset, list(transformed))
     if eval_split is None:
+        training_args.load_best_model_at_end = False
         training_args.eval_strategy = "no"
 
     compute_metrics = make_compute_metrics(severity)
@@ -499,6 +247,10 @@ def run_training(
             full = critical_error_rate(logits.argmax(-1), pred.label_ids, severity, return_confusion=True, per_class=True)
             results[split]["per_class_recall"] = full["per_class_recall"]
             results[split]["confusion_matrix"] = full["confusion_matrix"]
+            collapsed = collapse_warning(logits.argmax(-1), severity.labels, split)
+            results[split]["one_class"] = collapsed is not None
+            if collapsed and split == "validation":
+                logger.warning(collapsed)
             plot_confusion_matrix(full["confusion_matrix"], severity, os.path.join(out_dir, f"confusion_matrix_{split}.png"),
                                   title=f"{os.path.basename(model_args.backbone.rstrip('/'))} / {risk_args.loss} - {split}")
     if trainer.is_world_process_zero():
@@ -529,8 +281,8 @@ def run_training(
             "global_step": trainer.state.global_step,
             "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
         }
-        _write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
-        _write_json(os.path.join(out_dir, "rcl_results.json"), results)
+        atomic_write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
+        atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
 
@@ -567,23 +319,17 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
     set_seed(training_args.seed)
     head = LinearHead(classifier.in_features, severity.num_labels)
 
-    class _HeadTrainer(RiskCalibratedTrainer):
-        def train(self, *args, **kwargs):  # the full model gets the trained head
-            out = super().train(*args, **kwargs)
-            copy_head_into_model(self.model, model)
-            return out
+    class _CopyHeadIntoModel(TrainerCallback):  # the full model gets the trained (best) head
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            copy_head_into_model(model, full_model)
 
-        def _save(self, output_dir=None, state_dict=None):  # checkpoints hold the head only
-            os.makedirs(output_dir or self.args.output_dir, exist_ok=True)
-            from safetensors.torch import save_file
+    full_model = model
 
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
-                      os.path.join(output_dir or self.args.output_dir, "model.safetensors"))
-
-    eval_split = "validation" if "validation" in emb else ("test" if "test" in emb else None)
-    trainer = _HeadTrainer(
+    eval_split = "validation" if "validation" in emb else None
+    trainer = RiskCalibratedTrainer(
         model=head, args=training_args, train_dataset=emb["train"],
         eval_dataset=emb.get(eval_split) if eval_split else None,
         compute_metrics=compute_metrics, risk_args=risk_args, severity=severity, class_counts=counts.tolist(),
+        callbacks=[_CopyHeadIntoModel()],
     )
     return trainer, emb

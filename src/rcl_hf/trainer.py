@@ -28,8 +28,10 @@ non-finite gradient norm with a finite loss, either stops the run naming the
 global step and micro-batch (``"raise"``), or skips the whole optimizer step
 (``"skip"``: gradients set to ``None``, as ``torch.amp.GradScaler`` does on
 overflow; every DDP process sees the same all-reduced norm and skips together).
-A skipped batch's buffer updates (BatchNorm running statistics) are undone. No
-checkpoint and no trained model with non-finite weights is ever written or returned.
+A skipped step's buffer updates (BatchNorm running statistics) are undone. The
+gradient check is a ``TrainerCallback`` (:class:`rcl_hf.trainer_callbacks.NonFiniteStepGuard`,
+``on_pre_optimizer_step``). No checkpoint and no trained model with non-finite
+weights is ever written (``save_model`` refuses) or returned.
 """
 
 from __future__ import annotations
@@ -58,14 +60,11 @@ from .crash_safety import (
     staging_dir,
 )
 from .severity import SeverityMatrix
+from .trainer_callbacks import NonFiniteLossError, NonFiniteStepGuard
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RiskArguments", "RiskCalibratedTrainer", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a training loss is NaN or inf (see ``RiskArguments.nonfinite_loss``)."""
 
 
 @dataclass
@@ -84,7 +83,11 @@ class RiskArguments:
     class_weight_beta: float = field(default=0.999, metadata={"help": "β of effective-number class weights."})
     severity: Optional[str] = field(
         default=None,
-        metadata={"help": "Severity preset name or JSON path (default: the dataset's preset)."},
+        metadata={"help": "Severity preset name (brain_tumor_mri, isic2018, breakhis, sicapv2, synthetic) or a JSON "
+                          "file (default: the dataset's preset). JSON: {\"labels\": [K class names, in the "
+                          "dataset's order], \"matrix\": K x K costs in [0, 1], matrix[i][j] = cost of predicting "
+                          "class j for true class i, zero diagonal, \"critical\": K x K booleans, true where the "
+                          "error is critical (optional: cells of cost 1.0), \"name\": optional}."},
     )
     nonfinite_loss: str = field(
         default="raise",
@@ -170,6 +173,7 @@ class RiskCalibratedTrainer(Trainer):
         self._micro_batch = 0  # micro-batches seen in the current optimizer step
         self._loss_skipped_in_step = False
         self._rcl_staging: Optional[str] = None  # the checkpoint folder being written, if any
+        self.add_callback(NonFiniteStepGuard(self))  # non-finite gradients: raise or skip the optimizer step
         self.nonfinite_skipped = 0  # micro-batches whose non-finite loss was skipped
         self.skipped_optimizer_steps = 0  # optimizer steps skipped (loss or gradient not finite)
 
@@ -230,19 +234,6 @@ class RiskCalibratedTrainer(Trainer):
                     self._parts_count += 1
         return (loss, outputs) if return_outputs else loss
 
-    def training_step(self, model: torch.nn.Module, inputs: Dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        """``Trainer.training_step``; in skip mode a skipped batch's buffer updates (BatchNorm statistics) are undone."""
-        if self.risk_args.nonfinite_loss != "skip":
-            return super().training_step(model, inputs, num_items_in_batch)
-        snapshot = [(b, b.detach().clone()) for b in model.buffers()]
-        skipped_before = self.nonfinite_skipped
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.nonfinite_skipped != skipped_before:  # restored after backward, which may still need them
-            with torch.no_grad():
-                for buffer, saved in snapshot:
-                    buffer.copy_(saved)
-        return loss
-
     def _where(self) -> str:
         return (
             f"at global step {self.state.global_step} (micro-batch {self._micro_batch} of optimizer step "
@@ -269,34 +260,6 @@ class RiskCalibratedTrainer(Trainer):
         # _get_grad_norm drops the whole optimizer step everywhere, as GradScaler does on overflow.
         return logits.float().sum() * float("nan")
 
-    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
-        """The Trainer's gradient norm, plus the non-finite check before ``optimizer.step()``."""
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        loss_skipped, self._loss_skipped_in_step = self._loss_skipped_in_step, False
-        micro_batches, self._micro_batch = self._micro_batch, 0
-        if grad_norm is None or self.accelerator.scaler is not None or self.is_deepspeed_enabled:
-            return grad_norm  # fp16: GradScaler skips overflowing steps; DeepSpeed has its own overflow check
-        value = float(grad_norm)
-        if math.isfinite(value):
-            self._grad_streak = 0
-            return grad_norm
-        where = (f"at global step {self.state.global_step} (optimizer step {self.state.global_step + 1} over "
-                 f"{micro_batches} micro-batch(es), epoch {self.state.epoch or 0:.3f})")
-        if not loss_skipped and self.risk_args.nonfinite_loss == "raise":
-            raise NonFiniteLossError(
-                f"Gradient norm is {value} {where} although the loss is finite. Lower the learning rate, set "
-                "max_grad_norm, or pass --nonfinite_loss skip to skip such steps."
-            )
-        model.zero_grad(set_to_none=True)  # optimizer.step() then leaves every parameter unchanged
-        self.skipped_optimizer_steps += 1
-        if not loss_skipped:
-            self._grad_streak += 1
-            logger.warning("Skipping the optimizer step: gradient norm is %s %s", value, where)
-            if self._grad_streak > self.risk_args.max_nonfinite_skips:
-                raise NonFiniteLossError(f"{self._grad_streak} consecutive non-finite gradient norms up to {where}: "
-                                         "the model has diverged.")
-        return grad_norm
-
     # ------------------------------------------------------------------ training / resuming
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None, trial: Any = None, **kwargs: Any):
         """``Trainer.train`` resuming from the newest *complete* checkpoint, and never returning NaN weights.
@@ -318,63 +281,78 @@ class RiskCalibratedTrainer(Trainer):
             raise NonFiniteLossError(f"Training ended with non-finite weights in {bad}; the model must not be used.")
         return output
 
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """Write ``checkpoint-<step>`` atomically: staging folder, ``fsync``, one rename.
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``, refusing non-finite weights; outside a checkpoint the files go through a
+        staging folder and one ``os.replace`` each (:func:`rcl_hf.crash_safety.atomic_replace_files`)."""
+        bad = nonfinite_parameters(self.model)
+        if bad:
+            raise NonFiniteLossError(f"Refusing to save the model: non-finite values in {bad}")
+        output_dir = output_dir or self.args.output_dir
+        in_checkpoint = self._rcl_staging is not None and os.path.abspath(output_dir).startswith(self._rcl_staging)
+        if in_checkpoint or not self.args.should_save:  # a checkpoint's folder is already a staging folder
+            super().save_model(output_dir, _internal_call=_internal_call)
+            if self.args.should_save:
+                self._finish_model_folder(output_dir)
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=STAGING_PREFIX + "save-", dir=output_dir)
+        try:
+            super().save_model(tmp, _internal_call=True)
+            self._finish_model_folder(tmp)
+            atomic_replace_files(tmp, output_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
-        Mirrors ``transformers.Trainer._save_checkpoint`` (5.x) step for step (model,
-        best-checkpoint bookkeeping, optimizer / scheduler / scaler / RNG states,
-        ``trainer_state.json``, push, rotation), except that every file goes into
-        ``.tmp-checkpoint-<step>`` first. An exception during the save removes the
-        staging folder; a kill leaves it for the next run to remove.
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """``checkpoint-<step>`` appears whole or not at all: ``Trainer._save_checkpoint`` writes it into
+        ``<output_dir>/.tmp-checkpoint-<step>/``, then one ``rename`` publishes it (after ``fsync``).
+
+        The one private override left. Checked against transformers 5.0 - 5.24: the parent writes every
+        file under ``self._get_output_dir(trial)`` (``args.output_dir`` outside hyper-parameter search),
+        which is pointed at the staging folder for the call; best-checkpoint path, hub push and rotation
+        are then redone on the real folder. ``tests/test_trainer.py::test_private_save_checkpoint_api``
+        fails when that source contract changes.
         """
         from transformers.trainer import TRAINER_STATE_NAME
-        from transformers.trainer_callback import ExportableState
-        from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
+        from transformers.trainer_utils import rotate_checkpoints
 
         step = self.state.global_step
         bad = nonfinite_parameters(self.model)
         if bad:
             raise NonFiniteLossError(f"Refusing to save {CHECKPOINT_PREFIX}-{step}: non-finite values in {bad}")
-        if self.hp_search_backend is None and trial is None:
-            self.store_flos()
         run_dir = self._get_output_dir(trial=trial)
-        final = os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{step}")
-        staging = os.path.join(os.path.abspath(run_dir), STAGING_PREFIX + os.path.basename(final))
+        name = f"{CHECKPOINT_PREFIX}-{step}"
+        final = os.path.join(run_dir, name)
+        stage_root = os.path.join(os.path.abspath(run_dir), STAGING_PREFIX + name)
         if self.args.should_save:
             os.makedirs(run_dir, exist_ok=True)
-            staging_dir(final)
+            staging_dir(final)  # creates stage_root empty
         self.accelerator.wait_for_everyone()
-        self._rcl_staging = staging
+        real_output_dir, push = self.args.output_dir, self.args.push_to_hub
+        self._rcl_staging = stage_root
         try:
-            self.save_model(staging, _internal_call=True)
-            if (
-                self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
-                and self.state.best_global_step
-            ):
-                self.accelerator.wait_for_everyone()
-                best = os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{self.state.best_global_step}")
-                if self.state.best_global_step == step or os.path.exists(best):
-                    self.state.best_model_checkpoint = best
-            if not self.args.save_only_model:
-                self._save_optimizer_and_scheduler(staging)
-                self._save_scaler(staging)
-                self._save_rng_state(staging)
-            if self.args.should_save:
-                for cb in [c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)]:
-                    name = cb.__class__.__name__
-                    if isinstance(self.state.stateful_callbacks[name], list):
-                        self.state.stateful_callbacks[name].append(cb.state())
-                    else:
-                        self.state.stateful_callbacks[name] = cb.state()
-                self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+            self.args.output_dir, self.args.push_to_hub = stage_root, False
+            super()._save_checkpoint(model, None)  # trial=None: the parent's run dir is then args.output_dir
+            self.args.output_dir, self.args.push_to_hub = real_output_dir, push
+            best = self.state.best_global_step
+            if best and os.path.exists(os.path.join(stage_root, name)) and best == step:
+                self.state.best_model_checkpoint = final
+            elif best and os.path.exists(os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{best}")):
+                self.state.best_model_checkpoint = os.path.join(run_dir, f"{CHECKPOINT_PREFIX}-{best}")
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                commit_dir(staging, final)
+                self.state.save_to_json(os.path.join(stage_root, name, TRAINER_STATE_NAME))  # the real best path
+                commit_dir(os.path.join(stage_root, name), final)
+                shutil.rmtree(stage_root, ignore_errors=True)
         except BaseException:
             if self.args.should_save:
-                shutil.rmtree(staging, ignore_errors=True)
+                shutil.rmtree(stage_root, ignore_errors=True)
             raise
         finally:
+            self.args.output_dir, self.args.push_to_hub = real_output_dir, push
             self._rcl_staging = None
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub:
@@ -382,25 +360,6 @@ class RiskCalibratedTrainer(Trainer):
         if self.args.should_save:
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-
-    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> None:
-        """Save the model; outside a checkpoint, through a staging folder and one ``os.replace`` per file."""
-        output_dir = output_dir or self.args.output_dir
-        in_checkpoint = self._rcl_staging is not None and os.path.abspath(output_dir) == self._rcl_staging
-        if in_checkpoint or not self.args.should_save:  # a checkpoint's folder is already a staging folder
-            super()._save(output_dir, state_dict)
-            if self.args.should_save:
-                self._finish_model_folder(output_dir)
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=STAGING_PREFIX + "save-", dir=output_dir)
-        try:
-            super()._save(tmp, state_dict)
-            self._finish_model_folder(tmp)
-            atomic_replace_files(tmp, output_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _finish_model_folder(self, folder: str) -> None:
         """Label maps in ``config.json``; ``training_args.bin`` re-written without Hub tokens."""
@@ -412,6 +371,8 @@ class RiskCalibratedTrainer(Trainer):
         path = os.path.join(folder, TRAINING_ARGS_NAME)
         if os.path.exists(path):
             args = copy.copy(self.args)
+            if self._rcl_staging is not None:  # inside _save_checkpoint: record the real output folder
+                args.output_dir = os.path.dirname(self._rcl_staging)
             for name, value in vars(self.args).items():
                 if name.endswith("_token") and isinstance(value, str):
                     setattr(args, name, None)
