@@ -496,7 +496,7 @@ def test_space_refuses_synthetic_models_and_missing_requirements(tmp_path, run_d
         hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o3", wheel=rcl_wheel, models=[str(real)] * 3)
     lines = (space / "requirements.txt").read_text().splitlines()
     (space / "requirements.txt").write_text("\n".join(line for line in lines if not line.startswith("timm")) + "\n")
-    with pytest.raises(hub.CardValidationError, match=r"requirements.txt lacks \['timm>=1.0.15'\]"):
+    with pytest.raises(hub.CardValidationError, match=r"requirements.txt lacks \['timm>="):
         hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o4", wheel=rcl_wheel)
 
 
