@@ -66,7 +66,7 @@ class CompareArguments:
     n_test: int = field(default=4000, metadata={"help": "Synthetic test images (scored once per chosen pipeline)."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the data (the same images for every run)."})
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (verdict: mean over them)."})
-    epochs: float = field(default=6.0, metadata={"help": "Training epochs of each run."})
+    epochs: float = field(default=5.0, metadata={"help": "Training epochs of each run."})
     batch_size: int = field(default=64, metadata={"help": "Per-device batch size."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate training data (tests)."})
