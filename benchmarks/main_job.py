@@ -73,6 +73,10 @@ def run(extra: Sequence[str] = ()) -> Dict[str, Any]:
     }
 
 
+def _machine(info: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} {info.get(k)}" for k in ("cpu", "logical_cpus", "platform", "python"))
+
+
 def render(result: Dict[str, Any]) -> str:
     lines = [
         "# Main job wall time (issue 15 item 1)", "",
@@ -81,7 +85,8 @@ def render(result: Dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
         f"| {result['wall_s']} | {result['cpu_s']} | {result['target_s']:g} | {'yes' if result['meets_target'] else 'no'} "
         f"| {result['load_average_before']} | {result['load_average_after']} | {result['nice']} |", "",
-        f"Machine: {result['machine']}. Measured {result['date']}. A load average above the core count means other "
+        f"Machine: {_machine(result['machine'])}. "
+        f"Measured {result['date']}. A load average above the core count means other "
         "processes shared the CPUs and stretched the wall time; the CPU time is the load-independent figure.", "",
         "What the job printed:", "", result["report"].strip(), "",
     ]
@@ -91,8 +96,13 @@ def render(result: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-write", dest="write", action="store_false", help="print only; write no files")
+    parser.add_argument("--render", action="store_true", help="re-render main_job.md from main_job.json; run nothing")
     parser.add_argument("extra", nargs="*", help="flags passed on to scripts/main_job.py (after --)")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((RESULTS_DIR / f"{NAME}.json").read_text(encoding="utf-8"))
+        (RESULTS_DIR / f"{NAME}.md").write_text(render(result), encoding="utf-8")
+        return result
     result = run(args.extra)
     text = render(result)
     print(text)

@@ -10,7 +10,7 @@ import os
 
 # Pin the thread pools before torch / numpy start them (torch.set_num_threads follows in the job).
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
+    os.environ.setdefault(_var, "1")
 
 from rcl_hf.main_job import main  # noqa: E402
 

@@ -23,7 +23,8 @@ synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed
    ``rcl_hf.load_model``), ``ce_seed1``, ``rcl_seed1``, ... Each run folder has ``train.log``
    with the Trainer's per-step logs (``--verbose true`` prints them instead).
 
-Reproducibility: torch runs on ``threads`` intra-op threads (default 2) and the data are generated
+Reproducibility: torch runs on ``threads`` intra-op threads (default 1; a DataLoader worker decodes and augments
+images on the second core) and the data are generated
 from a seed, so the same machine kind with the same library versions prints the same numbers.
 """
 
@@ -62,18 +63,19 @@ class CompareArguments:
     data_dir: Optional[str] = field(default=None, metadata={"help": "Raw data folder for a registered loader."})
     image_size: int = field(default=32, metadata={"help": "Input size in pixels."})
     n_train: int = field(default=2400, metadata={"help": "Synthetic training images."})
-    n_validation: int = field(default=2000, metadata={"help": "Synthetic validation images (selection reads only these)."})
-    n_test: int = field(default=4000, metadata={"help": "Synthetic test images (scored once per chosen pipeline)."})
+    n_validation: int = field(default=1500, metadata={"help": "Synthetic validation images (selection reads only these)."})
+    n_test: int = field(default=3000, metadata={"help": "Synthetic test images (scored once per chosen pipeline)."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the data (the same images for every run)."})
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (verdict: mean over them)."})
-    epochs: float = field(default=5.0, metadata={"help": "Training epochs of each run."})
+    epochs: float = field(default=4.0, metadata={"help": "Training epochs of each run."})
     batch_size: int = field(default=64, metadata={"help": "Per-device batch size."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate training data (tests)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate evaluation data (tests)."})
     tolerance: float = field(default=0.01, metadata={"help": "Matched = validation accuracy ≥ CE's − tolerance."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap replicates of the CIs."})
-    threads: int = field(default=2, metadata={"help": "torch intra-op threads (pinned: same numbers on any machine of a kind)."})
+    threads: int = field(default=1, metadata={"help": "torch intra-op threads, pinned (the numbers depend on it); 1 is the fastest on a busy machine."})
+    loader_workers: int = field(default=1, metadata={"help": "DataLoader worker processes (image decoding and augmentation beside the training thread)."})
     verbose: bool = field(default=False, metadata={"help": "Print the Trainers' per-step logs instead of writing them to train.log."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar too."})
 
@@ -229,7 +231,8 @@ def _train_one(args: CompareArguments, data_args: Any, method: str, seed: int, r
     training_args = default_training_args(
         run_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=256, learning_rate=args.learning_rate, weight_decay=0.05, warmup_steps=0.05,
-        seed=seed, disable_tqdm=not args.verbose, logging_steps=20, dataloader_num_workers=0,
+        seed=seed, disable_tqdm=not args.verbose, logging_steps=20, dataloader_num_workers=args.loader_workers,
+        dataloader_persistent_workers=args.loader_workers > 0,
         log_level="info" if args.verbose else "passive",
         # The final weights are scored: no per-epoch evaluation or checkpoint (validation is read once, by the
         # selection, as in the grid's cells; and it halves the time of a run).
