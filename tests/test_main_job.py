@@ -41,6 +41,10 @@ def test_verdict_no_difference_when_the_ci_contains_zero():
 def test_verdict_flags_an_accuracy_trade_off():
     _, text = verdict(CER, {"ce + blend": 0.70, "rcl + blend": 0.65}, (-0.05, -0.01), (-0.08, -0.02), 3, 4000)
     assert "less accurate beyond noise" in text
+    _, text = verdict(CER, ACC, (-0.05, -0.01), (-0.01, 0.01), 3, 4000, matched={"rcl + blend": False})
+    assert "`rcl + blend` reached no operating point within the accuracy tolerance" in text
+    _, text = verdict(CER, ACC, (-0.05, -0.01), (-0.01, 0.01), 3, 4000, matched={"rcl + blend": True, "ce + blend": True})
+    assert "Caution" not in text
     with pytest.raises(ValueError, match="cer_diff_ci"):
         verdict(CER, ACC, (0.01, -0.01), (0, 0), 3, 10)
 

@@ -88,14 +88,15 @@ def run_folder(output_dir: str, method: str, seed: int, first_seed: int) -> str:
 # ----------------------------------------------------------------------------- the verdict
 def verdict(cer: Dict[str, float], accuracy: Dict[str, float], cer_diff_ci: Tuple[float, float],
             acc_diff_ci: Tuple[float, float], n_seeds: int, n_test: int,
-            pipelines: Tuple[str, str] = HEADLINE) -> Tuple[str, str]:
+            pipelines: Tuple[str, str] = HEADLINE, matched: Optional[Dict[str, bool]] = None) -> Tuple[str, str]:
     """The headline verdict from the numbers: ``(label, paragraph)``.
 
     ``cer_diff_ci`` / ``acc_diff_ci``: 95% CIs of ``second − first`` (fractions) for the two
     ``pipelines`` (default ``ce + blend`` then ``rcl + blend``). ``label`` is ``"rcl_better"`` when the
     CER CI lies below 0, ``"ce_better"`` when above, else ``"no_difference"``. The paragraph adds
     whether accuracy differs beyond noise (its CI excludes 0), since a lower CER bought with lower
-    accuracy is the trade-off any rule can make.
+    accuracy is the trade-off any rule can make. ``matched`` (pipeline -> whether its point is within
+    the tolerance; default all) adds a caution for a pipeline that reached no matched point.
     """
     base, rcl = pipelines
     lo, hi = (float(x) for x in cer_diff_ci)
@@ -128,6 +129,11 @@ def verdict(cer: Dict[str, float], accuracy: Dict[str, float], cer_diff_ci: Tupl
         acc = f" Note that `{rcl}` is also more accurate beyond noise."
     else:
         acc = " Their accuracies do not differ beyond noise."
+    unmatched = [p for p in pipelines if matched is not None and not matched.get(p, True)]
+    if unmatched:
+        acc += (" Caution: " + " and ".join(f"`{p}`" for p in unmatched) + " reached no operating point within the "
+                "accuracy tolerance on validation, so its most accurate point is used and this is not a comparison "
+                "at matched accuracy.")
     return label, setup + nums + head + acc
 
 
@@ -281,6 +287,7 @@ def _headline(comparison: Any, n_boot: int) -> Dict[str, Any]:
     for f in HEADLINE:
         row = summ[summ["family"] == f].iloc[0]
         out["cer"][f], out["accuracy"][f] = float(row["cer"]), float(row["accuracy"])
+        out.setdefault("matched", {})[f] = bool(row["matched"])
     for key in ("cer", "accuracy"):
         diff = reps[HEADLINE[1]][key] - reps[HEADLINE[0]][key]
         out[f"{key}_diff_ci"] = tuple(float(q) for q in np.quantile(diff, [0.025, 0.975]))
@@ -325,7 +332,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
                                    n_boot=args.n_boot)
     head = _headline(comparison, args.n_boot)
     label, text = verdict(head["cer"], head["accuracy"], head["cer_diff_ci"], head["accuracy_diff_ci"],
-                          head["n_seeds"], head["n_test"])
+                          head["n_seeds"], head["n_test"], matched=head["matched"])
     plot_fronts(comparison, DATASET_NAME, args.backbone, os.path.join(args.output_dir, "cer_accuracy.png"))
     bar.close()
     families = ["ce", "ce + Bayes", "ce + blend", "rcl", "rcl + Bayes", "rcl + blend"]
@@ -359,7 +366,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         (args,) = parse_args((CompareArguments,), argv)
         summary = run_comparison(args)
         print("\n" + summary["header"] + summary["table"])
-        print(f"\nRuns (ce, rcl, ..., each with train.log), comparison.md/.json and cer_accuracy.png in {args.output_dir}")
+        logs = "" if args.verbose else ", each with its train.log"
+        print(f"\nRuns (ce, rcl, ...{logs}), comparison.md/.json and cer_accuracy.png in {args.output_dir}")
         return summary
 
     return _one_line_errors(go)
