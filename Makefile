@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 main: setup
-	$(PY) scripts/main_job.py
+	$(PY) scripts/main_job.py $(ARGS)   # e.g. make main ARGS="--verbose true"
 
 test: setup
 	$(PY) -m pytest

@@ -1,115 +1,373 @@
-"""The main job: cross-entropy vs the risk-calibrated loss, same seed and budget.
+"""The main job: cross-entropy vs the risk-calibrated loss, each with the post-hoc rule, at matched accuracy.
 
-``python scripts/main_job.py`` (no arguments) trains both on the embedded synthetic
-dataset and prints one table: accuracy, balanced accuracy, CER, CMR and expected
-cost on the test split, for the argmax decision of each model and for the
-Bayes-risk decision applied to each (the post-hoc alternative, shown for honesty).
-Everything lands in ``output_dir``: one sub-folder per run, ``comparison.json``,
-``comparison.md`` and ``cer_accuracy.png``.
+``python scripts/main_job.py`` (= ``make main``, no arguments needed) does, on the embedded
+synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed``):
+
+1. trains the same small network with cross-entropy (``ce``) and with the risk-calibrated loss
+   (``rcl``; log form, λ = 1 by default) for every training seed — same data, epochs and batches —
+   through :func:`rcl_hf.train_job.run_training`, the code path of ``scripts/train.py`` and of every
+   cell of the experiment grid;
+2. turns the saved validation/test logits into :class:`rcl_hf.experiments.report.Run` objects and calls
+   :func:`rcl_hf.experiments.report.compare_pipelines`, i.e. the grid's own selection
+   (:func:`rcl_hf.experiments.selection.select_operating_points`): for each pipeline family (``ce``,
+   ``ce + Bayes``, ``ce + blend``, ``rcl``, ...) the operating point (blend weight ``w``) with the
+   lowest *validation* CER among those within ``tolerance`` of cross-entropy's validation accuracy,
+   then one evaluation on test;
+3. decides the headline question — does ``rcl + blend`` make fewer critical errors than
+   ``ce + blend``? — from the 95% CI of the paired test-CER difference (two-level bootstrap over
+   seeds and test images, :func:`rcl_hf.experiments.stats.bootstrap_replicates`, same draws for both
+   pipelines) and writes the verdict paragraph from those numbers (:func:`verdict`);
+4. writes ``comparison.md`` (the table and verdict it prints), ``comparison.json``,
+   ``cer_accuracy.png`` (the CER–accuracy fronts, :func:`rcl_hf.experiments.figures.plot_fronts`)
+   and one model folder per run: ``ce`` and ``rcl`` (first seed; loadable with
+   ``rcl_hf.load_model``), ``ce_seed1``, ``rcl_seed1``, ... Each run folder has ``train.log``
+   with the Trainer's per-step logs (``--verbose true`` prints them instead).
+
+Reproducibility: torch runs on ``threads`` intra-op threads (default 1; a DataLoader worker decodes and augments
+images on the second core) and the data are generated
+from a seed, so the same machine kind with the same library versions prints the same numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
+import sys
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .train_job import DataArguments, ModelArguments, default_training_args, format_table, run_training
-from .trainer import RiskArguments
+import numpy as np
 
-__all__ = ["CompareArguments", "run_comparison"]
+__all__ = ["CompareArguments", "run_comparison", "verdict", "matched_table", "run_folder", "main"]
+
+DATASET_NAME = "synthetic"
+METHODS = ("ce", "rcl")
+HEADLINE = ("ce + blend", "rcl + blend")
 
 
 @dataclass
 class CompareArguments:
-    """The main job's knobs; every run gets the same seed, epochs and batch size."""
+    """The main job's knobs; every run gets the same data, epochs and batch size."""
 
     output_dir: str = field(default="runs/main", metadata={"help": "Where runs and the comparison go."})
-    losses: List[str] = field(default_factory=lambda: ["ce", "rcl_log"], metadata={"help": "Losses to compare."})
-    lam: float = field(default=1.0, metadata={"help": "λ of the risk-calibrated losses."})
-    backbone: str = field(default="resnet18", metadata={"help": "Backbone (see scripts/train.py --help)."})
+    rcl_loss: str = field(default="rcl_log", metadata={"help": "Loss of the risk-calibrated runs (rcl, rcl_log, rcl_focal)."})
+    lam: float = field(default=1.0, metadata={"help": "λ of the risk-calibrated loss."})
+    backbone: str = field(default="hf-resnet", metadata={"help": "Backbone (see scripts/train.py --help)."})
     pretrained: Optional[str] = field(default=None, metadata={"help": "Offline weights, e.g. efficientnet-lite0-package."})
     freeze_backbone: bool = field(default=False, metadata={"help": "Train only the head on cached embeddings."})
-    dataset: str = field(default="synthetic", metadata={"help": "Dataset name, save_to_disk folder or Hub id."})
+    dataset: str = field(default=DATASET_NAME, metadata={"help": "'synthetic' (generated), a registered loader, a save_to_disk folder."})
     data_dir: Optional[str] = field(default=None, metadata={"help": "Raw data folder for a registered loader."})
-    image_size: Optional[int] = field(default=None, metadata={"help": "Input size (default 32 synthetic, 224 otherwise)."})
-    epochs: float = field(default=5.0, metadata={"help": "Training epochs of each run."})
+    image_size: int = field(default=32, metadata={"help": "Input size in pixels."})
+    n_train: int = field(default=2400, metadata={"help": "Synthetic training images."})
+    n_validation: int = field(default=1500, metadata={"help": "Synthetic validation images (selection reads only these)."})
+    n_test: int = field(default=3000, metadata={"help": "Synthetic test images (scored once per chosen pipeline)."})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the data (the same images for every run)."})
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (verdict: mean over them)."})
+    epochs: float = field(default=4.0, metadata={"help": "Training epochs of each run."})
     batch_size: int = field(default=64, metadata={"help": "Per-device batch size."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
-    seed: int = field(default=0, metadata={"help": "Seed of every run (weights, order, augmentation)."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate training data."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate evaluation data."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate training data (tests)."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate evaluation data (tests)."})
+    tolerance: float = field(default=0.01, metadata={"help": "Matched = validation accuracy ≥ CE's − tolerance."})
+    n_boot: int = field(default=1000, metadata={"help": "Bootstrap replicates of the CIs."})
+    threads: int = field(default=1, metadata={"help": "torch intra-op threads, pinned (the numbers depend on it); 1 is the fastest on a busy machine."})
+    loader_workers: int = field(default=1, metadata={"help": "DataLoader worker processes (image decoding and augmentation beside the training thread)."})
+    verbose: bool = field(default=False, metadata={"help": "Print the Trainers' per-step logs instead of writing them to train.log."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar too."})
 
 
-def run_comparison(args: CompareArguments) -> Dict[str, Any]:
-    """Train one model per loss; return ``{"rows": {name: test metrics}, "table": markdown, ...}``."""
-    t0 = time.time()
-    os.makedirs(args.output_dir, exist_ok=True)
-    rows: Dict[str, Dict[str, float]] = {}
-    runs: Dict[str, Any] = {}
-    results: Dict[str, Any] = {}
-    for loss in args.losses:
-        run_dir = os.path.join(args.output_dir, loss)
-        training_args = default_training_args(
-            run_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-            per_device_eval_batch_size=max(args.batch_size, 64), learning_rate=args.learning_rate, weight_decay=0.05,
-            warmup_steps=0.05, seed=args.seed, disable_tqdm=args.disable_tqdm, logging_steps=50,
-            save_total_limit=1,
-            save_only_model=True,  # the best epoch is all a comparison needs (no optimizer state to resume)
-        )
+def run_folder(output_dir: str, method: str, seed: int, first_seed: int) -> str:
+    """``<output_dir>/<method>`` for the first seed (the model README loads), ``<method>_seed<k>`` otherwise."""
+    return os.path.join(output_dir, method if seed == first_seed else f"{method}_seed{seed}")
+
+
+# ----------------------------------------------------------------------------- the verdict
+def verdict(cer: Dict[str, float], accuracy: Dict[str, float], cer_diff_ci: Tuple[float, float],
+            acc_diff_ci: Tuple[float, float], n_seeds: int, n_test: int,
+            pipelines: Tuple[str, str] = HEADLINE, matched: Optional[Dict[str, bool]] = None) -> Tuple[str, str]:
+    """The headline verdict from the numbers: ``(label, paragraph)``.
+
+    ``cer_diff_ci`` / ``acc_diff_ci``: 95% CIs of ``second − first`` (fractions) for the two
+    ``pipelines`` (default ``ce + blend`` then ``rcl + blend``). ``label`` is ``"rcl_better"`` when the
+    CER CI lies below 0, ``"ce_better"`` when above, else ``"no_difference"``. The paragraph adds
+    whether accuracy differs beyond noise (its CI excludes 0), since a lower CER bought with lower
+    accuracy is the trade-off any rule can make. ``matched`` (pipeline -> whether its point is within
+    the tolerance; default all) adds a caution for a pipeline that reached no matched point.
+    """
+    base, rcl = pipelines
+    lo, hi = (float(x) for x in cer_diff_ci)
+    alo, ahi = (float(x) for x in acc_diff_ci)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise ValueError(f"cer_diff_ci must be a finite (low, high) pair, got {cer_diff_ci}")
+    d = cer[rcl] - cer[base]
+    pts = lambda x: f"{100 * x:+.2f}"  # noqa: E731  (percentage points, signed)
+    setup = (f"Over {n_seeds} training seed{'s' if n_seeds != 1 else ''} and {n_test} test images, with each pipeline's "
+             f"operating point chosen on validation only (within the accuracy tolerance of cross-entropy), ")
+    nums = (f"`{rcl}` has a test CER of {100 * cer[rcl]:.2f}% against {100 * cer[base]:.2f}% for `{base}` "
+            f"(difference {pts(d)} points, 95% CI [{pts(lo)}, {pts(hi)}]) at accuracy {100 * accuracy[rcl]:.2f}% "
+            f"vs {100 * accuracy[base]:.2f}% (difference {pts(accuracy[rcl] - accuracy[base])} points, "
+            f"95% CI [{pts(alo)}, {pts(ahi)}]). ")
+    if hi < 0:
+        label = "rcl_better"
+        head = (f"Training with the risk-calibrated loss makes fewer critical errors than the post-hoc rule on "
+                f"cross-entropy: the CI of the difference lies below zero.")
+    elif lo > 0:
+        label = "ce_better"
+        head = (f"The post-hoc rule on cross-entropy makes fewer critical errors than training with the "
+                f"risk-calibrated loss: the CI of the difference lies above zero.")
+    else:
+        label = "no_difference"
+        head = ("No difference beyond noise: the CI of the CER difference contains zero, so on this data the "
+                "risk-calibrated loss does not beat the post-hoc rule on cross-entropy (nor lose to it).")
+    if ahi < 0:
+        acc = f" Note that `{rcl}` is also less accurate beyond noise, so part of any CER gap is the accuracy trade-off."
+    elif alo > 0:
+        acc = f" Note that `{rcl}` is also more accurate beyond noise."
+    else:
+        acc = " Their accuracies do not differ beyond noise."
+    unmatched = [p for p in pipelines if matched is not None and not matched.get(p, True)]
+    if unmatched:
+        acc += (" Caution: " + " and ".join(f"`{p}`" for p in unmatched) + " reached no operating point within the "
+                "accuracy tolerance on validation, so its most accurate point is used and this is not a comparison "
+                "at matched accuracy.")
+    return label, setup + nums + head + acc
+
+
+# ----------------------------------------------------------------------------- the table
+def _pct(x: float) -> str:
+    return f"{100 * float(x):.2f}"
+
+
+def _ci(ci: Any) -> str:
+    try:
+        lo, hi = ci
+        return f"[{100 * float(lo):.2f}, {100 * float(hi):.2f}]"
+    except (TypeError, ValueError):
+        return ""
+
+
+def matched_table(summary: Any, families: Sequence[str]) -> str:
+    """Markdown table of the chosen pipelines (rows of ``compare_pipelines(...).summary``), rates in percent."""
+    head = ("| pipeline | chosen on validation | val. accuracy % | test accuracy % [95% CI] | test CER % [95% CI] "
+            "| critical errors per seed | matched |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for fam in families:
+        rows = summary[summary["family"] == fam]
+        if rows.empty:
+            continue
+        r = rows.iloc[0]
+        point = str(r["point"]).split("|")[-1] if "|" in str(r["point"]) else "argmax"
+        name = f"**{fam}**" if fam in HEADLINE else fam
+        lines.append(f"| {name} | {point} | {_pct(r['val_accuracy'])} | {_pct(r['accuracy'])} {_ci(r.get('accuracy_ci'))} "
+                     f"| {_pct(r['cer'])} {_ci(r.get('cer_ci'))} | {np.mean(r['n_critical_seeds']):.1f} "
+                     f"| {'yes' if r['matched'] else 'no'} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- running
+@contextlib.contextmanager
+def _quiet(log_path: str, verbose: bool):
+    """Send the Trainer's prints, progress bars, warnings and library logs of one run to ``log_path``."""
+    if verbose:
+        yield
+        return
+    import transformers
+
+    tlog = transformers.logging
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("rcl_hf", "datasets", "accelerate")]
+    old_verbosity = tlog.get_verbosity()
+    tlog.disable_default_handler()
+    tlog.add_handler(handler)
+    tlog.set_verbosity_info()
+    saved = [(lg, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+    try:
+        with open(log_path, "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            yield
+    finally:
+        tlog.remove_handler(handler)
+        tlog.enable_default_handler()
+        tlog.set_verbosity(old_verbosity)
+        for lg, prop in saved:
+            lg.removeHandler(handler)
+            lg.propagate = prop
+        handler.close()
+
+
+def _prepare_folder(path: str) -> None:
+    """Start a run folder clean; refuse to delete a folder that is not a run of this job."""
+    if os.path.isdir(path) and os.listdir(path):
+        if not os.path.exists(os.path.join(path, "rcl_run.json")) and not os.path.exists(os.path.join(path, "train.log")):
+            raise ValueError(f"{path} exists and is not a run of the main job; choose another --output_dir")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+
+
+def _data_arguments(args: CompareArguments):
+    """The dataset every run reads: the synthetic default is generated once into ``<output_dir>/data``."""
+    from .train_job import DataArguments
+
+    common = dict(max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, cache_dir="none")
+    if args.dataset != DATASET_NAME:
+        return DataArguments(dataset=args.dataset, data_dir=args.data_dir, split_seed=args.data_seed, **common)
+    from .data.synthetic import load_synthetic
+
+    folder = os.path.join(args.output_dir, "data")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    with _quiet(os.path.join(args.output_dir, "data.log"), args.verbose):
+        load_synthetic(seed=args.data_seed, n_train=args.n_train, n_validation=args.n_validation, n_test=args.n_test,
+                       image_size=args.image_size).save_to_disk(folder)
+    return DataArguments(dataset=folder, split_seed=args.data_seed, augmentation="flip", **common)
+
+
+def _train_one(args: CompareArguments, data_args: Any, method: str, seed: int, run_dir: str) -> Dict[str, Any]:
+    from .train_job import ModelArguments, default_training_args, run_training
+    from .trainer import RiskArguments
+
+    training_args = default_training_args(
+        run_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=256, learning_rate=args.learning_rate, weight_decay=0.05, warmup_steps=0.05,
+        seed=seed, disable_tqdm=not args.verbose, logging_steps=20, dataloader_num_workers=args.loader_workers,
+        dataloader_persistent_workers=args.loader_workers > 0,
+        log_level="info" if args.verbose else "passive",
+        # The final weights are scored: no per-epoch evaluation or checkpoint (validation is read once, by the
+        # selection, as in the grid's cells; and it halves the time of a run).
+        eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+    )
+    risk = RiskArguments(loss="ce") if method == "ce" else RiskArguments(loss=args.rcl_loss, lam=args.lam)
+    with _quiet(os.path.join(run_dir, "train.log"), args.verbose):
         result = run_training(
             ModelArguments(backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
                            freeze_backbone=args.freeze_backbone),
-            DataArguments(dataset=args.dataset, data_dir=args.data_dir, split_seed=args.seed,
-                          max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples),
-            RiskArguments(loss=loss, lam=args.lam),
-            training_args,
-        )
-        results[loss] = result
-        test = result.get("test") or result.get("validation")
-        runs[loss] = {k: v for k, v in test.items() if not isinstance(v, (dict, list))}
-        rows[f"{loss} (argmax)"] = test
-        rows[f"{loss} + Bayes-risk rule"] = {k[len("bayes_"):]: v for k, v in test.items() if k.startswith("bayes_")}
-    table = format_table(rows)
+            data_args, risk, training_args)
+    for entry in os.listdir(run_dir):  # the best model sits at the folder's root; checkpoints are not needed
+        if entry.startswith("checkpoint-"):
+            shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
+    return result
+
+
+def _load_run(run_dir: str, method: str, seed: int, backbone: str, point: str):
+    from .experiments.report import Run
+    from .severity import SeverityMatrix
+
+    with open(os.path.join(run_dir, "rcl_run.json"), encoding="utf-8") as fh:
+        recipe = json.load(fh)
+    logits, labels = {}, {}
+    for split, fname in (("val", "validation_predictions.npz"), ("test", "test_predictions.npz")):
+        path = os.path.join(run_dir, fname)
+        if not os.path.exists(path):
+            raise ValueError(f"{run_dir} has no {fname}: the comparison needs validation and test splits")
+        with np.load(path) as z:
+            logits[split] = np.asarray(z["logits"], dtype=np.float64)
+            labels[split] = np.asarray(z["labels"]).astype(np.int64)
+    return Run(DATASET_NAME, backbone, method, point, seed, SeverityMatrix.from_dict(recipe["severity"]), logits, labels,
+               loss=recipe["risk"]["loss"], wall_time_s=float(recipe.get("wall_time_s", float("nan"))),
+               params=recipe["risk"])
+
+
+def _headline(comparison: Any, n_boot: int) -> Dict[str, Any]:
+    """Paired bootstrap (same seed and image draws) of ``rcl + blend`` minus ``ce + blend``."""
+    from .experiments.stats import bootstrap_replicates
+
+    (group,) = comparison.severities.keys()
+    sev = comparison.severities[group]
+    summ = comparison.summary
+    reps = {f: bootstrap_replicates(comparison.samples[(*group, f)], sev, n_boot, 0) for f in HEADLINE}
+    out: Dict[str, Any] = {"cer": {}, "accuracy": {}}
+    for f in HEADLINE:
+        row = summ[summ["family"] == f].iloc[0]
+        out["cer"][f], out["accuracy"][f] = float(row["cer"]), float(row["accuracy"])
+        out.setdefault("matched", {})[f] = bool(row["matched"])
+    for key in ("cer", "accuracy"):
+        diff = reps[HEADLINE[1]][key] - reps[HEADLINE[0]][key]
+        out[f"{key}_diff_ci"] = tuple(float(q) for q in np.quantile(diff, [0.025, 0.975]))
+    sample = comparison.samples[(*group, HEADLINE[0])]
+    out["n_seeds"], out["n_test"] = int(sample.num_seeds), int(sample.labels.shape[0])
+    return out
+
+
+def run_comparison(args: CompareArguments) -> Dict[str, Any]:
+    """Train, select on validation, score on test; returns the summary (``header``, ``table``, ``verdict``...)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .experiments.figures import plot_fronts
+    from .experiments.report import compare_pipelines
+    from .experiments.rules import DEFAULT_BLEND_WEIGHTS
+
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct integers, got {args.seeds}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if not args.rcl_loss.startswith("rcl"):
+        raise ValueError(f"--rcl_loss must be a risk-calibrated loss (rcl, rcl_log, ...), got {args.rcl_loss!r}")
+    t0 = time.time()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.output_dir, exist_ok=True)
+    data_args = _data_arguments(args)
+    point = {"ce": "default", "rcl": f"lam={args.lam:g}"}
+    jobs = [(m, s) for s in args.seeds for m in METHODS]
+    runs = []
+    bar = tqdm(total=len(jobs), desc="main job", unit="run", file=sys.stderr, dynamic_ncols=True,
+               disable=args.disable_tqdm or args.verbose)
+    for method, seed in jobs:
+        run_dir = run_folder(args.output_dir, method, seed, args.seeds[0])
+        bar.set_postfix_str(f"training {method} seed {seed} (log: {os.path.join(run_dir, 'train.log')})")
+        _prepare_folder(run_dir)
+        _train_one(args, data_args, method, seed, run_dir)
+        runs.append(_load_run(run_dir, method, seed, args.backbone, point[method]))
+        bar.update(1)
+    bar.set_postfix_str("selecting on validation, scoring on test")
+    comparison = compare_pipelines(runs, DEFAULT_BLEND_WEIGHTS, reference="ce", tolerance=args.tolerance,
+                                   n_boot=args.n_boot)
+    head = _headline(comparison, args.n_boot)
+    label, text = verdict(head["cer"], head["accuracy"], head["cer_diff_ci"], head["accuracy_diff_ci"],
+                          head["n_seeds"], head["n_test"], matched=head["matched"])
+    plot_fronts(comparison, DATASET_NAME, args.backbone, os.path.join(args.output_dir, "cer_accuracy.png"))
+    bar.close()
+    families = ["ce", "ce + Bayes", "ce + blend", "rcl", "rcl + Bayes", "rcl + blend"]
+    table = matched_table(comparison.summary, families)
     elapsed = time.time() - t0
-    summary = {"arguments": vars(args), "rows": {k: {m: v for m, v in r.items() if not isinstance(v, (dict, list))}
-                                                 for k, r in rows.items()},
-               "wall_time_s": round(elapsed, 1)}
-    with open(os.path.join(args.output_dir, "comparison.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
-    backbone = args.backbone + (f" ({args.pretrained} weights)" if args.pretrained else "") + (
-        ", frozen (head trained on cached embeddings)" if args.freeze_backbone else "")
-    split = "Test" if all("test" in r for r in results.values()) else "Validation"
-    sizes = next(iter(results.values())).get("split_sizes", {})
-    header = (f"{split} split, {args.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())}), backbone {backbone}, "
-              f"seed {args.seed}, {args.epochs:g} epochs each, λ={args.lam:g}; rates in percent. "
-              f"Wall time {elapsed:.0f} s.\n\n")
+    sizes = {s: int(len(runs[0].labels[k])) for s, k in (("validation", "val"), ("test", "test"))}
+    header = (f"Main job (`make main` = `python scripts/main_job.py`): {args.dataset} data (seed {args.data_seed}; "
+              f"validation {sizes['validation']}, test {sizes['test']} images), backbone {args.backbone} at "
+              f"{args.image_size} px, {args.epochs:g} epochs, `ce` vs `rcl` = {args.rcl_loss} λ = {args.lam:g}, "
+              f"training seeds {args.seeds}, {args.threads} torch threads. Each pipeline's operating point is chosen on "
+              f"validation (lowest CER within {100 * args.tolerance:g} point of CE's accuracy; blend rule "
+              f"w ∈ [0, 1], w = 0 argmax, w = 1 Bayes-risk rule), then scored once on test; means over seeds, 95% CIs "
+              f"from a bootstrap over seeds and test images. Wall time {elapsed:.0f} s.\n\n")
     with open(os.path.join(args.output_dir, "comparison.md"), "w", encoding="utf-8") as fh:
-        fh.write(header + table + "\n")
-    _plot(rows, os.path.join(args.output_dir, "cer_accuracy.png"))
-    summary["table"] = table
-    summary["header"] = header
+        fh.write(header + table + "\n\n" + text + "\n")
+    summary = {"arguments": asdict(args), "verdict": label, "verdict_text": text, "headline": head,
+               "rows": {f: {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool))}
+                        for f, r in ((r["family"], r) for r in comparison.summary.to_dict(orient="records"))},
+               "wall_time_s": round(elapsed, 1), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    with open(os.path.join(args.output_dir, "comparison.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, default=float)
+    summary.update(table=table + "\n\n" + text, header=header, comparison=comparison)
     return summary
 
 
-def _plot(rows: Dict[str, Dict[str, float]], path: str) -> None:
-    import matplotlib
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``scripts/main_job.py``: parse the flags, run, print the table and the verdict."""
+    from .cli import _one_line_errors, parse_args
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    def go():
+        (args,) = parse_args((CompareArguments,), argv)
+        summary = run_comparison(args)
+        print("\n" + summary["header"] + summary["table"])
+        logs = "" if args.verbose else ", each with its train.log"
+        print(f"\nRuns (ce, rcl, ...{logs}), comparison.md/.json and cer_accuracy.png in {args.output_dir}")
+        return summary
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, m in rows.items():
-        marker = "o" if "argmax" in name else "s"
-        ax.scatter(100 * m["accuracy"], 100 * m["cer"], s=60, marker=marker, label=name)
-    ax.set_xlabel("accuracy (%)  → better")
-    ax.set_ylabel("critical error rate (%)  ↓ better")
-    ax.set_title("CER vs accuracy (test split)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _one_line_errors(go)

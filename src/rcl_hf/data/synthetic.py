@@ -16,6 +16,22 @@ Two kinds of difficulty are built in on purpose:
   a case normal is the critical error (cost 1.0) that cross-entropy makes and the
   risk-calibrated loss is meant to suppress.
 
+Design (what the main job's question needs, and what it must not contain):
+
+* the critical cases are *rankable*: a faint lesion still adds signal (contrast 0.03-0.09 over a
+  disc of ~30 pixels, against pixel noise 0.06 and a smooth background of 0.08), so a model can
+  learn to score it above a normal case, and a decision rule or a loss can move the operating point
+  along a CER-accuracy front; they are not label noise, which no method could fix;
+* nothing in the generator looks at the loss or the severity costs: the images, class frequencies
+  and the share of faint lesions are fixed before any model is trained, with the same seed for every
+  method, and were not tuned on the main job's result; the only link to the costs is the preset
+  ``synthetic`` (any lesion called ``normal`` is critical, subtype confusions cost 0.1), the same
+  structure as the real presets;
+* difficulty competes: the three lesion subtypes are confusable (fine-grained, cheap errors) while
+  the faint lesions are the expensive ones, so a training loss that weighs costs can spend capacity
+  differently from cross-entropy, and a post-hoc rule can trade accuracy for CER; which one wins is
+  the measured question.
+
 Images are grayscale-looking RGB, ``image_size`` pixels square.  Each case has a
 ``patient_id`` (2-3 cases per patient, never shared across splits) so grouped
 code paths run on it as on real data.
