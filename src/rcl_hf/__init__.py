@@ -19,13 +19,16 @@ __version__ = "0.1.0"
 
 _LAZY = {"load_model": "inference", "predict": "inference",
          "RiskArguments": "trainer", "RiskCalibratedTrainer": "trainer"}
+_LAZY_MODULES = ("data", "experiments", "hub", "inference", "models")
 
 
 def __getattr__(name):  # lazy: `import rcl_hf` stays light (no transformers.Trainer) for the Space and metric
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _LAZY_MODULES:  # `rcl_hf.data.severity_for(...)` works after a plain `import rcl_hf`
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'rcl_hf' has no attribute {name!r}")
 
 
