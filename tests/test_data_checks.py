@@ -11,8 +11,8 @@ from PIL import Image
 
 from data_fixtures import BAD_CASES, MODE_CASES, copy_file, make_brain, make_isic_task3, isic_items, write_bad, write_image
 from rcl_hf.data import ImageLoadError, load_dataset, open_image_rgb
-from rcl_hf.data import checks as checks_mod
-from rcl_hf.data.checks import inspect_image_bytes, to_rgb, validate_images
+from rcl_hf.data import images as images_mod
+from rcl_hf.data.images import inspect_image_bytes, to_rgb, validate_images
 
 KW = dict(progress=False, num_workers=2)
 
@@ -98,8 +98,8 @@ def test_validate_images_caches_by_size_and_mtime(tmp_path, monkeypatch):
     root = tmp_path / "data"
     paths = [write_image(root / f"{i}.png") for i in range(4)]
     calls = []
-    real = checks_mod._check_file
-    monkeypatch.setattr(checks_mod, "_check_file", lambda p, m: calls.append(p) or real(p, m))
+    real = images_mod._check_file
+    monkeypatch.setattr(images_mod, "_check_file", lambda p, m: calls.append(p) or real(p, m))
     first = validate_images(paths, root=root, cache_dir=tmp_path / "cache", progress=False)
     assert len(calls) == 4 and all(c.ok for c in first)
     second = validate_images(paths, root=root, cache_dir=tmp_path / "cache", progress=False)

@@ -11,8 +11,8 @@ Seeded and bounded (< 30 s on CI's two cores).  Inputs:
 * random small numpy arrays (any number of dimensions, channels, dtypes, NaN/inf) for
   the Space, which accepts arrays.
 
-Contract: :func:`rcl_hf.data.checks.open_image_rgb` returns an ``RGB`` image or raises
-:class:`~rcl_hf.data.checks.ImageLoadError`; the Space's ``analyze`` returns finite
+Contract: :func:`rcl_hf.data.images.open_image_rgb` returns an ``RGB`` image or raises
+:class:`~rcl_hf.data.images.ImageLoadError`; the Space's ``analyze`` returns finite
 probabilities that sum to 1 or raises its :class:`InputImageError`; the function behind
 the Space's ``Analyze`` button returns outputs or raises ``gr.Error`` with a user-facing
 title — never "Internal error".  Anything else is a crash and fails the test.
@@ -187,7 +187,7 @@ def _classify(fn: Callable[[], Any], documented: Tuple[type, ...], check: Callab
 def test_fuzz_image_loader_and_space(space, tmp_path, monkeypatch):
     import gradio as gr
 
-    from rcl_hf.data.checks import ImageLoadError, open_image_rgb
+    from rcl_hf.data.images import ImageLoadError, open_image_rgb
 
     app, model, button = space
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # uploads the button may read live here

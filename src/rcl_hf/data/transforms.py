@@ -14,7 +14,7 @@ With the ``Trainer``, set ``remove_unused_columns=False`` (the transform needs t
 
 Normalisation: ``x = (v / 255 - mean) / std`` per channel.
 
-Decoding goes through :func:`rcl_hf.data.checks.open_image_rgb` (any mode to RGB,
+Decoding goes through :func:`rcl_hf.data.images.open_image_rgb` (any mode to RGB,
 EXIF orientation, JPEG DCT draft at >= 2x the target size), on the raw bytes or
 path: ``apply_transforms`` switches the ``image`` column to ``Image(decode=False)``
 so an image is decoded once per access, not twice.
@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 from PIL import Image
 
-from .checks import DEFAULT_MAX_PIXELS, open_image_rgb
+from .images import DEFAULT_MAX_PIXELS, open_image_rgb
 
 from ..models import IMAGENET_MEAN, IMAGENET_STD  # one definition of the ImageNet statistics
 
