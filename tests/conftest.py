@@ -59,7 +59,7 @@ def write_real_size_split(folder: Path, n: int, seed: int, sizes: Tuple[int, int
     for k, pixels in enumerate(generate_images(labels, rng, image_size=96)):
         w, h = (int(v) | 1 for v in rng.integers(sizes[0], sizes[1] + 1, size=2))
         big = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float64)
-        big = np.clip(big + rng.normal(0.0, 6.0, size=big.shape), 0, 255).astype(np.uint8)
+        big = np.clip(big + rng.normal(0.0, 20.0, size=big.shape), 0, 255).astype(np.uint8)
         path = folder / f"scan_{seed}_{k:04d}.jpg"
         Image.fromarray(np.repeat(big[:, :, None], 3, axis=2)).save(path, format="JPEG", quality=90)
         paths.append(str(path))
@@ -68,7 +68,7 @@ def write_real_size_split(folder: Path, n: int, seed: int, sizes: Tuple[int, int
 
 @pytest.fixture(scope="session")
 def real_size_dataset(tmp_path_factory) -> Path:
-    """``save_to_disk`` folder: train 64 / validation 24 / test 100 JPEG files of 300-600 px, synthetic labels;
+    """``save_to_disk`` folder: train 64 / validation 24 / test 160 JPEG files of 300-600 px, synthetic labels;
     ``source_file`` holds each file's absolute path."""
     import datasets
 
@@ -83,7 +83,7 @@ def real_size_dataset(tmp_path_factory) -> Path:
         features=features,
     )
     splits = {}
-    for seed, (split, n) in enumerate((("train", 64), ("validation", 24), ("test", 100))):
+    for seed, (split, n) in enumerate((("train", 64), ("validation", 24), ("test", 160))):
         data = write_real_size_split(root / "files" / split, n, seed)
         splits[split] = datasets.Dataset.from_dict(data, features=features, info=info.copy())
     path = root / "dataset"

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -145,22 +146,23 @@ def test_eval_transform_is_timm_and_equals_the_torchvision_pipeline():
 PIPELINE_SCRIPT = r"""
 import json, sys
 from transformers import pipeline
-folder, listing = sys.argv[1], sys.argv[2]
-paths = json.load(open(listing))
-clf = pipeline("image-classification", model=folder, device="cpu")
-top = [out[0]["label"] for out in clf(paths, top_k=1, batch_size=16)]
+listing = json.load(open(sys.argv[1]))
+top = {}
+for folder in listing["folders"]:
+    clf = pipeline("image-classification", model=folder, device="cpu")
+    top[folder] = [out[0]["label"] for out in clf(listing["paths"], top_k=1, batch_size=16)]
 assert not [m for m in sys.modules if m == "rcl_hf" or m.startswith("rcl_hf.")], "rcl_hf was imported"
 print(json.dumps(top))
 """
 
 
-def _pipeline_top1(folder: Path, paths: List[str], tmp_path: Path) -> List[str]:
-    """Top-1 labels from ``transformers.pipeline`` in a fresh interpreter that never imports ``rcl_hf``."""
-    listing = tmp_path / "paths.json"
-    listing.write_text(json.dumps(paths))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+def _pipeline_top1(folders: List[Path], paths: List[str], tmp_path: Path) -> Dict[str, List[str]]:
+    """Top-1 labels of ``transformers.pipeline`` per model folder, in a fresh interpreter that never imports rcl_hf."""
+    listing = tmp_path / "listing.json"
+    listing.write_text(json.dumps({"folders": [str(f) for f in folders], "paths": paths}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(folder), str(listing)], env=env, cwd=str(tmp_path),
+    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(listing)], env=env, cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -180,31 +182,35 @@ def _train(dataset: str, out: Path, data_dir=None, epochs: int = 2):
     )
 
 
-def _agreement(out: Path, test_paths: List[str], tmp_path: Path) -> float:
+def _agreements(out: Path, test_paths: List[str], tmp_path: Path) -> Tuple[float, float]:
+    """Share of test images where ``pipeline()`` gives the saved top-1: with the saved processor, and (control)
+    with a copy of the run whose processor resizes bilinearly, as the old one did."""
     config = json.loads((out / "config.json").read_text())
     saved = np.load(out / "test_predictions.npz")["logits"].argmax(-1)
     assert len(saved) == len(test_paths)
     expected = [config["id2label"][str(int(i))] for i in saved]
-    got = _pipeline_top1(out, test_paths, tmp_path)
-    return float(np.mean([a == b for a, b in zip(expected, got)]))
-
-
-def _test_paths(dataset_dir: Path) -> List[str]:
-    import datasets
-
-    return list(datasets.load_from_disk(str(dataset_dir))["test"]["source_file"])
+    old = tmp_path / "old_bilinear_processor"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("checkpoint-*"))
+    proc = json.loads((old / "preprocessor_config.json").read_text())
+    (old / "preprocessor_config.json").write_text(json.dumps({**proc, "resample": 2}))
+    top = _pipeline_top1([out, old], test_paths, tmp_path)
+    return tuple(float(np.mean([a == b for a, b in zip(expected, top[str(f)])])) for f in (out, old))
 
 
 def test_pipeline_reproduces_saved_test_predictions_on_real_size_images(real_size_dataset, tmp_path, monkeypatch):
+    import datasets
+
     monkeypatch.setenv("RCL_HF_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     _train(str(real_size_dataset), out)
     saved = json.loads((out / "preprocessor_config.json").read_text())
     assert saved["resample"] == 3 and TransformConfig().interpolation == "bicubic"  # the evaluation's interpolation
-    paths = _test_paths(real_size_dataset)
-    assert len(paths) == 100 and min(min(Image.open(p).size) for p in paths) >= 300
-    agreement = _agreement(out, paths, tmp_path)
+    paths = list(datasets.load_from_disk(str(real_size_dataset))["test"]["source_file"])
+    assert len(paths) == 160 and min(min(Image.open(p).size) for p in paths) >= 300
+    agreement, old = _agreements(out, paths, tmp_path)
+    print(f"real-size images: pipeline() agrees on {agreement:.1%} of {len(paths)} test images (bilinear control {old:.1%})")
     assert agreement >= 0.99, f"pipeline() agrees with the saved test predictions on {agreement:.1%} only"
+    assert old < 0.99, f"control: a bilinear processor still agrees on {old:.1%}; the check cannot see the bug"
 
 
 @pytest.mark.realdata
@@ -227,5 +233,6 @@ def test_pipeline_reproduces_saved_test_predictions_on_brain_mri(tmp_path, monke
     test = load_dataset("brain_tumor_mri", tree, progress=False, drop_cross_split_duplicates=True)["test"]  # as trained
     paths = [str(tree / p) for p in test["source_file"]]
     assert len(paths) >= 150
-    agreement = _agreement(out, paths, tmp_path)
+    agreement, old = _agreements(out, paths, tmp_path)
+    print(f"Brain MRI: pipeline() agrees on {agreement:.1%} of {len(paths)} test images (bilinear control {old:.1%})")
     assert agreement >= 0.99, f"pipeline() agrees with the saved test predictions on {agreement:.1%} only"

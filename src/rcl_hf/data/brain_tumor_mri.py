@@ -57,7 +57,7 @@ GROUPING = (
 #: Perceptual grouping is on by default for this dataset (``load_dataset(..., perceptual=False)`` turns it off).
 PERCEPTUAL_GROUPING = True
 #: dHash Hamming distance that joins two images into one group (measured: see ``load_dataset``).
-PERCEPTUAL_MAX_DISTANCE = 0
+PERCEPTUAL_MAX_DISTANCE = 2
 
 #: Folder name (lower case) -> label.
 CLASS_FOLDERS: Dict[str, str] = {
