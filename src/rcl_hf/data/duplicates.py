@@ -241,7 +241,7 @@ def content_groups(
 ) -> List[str]:
     """The grouping id of each record: its own group, merged with byte-identical copies (same SHA-1)
     and, when ``dhashes`` is given, with perceptual neighbours (dHash distance <= ``max_distance``,
-    chained: connected components).  Perceptual clusters are named ``phash<k>``.
+    chained: connected components).  A merged group keeps the smallest id among its members.
     """
     merged = merge_groups(groups, sha1s)
     if dhashes is None:
