@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .crash_safety import atomic_write_bytes
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_transform_config
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, resolve_transform_config
 from .severity import SeverityMatrix
 
 logger = logging.getLogger(__name__)
@@ -297,7 +297,9 @@ def build_model(
         if pretrained == PACKAGE_WEIGHTS:
             cfg.update(mean=PACKAGE_MEAN, std=PACKAGE_STD)
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-        model.config.pretrained_cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0}
+        # the saved timm view of preprocessing is the evaluation's too (timm's own default may be bilinear)
+        model.config.pretrained_cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0,
+                                       "interpolation": TransformConfig().interpolation}
     return model, {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}
 
 
