@@ -1,7 +1,7 @@
 """Data pipeline: images/s decoded and transformed, from the original files ("cold") vs the resized cache.
 
 The pipeline is the one training uses: :func:`rcl_hf.data.transforms.apply_transforms`
-(decode with ``open_image_rgb``, JPEG draft, ``RandomResizedCrop`` to 224 px,
+(decode with ``open_image_rgb``, JPEG draft (training splits), ``RandomResizedCrop`` to 224 px,
 flip, normalise), read through a ``torch.utils.data.DataLoader`` with batch 32
 and ``transformers.default_data_collator``, as the Trainer reads it.
 
@@ -94,13 +94,11 @@ def _measure(name: str, ds: Any, repeats: int, batch: int, work: str) -> Dict[st
 
 def _mean_side(ds: Any) -> str:
     import datasets
-    from PIL import Image
+
+    from rcl_hf.data.images import open_image_rgb  # the package's one decoder
 
     raw = ds.cast_column("image", datasets.Image(decode=False)).select(range(min(8, len(ds))))
-    sides = []
-    for v in raw["image"]:
-        data = v["bytes"] if v.get("bytes") else open(v["path"], "rb").read()
-        sides.append(Image.open(io.BytesIO(data)).size)
+    sides = [open_image_rgb(v).size for v in raw["image"]]
     w = sum(s[0] for s in sides) / len(sides)
     h = sum(s[1] for s in sides) / len(sides)
     return f"{w:.0f}x{h:.0f}"

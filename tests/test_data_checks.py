@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
+from pathlib import Path
+from typing import Dict, List, Set
 
 import numpy as np
 import pytest
@@ -11,8 +14,8 @@ from PIL import Image
 
 from data_fixtures import BAD_CASES, MODE_CASES, copy_file, make_brain, make_isic_task3, isic_items, write_bad, write_image
 from rcl_hf.data import ImageLoadError, load_dataset, open_image_rgb
-from rcl_hf.data import checks as checks_mod
-from rcl_hf.data.checks import inspect_image_bytes, to_rgb, validate_images
+from rcl_hf.data import images as images_mod
+from rcl_hf.data.images import inspect_image_bytes, to_rgb, validate_images
 
 KW = dict(progress=False, num_workers=2)
 
@@ -98,8 +101,8 @@ def test_validate_images_caches_by_size_and_mtime(tmp_path, monkeypatch):
     root = tmp_path / "data"
     paths = [write_image(root / f"{i}.png") for i in range(4)]
     calls = []
-    real = checks_mod._check_file
-    monkeypatch.setattr(checks_mod, "_check_file", lambda p, m: calls.append(p) or real(p, m))
+    real = images_mod._check_file
+    monkeypatch.setattr(images_mod, "_check_file", lambda p, m: calls.append(p) or real(p, m))
     first = validate_images(paths, root=root, cache_dir=tmp_path / "cache", progress=False)
     assert len(calls) == 4 and all(c.ok for c in first)
     second = validate_images(paths, root=root, cache_dir=tmp_path / "cache", progress=False)
@@ -228,3 +231,98 @@ def test_isic_split_folder_without_ground_truth(tmp_path):
     p = next(p for p in report.skipped if p.kind == "missing_label")
     assert p.path == "ISIC2018_Task3_Test_Input/" and "3 image(s)" in p.reason
     assert "test" in dsd and not any(s.startswith("ISIC_88") for s in dsd["test"]["image_id"])
+
+
+# --------------------------------------------------------------------------- module structure
+SRC = Path(__file__).resolve().parents[1] / "src" / "rcl_hf"
+
+
+def _import_graph(package_dir: Path) -> Dict[str, Set[str]]:
+    """``module -> modules of the package it imports``, from the AST: every ``import`` / ``from ... import``
+    anywhere in the file (function-level ones included), relative imports resolved."""
+    root = package_dir.parent
+    modules: Dict[str, Path] = {}
+    for path in package_dir.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: Dict[str, Set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mod = ".".join(base[: len(base) - node.level + 1] + [node.module or ""]).strip(".") if node.level else node.module or ""
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]  # `from . import x` may name a module
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                while parts and ".".join(parts) not in modules:
+                    parts.pop()
+                if parts and ".".join(parts) != name:
+                    graph[name].add(".".join(parts))
+    return graph
+
+
+def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    found: List[List[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_in_the_package_even_through_function_level_imports():
+    graph = _import_graph(SRC)
+    assert "rcl_hf.data.images" in graph and "rcl_hf.data.records" in graph
+    assert _cycles(graph) == []
+    # the checker sees cycles, including one closed by an import inside a function
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+    fake = {**graph, "rcl_hf.data.images": graph["rcl_hf.data.images"] | {"rcl_hf.data.duplicates"}}
+    assert ["rcl_hf.data.duplicates", "rcl_hf.data.images"] in _cycles(fake)
+
+
+def test_function_level_imports_are_in_the_graph(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .a import f\n")
+    (pkg / "sub" / "a.py").write_text("def f():\n    from ..b import g\n    return g\n")
+    (pkg / "b.py").write_text("def g():\n    from .sub import a\n    return a\n")
+    graph = _import_graph(pkg)
+    assert "pkg.b" in graph["pkg.sub.a"] and "pkg.sub.a" in graph["pkg.b"]
+    assert _cycles(graph) == [["pkg.b", "pkg.sub", "pkg.sub.a"]]
+
+
+def test_images_module_is_the_only_image_decoder():
+    """Every image the data package and models decode goes through rcl_hf.data.images.open_image_rgb."""
+    offenders = []
+    for path in [*(SRC / "data").glob("*.py"), SRC / "models.py"]:
+        if path.name != "images.py" and "Image.open(" in path.read_text(encoding="utf-8"):
+            offenders.append(path.name)
+    assert offenders == []

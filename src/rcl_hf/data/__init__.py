@@ -10,12 +10,14 @@ True
 Pipeline of :func:`load_dataset` (one module per idea):
 
 1. the dataset's layout scanner (``brain_tumor_mri``, ``isic2018``, ``breakhis``,
-   ``sicapv2``) lists labelled files, official splits and groups, and reports
-   files it cannot place;
-2. :func:`~rcl_hf.data.checks.validate_images` reads, hashes and decodes every
+   ``sicapv2``) lists labelled files (:class:`~rcl_hf.data.records.Record`),
+   official splits and groups, and reports files it cannot place
+   (:class:`~rcl_hf.data.records.Problem`);
+2. :func:`~rcl_hf.data.images.validate_images` reads, hashes and decodes every
    image once (cached by path, size and mtime) and reports bad files;
-3. byte-identical files are merged into one group
-   (:func:`~rcl_hf.data.duplicates.merge_groups`); identical files with
+3. byte-identical files, and for datasets without patient ids (Brain MRI) also
+   perceptual near-copies, are merged into one group
+   (:func:`~rcl_hf.data.duplicates.content_groups`); identical files with
    different labels are skipped;
 4. missing validation / test splits are derived, grouped and stratified
    (:func:`~rcl_hf.data.splits.grouped_stratified_split`); no group may
@@ -23,49 +25,33 @@ Pipeline of :func:`load_dataset` (one module per idea):
 5. the duplicate audit runs over the final splits; cross-split copies can be
    dropped from the evaluation split;
 6. each split becomes a ``datasets.Dataset`` whose ``image`` column holds file
-   paths (decoded lazily; nothing is decoded twice at load time).
-
-The severity preset travels in every split's ``info.description``: a JSON object
-``{"rcl_severity": SeverityMatrix.to_dict(), "dataset": name, "rcl_hf": {...}}``
-that survives ``save_to_disk`` / ``load_from_disk``; :func:`severity_for` reads
-it back.
+   paths (decoded lazily; nothing is decoded twice at load time), with the
+   metadata of :mod:`rcl_hf.data.metadata` (severity matrix, split sources).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
-from ..severity import PRESETS, SeverityMatrix
-from .checks import (
-    DEFAULT_MAX_PIXELS,
-    ImageLoadError,
-    LoadReport,
-    Problem,
-    open_image_rgb,
-    raise_for_problems,
-    validate_images,
-)
-from .duplicates import (
-    DuplicateReport,
-    _perceptual_components,
-    audit_duplicates,
-    cross_split_drop_indices,
-    find_duplicates,
-    merge_groups,
-)
+from ..severity import SeverityMatrix
+from .duplicates import DuplicateReport, audit_duplicates, content_groups, cross_split_drop_indices, find_duplicates
+from .images import DEFAULT_MAX_PIXELS, ImageLoadError, default_cache_dir, open_image_rgb, validate_images
+from .metadata import METADATA_VERSION, dataset_metadata, severity_for
+from .records import LoadReport, Problem, raise_for_problems
+from .registry import DATASETS, available_datasets, canonical_name, dataset_module
 from .splits import check_disjoint_groups, group_overlaps, grouped_stratified_split, subsample
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_MAX_PIXELS",
     "DuplicateReport",
     "ImageLoadError",
     "LoadReport",
@@ -79,6 +65,7 @@ __all__ = [
     "check_disjoint_groups",
     "dataset_metadata",
     "dataset_module",
+    "default_cache_dir",
     "grouped_stratified_split",
     "load_dataset",
     "load_synthetic",
@@ -88,44 +75,8 @@ __all__ = [
     "validate_images",
 ]
 
-#: Registered datasets: name -> module (relative to this package) with ``scan()``.
-DATASETS: Dict[str, str] = {
-    "brain_tumor_mri": ".brain_tumor_mri",
-    "isic2018": ".isic2018",
-    "breakhis": ".breakhis",
-    "sicapv2": ".sicapv2",
-    "synthetic": ".synthetic",
-}
-_ALIASES = {
-    "brain_mri": "brain_tumor_mri",
-    "brain_tumor": "brain_tumor_mri",
-    "isic": "isic2018",
-    "isic2018_task3": "isic2018",
-    "ham10000": "isic2018",
-    "breakhis_v1": "breakhis",
-    "sicap": "sicapv2",
-}
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_TEST_SIZE = 0.15
-_METADATA_VERSION = 1
-
-
-def available_datasets() -> List[str]:
-    """Names accepted by :func:`load_dataset`."""
-    return list(DATASETS)
-
-
-def _canonical(name: str) -> str:
-    key = str(name).strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {available_datasets()} (aliases: {sorted(_ALIASES)})")
-    return key
-
-
-def dataset_module(name: str):
-    """The module behind a registered dataset (``scan``, ``LABELS``, ``LICENSE``, ``CITATION``, ...)."""
-    return importlib.import_module(DATASETS[_canonical(name)], __name__)
 
 
 def __getattr__(name: str) -> Any:  # lazy re-exports: keep `import rcl_hf.data` light
@@ -142,55 +93,6 @@ def __getattr__(name: str) -> Any:  # lazy re-exports: keep `import rcl_hf.data`
 
         return build_dataset_card
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# --------------------------------------------------------------------------- metadata
-def _first_split(dataset: Any) -> Any:
-    if isinstance(dataset, Mapping):
-        if not dataset:
-            raise ValueError("Empty DatasetDict: no split to read metadata from")
-        return next(iter(dataset.values()))
-    return dataset
-
-
-def dataset_metadata(dataset: Any) -> Dict[str, Any]:
-    """The JSON object stored in ``info.description`` (``{}`` when there is none)."""
-    ds = _first_split(dataset)
-    desc = getattr(getattr(ds, "info", None), "description", "") or ""
-    try:
-        meta = json.loads(desc)
-    except (TypeError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def severity_for(dataset: Any) -> SeverityMatrix:
-    """The :class:`SeverityMatrix` that travels with a ``DatasetDict`` (or ``Dataset``).
-
-    Read from ``info.description`` (``"rcl_severity"``), reordered to the ``label``
-    column's ``ClassLabel`` order when needed; without stored metadata, the preset
-    whose labels match the ``ClassLabel`` names.
-
-    Raises:
-        ValueError: no stored matrix and no preset with these label names.
-    """
-    ds = _first_split(dataset)
-    names: Optional[List[str]] = None
-    feat = getattr(ds, "features", {}).get("label") if hasattr(ds, "features") else None
-    if feat is not None and getattr(feat, "names", None):
-        names = list(feat.names)
-    stored = dataset_metadata(ds).get("rcl_severity")
-    if stored is not None:
-        sev = SeverityMatrix.from_dict(stored)
-        if names is not None and names != sev.labels:
-            sev = sev.reorder(names)
-        return sev
-    if names is None:
-        raise ValueError("No severity metadata and no ClassLabel 'label' column to match a preset against")
-    for preset, spec in PRESETS.items():
-        if sorted(spec.labels) == sorted(names):
-            return SeverityMatrix.preset(preset).reorder(names)
-    raise ValueError(f"No severity metadata and no preset matches the labels {names}; presets: {sorted(PRESETS)}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -212,8 +114,8 @@ def load_dataset(
     drop_cross_split_duplicates: bool = False,
     cache_dir: Optional[Union[str, os.PathLike, bool]] = None,
     official_splits: bool = True,
-    perceptual: bool = False,
-    max_distance: int = 0,
+    perceptual: Optional[bool] = None,
+    max_distance: Optional[int] = None,
     convert_modes: bool = True,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     num_workers: Optional[int] = None,
@@ -241,10 +143,14 @@ def load_dataset(
         cache_dir: cache of image checks (``None``: ``$RCL_HF_CACHE`` or
             ``~/.cache/rcl_hf``; ``False``: no cache).
         official_splits: ``False`` pools everything and derives all splits.
-        perceptual: also find perceptual duplicates (dHash distance <= ``max_distance``)
-            and keep them in one group.  Clusters are connected components, so
-            ``max_distance > 0`` can chain many similar images (e.g. dark MRI slices)
-            into one very large group; 0 (identical hashes) is the safe setting.
+        perceptual: also group perceptual near-copies (dHash distance <= ``max_distance``)
+            and report them in the duplicate audit.  ``None``: the dataset's default,
+            ``PERCEPTUAL_GROUPING`` of its module (on for Brain MRI, which has no patient
+            ids and holds adjacent slices and re-encoded copies; off elsewhere).
+        max_distance: dHash Hamming distance for ``perceptual`` (``None``: the dataset's
+            ``PERCEPTUAL_MAX_DISTANCE``, else 0).  Clusters are connected components, so a
+            large distance can chain many similar images (e.g. dark MRI slices) into one
+            very large group.
         convert_modes: convert unusual pixel modes to RGB (reported as ``"converted"``);
             ``False`` skips such files instead.
         max_pixels: skip images larger than this.
@@ -266,7 +172,7 @@ def load_dataset(
     """
     import datasets
 
-    key = _canonical(name)
+    key = canonical_name(name)
     if key == "synthetic":
         if data_dir is not None:
             raise ValueError("The synthetic dataset is generated on the fly: it takes no data_dir")
@@ -283,6 +189,12 @@ def load_dataset(
 
     t0 = time.perf_counter()
     module = dataset_module(key)
+    if perceptual is None:
+        perceptual = bool(getattr(module, "PERCEPTUAL_GROUPING", False))
+    if max_distance is None:
+        max_distance = int(getattr(module, "PERCEPTUAL_MAX_DISTANCE", 0))
+    if not isinstance(max_distance, int) or not 0 <= max_distance <= 64:
+        raise ValueError(f"max_distance must be an int in [0, 64] (dHash bits), got {max_distance!r}")
     scan = module.scan(Path(data_dir), **options)
     root = scan.root
     report = LoadReport(key, os.fspath(data_dir), problems=list(scan.problems), notes=list(scan.notes))
@@ -340,16 +252,17 @@ def load_dataset(
 
     sha1s = [c.sha1 for c in chks]
     dhashes = [int(c.dhash, 16) if c.dhash else None for c in chks] if perceptual else None
-    groups = merge_groups([r.group for r in recs], sha1s)
-    if dhashes is not None:
-        cluster = [None] * len(recs)
-        for k, comp in enumerate(_perceptual_components(dhashes, max_distance)):
-            for i in comp:
-                cluster[i] = f"phash{k}"
-        groups = merge_groups(groups, cluster)
-    merged = sum(1 for r, g in zip(recs, groups) if r.group is not None and g != r.group)
+    sha_groups = content_groups([r.group for r in recs], sha1s)
+    groups = content_groups([r.group for r in recs], sha1s, dhashes, max_distance) if perceptual else sha_groups
+    merged = sum(1 for r, g in zip(recs, sha_groups) if r.group is not None and g != r.group)
     if merged:
         report.notes.append(f"{merged} image(s) joined another group because byte-identical copies link them")
+    if perceptual:
+        n_before, n_after = len(set(sha_groups)), len(set(groups))
+        report.notes.append(
+            f"perceptual grouping (dHash distance <= {max_distance}): {n_before} content groups -> {n_after} groups, "
+            f"largest {max(Counter(groups).values())} images; pass perceptual=False to group by file content only"
+        )
 
     # 4. splits
     splits = [r.split for r in recs]
@@ -452,10 +365,11 @@ def load_dataset(
         "rcl_severity": sev.to_dict(),
         "dataset": key,
         "rcl_hf": {
-            "version": _METADATA_VERSION,
+            "version": METADATA_VERSION,
             "pretty_name": module.PRETTY_NAME,
             "group_column": scan.group_column or "group_id",
             "grouping": module.GROUPING,
+            "perceptual_grouping": {"enabled": bool(perceptual), "max_distance": max_distance if perceptual else None},
             "split_sources": report.split_sources,
             "seed": seed,
             "val_size": val_size,

@@ -12,11 +12,13 @@ pool that derived splits are carved from).  The older Kaggle naming
 (``glioma_tumor``, ``no_tumor``, ...) is accepted.
 
 There are no patient ids.  Byte-identical duplicates exist, some across
-``Training`` and ``Testing``: the grouping column ``group_id`` is the file's
-content hash (merged with perceptual clusters when asked), so identical copies
-never straddle derived splits; the duplicate audit reports the official
-cross-split copies, and ``drop_cross_split_duplicates=True`` removes them from
-the test split.
+``Training`` and ``Testing``, and so do near-copies (re-encoded files, adjacent
+slices of one scan).  The grouping column ``group_id`` is therefore the file's
+content hash merged with perceptual clusters (dHash distance <=
+:data:`PERCEPTUAL_MAX_DISTANCE`, the default :data:`PERCEPTUAL_GROUPING`; pass
+``perceptual=False`` to group by file content only), so copies never straddle
+derived splits; the duplicate audit reports the official cross-split copies,
+and ``drop_cross_split_duplicates=True`` removes them from the test split.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "brain_tumor_mri"
 LABELS = list(PRESETS[NAME].labels)
@@ -48,9 +50,14 @@ CITATION = """@misc{nickparvar2021brain,
   url = {https://www.kaggle.com/datasets/masoudnickparvar/brain-tumor-mri-dataset}
 }"""
 GROUPING = (
-    "No patient ids exist. Images are grouped by content (SHA-1 of the file bytes), so byte-identical "
-    "duplicates always fall in the same derived split."
+    "No patient ids exist. Images are grouped by content: the SHA-1 of the file bytes, merged with perceptual "
+    "near-copies (64-bit difference hash within a small Hamming distance), so byte-identical and near-identical "
+    "images always fall in the same derived split."
 )
+#: Perceptual grouping is on by default for this dataset (``load_dataset(..., perceptual=False)`` turns it off).
+PERCEPTUAL_GROUPING = True
+#: dHash Hamming distance that joins two images into one group (measured: see ``load_dataset``).
+PERCEPTUAL_MAX_DISTANCE = 2
 
 #: Folder name (lower case) -> label.
 CLASS_FOLDERS: Dict[str, str] = {

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "breakhis"
 LABELS = list(PRESETS[NAME].labels)

@@ -36,11 +36,12 @@ def build_dataset_card(
     Args:
         dsd: the ``DatasetDict`` (its ``info.description`` metadata names the dataset).
         repo_id: Hub repository, used in the usage snippet.
-        report: the :class:`~rcl_hf.data.checks.LoadReport` of the load, for the
+        report: the :class:`~rcl_hf.data.records.LoadReport` of the load, for the
             list of skipped files (counts come from the metadata otherwise).
         license: a Hub license id that replaces the source's (``LICENSE`` of the dataset module).
     """
-    from . import dataset_metadata, dataset_module, severity_for
+    from .metadata import dataset_metadata, severity_for
+    from .registry import dataset_module
 
     meta = dataset_metadata(dsd)
     name = meta.get("dataset")

@@ -1,11 +1,9 @@
 """Duplicate audit: byte-identical and perceptually identical images, within and across splits.
 
 * **Exact** duplicates share the SHA-1 of their file bytes.
-* **Perceptual** duplicates (optional) have difference hashes (dHash, 64 bits)
-  within a Hamming distance ``max_distance``.  dHash (N. Krawetz, "Kind of like
-  that", hackerfactor.com, 2013): shrink the grayscale image to 9x8, and set bit
-  ``8*r + c`` when ``pixel[r, c] < pixel[r, c + 1]``.  It survives re-encoding
-  and resizing, not crops or rotations.
+* **Perceptual** duplicates (optional) have difference hashes
+  (:func:`~rcl_hf.data.images.dhash`, 64 bits) within a Hamming distance
+  ``max_distance``; they survive re-encoding and resizing, not crops or rotations.
 
 A duplicate that sits in two splits leaks: the evaluation split then scores
 images the model trained on.  :func:`find_duplicates` reports every group of
@@ -15,7 +13,10 @@ later split (order ``train < validation < test``) when the user asks for it.
 
 :func:`merge_groups` unions grouping ids that share identical content, so that a
 split grouped by patient (or, for Brain MRI which has no patient ids, by
-content hash alone) never puts byte-identical files on both sides.
+content hash alone) never puts byte-identical files on both sides;
+:func:`content_groups` adds the perceptual clusters.  Groups are the connected
+components of a sparse "same id / same key / close hash" graph
+(``scipy.sparse.csgraph.connected_components``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .images import ahash, dhash, hamming, open_image_rgb, read_image_bytes
 
 __all__ = [
     "DuplicateGroup",
@@ -33,6 +37,7 @@ __all__ = [
     "SPLIT_ORDER",
     "ahash",
     "audit_duplicates",
+    "content_groups",
     "cross_split_drop_indices",
     "dhash",
     "find_duplicates",
@@ -44,40 +49,10 @@ __all__ = [
 SPLIT_ORDER = ("train", "validation", "test")
 
 
-def dhash(img: Image.Image, hash_size: int = 8) -> int:
-    """Difference hash (``hash_size**2`` bits) of ``img``; see the module docstring."""
-    small = img.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.BOX)
-    px = np.asarray(small, dtype=np.int16)
-    bits = (px[:, :-1] < px[:, 1:]).flatten()
-    return int(np.packbits(bits).view(">u8")[0]) if hash_size == 8 else int("".join("1" if b else "0" for b in bits), 2)
-
-
-def ahash(img: Image.Image, hash_size: int = 8) -> int:
-    """Average hash: bit set where the 8x8 grayscale thumbnail exceeds its mean."""
-    small = np.asarray(img.convert("L").resize((hash_size, hash_size), Image.Resampling.BOX), dtype=np.float64)
-    bits = (small > small.mean()).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
-
-
-def hamming(a: int, b: int) -> int:
-    """Number of differing bits."""
-    return int(bin(int(a) ^ int(b)).count("1"))
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
+def _components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Component label of each of ``n`` nodes of the undirected graph with edges ``rows[k] -- cols[k]``."""
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 @dataclass
@@ -162,23 +137,26 @@ class DuplicateReport:
 
 
 def _perceptual_components(hashes: Sequence[Optional[int]], max_distance: int, chunk: int = 1024) -> List[List[int]]:
-    """Connected components of ``hamming(h_i, h_j) <= max_distance`` (vectorised, chunked)."""
+    """Connected components (of two or more) of ``hamming(h_i, h_j) <= max_distance``, by smallest member.
+
+    Pairs are found vectorised, ``chunk`` rows at a time (``np.bitwise_count`` of the XOR).
+    """
     valid = [i for i, h in enumerate(hashes) if h is not None]
     if len(valid) < 2:
         return []
     arr = np.array([hashes[i] for i in valid], dtype=np.uint64)
-    uf = _UnionFind(len(valid))
+    rows, cols = [], []
     for start in range(0, len(arr), chunk):
         block = arr[start : start + chunk]
-        dist = np.bitwise_count(block[:, None] ^ arr[None, :])
-        ii, jj = np.nonzero(dist <= max_distance)
-        for a, b in zip(ii + start, jj):
-            if a < b:
-                uf.union(int(a), int(b))
+        ii, jj = np.nonzero(np.bitwise_count(block[:, None] ^ arr[None, :]) <= max_distance)
+        keep = ii + start < jj
+        rows.append(ii[keep] + start)
+        cols.append(jj[keep])
+    labels = _components(len(valid), np.concatenate(rows), np.concatenate(cols))
     comps: Dict[int, List[int]] = {}
-    for k in range(len(valid)):
-        comps.setdefault(uf.find(k), []).append(valid[k])
-    return [sorted(c) for c in comps.values() if len(c) > 1]
+    for k, lab in enumerate(labels):
+        comps.setdefault(int(lab), []).append(valid[k])
+    return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: c[0])
 
 
 def find_duplicates(
@@ -241,24 +219,38 @@ def merge_groups(groups: Sequence[Optional[str]], keys: Sequence[Optional[str]],
     if len(keys) != n:
         raise ValueError(f"merge_groups: {n} groups but {len(keys)} keys")
     ids = [g if g is not None else (prefix + (keys[i] or f"row{i}")[:16]) for i, g in enumerate(groups)]
-    uf = _UnionFind(n)
-    first_by_id: Dict[str, int] = {}
-    first_by_key: Dict[str, int] = {}
-    for i in range(n):
-        j = first_by_id.setdefault(ids[i], i)
-        if j != i:
-            uf.union(i, j)
-        k = keys[i]
-        if k:
-            j = first_by_key.setdefault(k, i)
-            if j != i:
-                uf.union(i, j)
+    # nodes: the n records, then one node per distinct id and per distinct key; a record joins its id and key
+    id_node = {v: n + k for k, v in enumerate(dict.fromkeys(ids))}
+    key_node = {v: n + len(id_node) + k for k, v in enumerate(dict.fromkeys(k for k in keys if k))}
+    rows = [i for i in range(n)] + [i for i in range(n) if keys[i]]
+    cols = [id_node[ids[i]] for i in range(n)] + [key_node[keys[i]] for i in range(n) if keys[i]]
+    labels = _components(n + len(id_node) + len(key_node), np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))
     comp_min: Dict[int, str] = {}
     for i in range(n):
-        r = uf.find(i)
-        if r not in comp_min or ids[i] < comp_min[r]:
-            comp_min[r] = ids[i]
-    return [comp_min[uf.find(i)] for i in range(n)]
+        lab = int(labels[i])
+        if lab not in comp_min or ids[i] < comp_min[lab]:
+            comp_min[lab] = ids[i]
+    return [comp_min[int(labels[i])] for i in range(n)]
+
+
+def content_groups(
+    groups: Sequence[Optional[str]],
+    sha1s: Sequence[Optional[str]],
+    dhashes: Optional[Sequence[Optional[int]]] = None,
+    max_distance: int = 0,
+) -> List[str]:
+    """The grouping id of each record: its own group, merged with byte-identical copies (same SHA-1)
+    and, when ``dhashes`` is given, with perceptual neighbours (dHash distance <= ``max_distance``,
+    chained: connected components).  A merged group keeps the smallest id among its members.
+    """
+    merged = merge_groups(groups, sha1s)
+    if dhashes is None:
+        return merged
+    cluster: List[Optional[str]] = [None] * len(merged)
+    for k, comp in enumerate(_perceptual_components(dhashes, max_distance)):
+        for i in comp:
+            cluster[i] = f"phash{k}"
+    return merge_groups(merged, cluster)
 
 
 def audit_duplicates(
@@ -277,8 +269,6 @@ def audit_duplicates(
     from datasets import Image as ImageFeature
     from tqdm.auto import tqdm
 
-    from .checks import _source_bytes, open_image_rgb
-
     sha1s: List[Optional[str]] = []
     splits: List[str] = []
     labels: List[str] = []
@@ -296,7 +286,7 @@ def audit_duplicates(
         if need_bytes:
             raw = ds.cast_column("image", ImageFeature(decode=False))
             for value in tqdm(raw["image"], desc=f"Hashing {split}", disable=not progress, leave=False):
-                data, _ = _source_bytes(value)
+                data, _ = read_image_bytes(value)
                 if "sha1" not in ds.column_names:
                     sha1s.append(hashlib.sha1(data).hexdigest())
                 if perceptual:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..severity import PRESETS
-from .checks import Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import Problem, Record, Scan, file_kind, iter_files, unsupported_file
 
 NAME = "isic2018"
 LABELS = list(PRESETS[NAME].labels)

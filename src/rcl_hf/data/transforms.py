@@ -7,21 +7,35 @@ With the ``Trainer``, set ``remove_unused_columns=False`` (the transform needs t
 
 * **train**: ``RandomResizedCrop(size, scale, ratio=(3/4, 4/3))`` -> horizontal flip
   (p=``hflip``) -> vertical flip (p=``vflip``) -> tensor -> ``Normalize(mean, std)``.
-* **eval**: with ``crop_pct=None``, resize straight to ``size`` (the ``transformers``
-  ViT-processor convention); with ``crop_pct``, resize the shorter side to
-  ``size / crop_pct`` and centre-crop ``size`` (the timm convention,
-  ``timm.data.transforms_factory``).
+  Hand-built with torchvision: timm's ``RandomResizedCropAndInterpolation`` draws
+  from Python's ``random`` (not torch's generator, which
+  ``rcl_hf.train_job.SeededAugmentation`` seeds per row) and ``create_transform``
+  adds colour jitter.
+* **eval**: ``timm.data.create_transform(is_training=False)``: with ``crop_pct=None``,
+  resize straight to ``size`` (the ``transformers`` ViT-processor convention; timm's
+  ``crop_mode="squash"``, ``crop_pct=1``); with ``crop_pct``, resize the shorter
+  side to ``size / crop_pct`` and centre-crop ``size`` (timm's ``"center"`` mode; a
+  non-square size squashes to ``size / crop_pct`` first).
 
 Normalisation: ``x = (v / 255 - mean) / std`` per channel.
 
-Decoding goes through :func:`rcl_hf.data.checks.open_image_rgb` (any mode to RGB,
-EXIF orientation, JPEG DCT draft at >= 2x the target size), on the raw bytes or
-path: ``apply_transforms`` switches the ``image`` column to ``Image(decode=False)``
-so an image is decoded once per access, not twice.
+One definition of preprocessing: :class:`TransformConfig` (size, crop,
+interpolation, mean, std; rescale ``1/255``) builds the eval transform *and*
+(:meth:`TransformConfig.to_image_processor`) the ``ViTImageProcessor`` saved beside
+every checkpoint, so ``transformers.pipeline("image-classification", model=folder)``
+preprocesses like the evaluation (same interpolation; equal tensors on the PIL
+backend, within one 8-bit level on the torchvision backend).
+
+Decoding goes through :func:`rcl_hf.data.images.open_image_rgb` (any mode to RGB,
+EXIF orientation), on the raw bytes or path: ``apply_transforms`` switches the
+``image`` column to ``Image(decode=False)`` so an image is decoded once per
+access, not twice.  Training splits decode JPEGs at a DCT draft scale (>= 2x the
+target size; faster); evaluation splits decode in full, as ``pipeline`` does.
 
 :func:`cache_resized` writes a copy whose images are downscaled once (shorter
 side ``size``) and saved with ``save_to_disk``; epochs after the first then
-decode small files instead of full-size originals.
+decode small files instead of full-size originals (the cached copies are
+re-encoded, so evaluation on them differs slightly from ``pipeline`` on originals).
 """
 
 from __future__ import annotations
@@ -30,16 +44,19 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
-from .checks import DEFAULT_MAX_PIXELS, open_image_rgb
+from ..crash_safety import commit_dir, staging_dir
+from .images import DEFAULT_MAX_PIXELS, open_image_rgb
 
-from ..models import IMAGENET_MEAN, IMAGENET_STD  # one definition of the ImageNet statistics
+#: ImageNet statistics, equal to ``timm.data.IMAGENET_DEFAULT_MEAN`` / ``_STD`` (tested); not imported from
+#: timm here so that reading them does not import timm.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -66,15 +83,56 @@ def _hw(image_size: SizeLike) -> Tuple[int, int]:
     return hw
 
 
+#: PIL resampling filter (the ``resample`` of ``transformers`` image processors) -> interpolation name.
+_PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_RESAMPLE_OF = {name: code for code, name in _PIL_RESAMPLE_NAMES.items()}
+
+
 @dataclass
 class TransformConfig:
-    """Everything the transforms need: size ``(H, W)``, normalisation, crop and interpolation."""
+    """Everything the transforms need: size ``(H, W)``, normalisation, crop and interpolation.
+
+    The one definition of evaluation preprocessing: :func:`build_transforms` and
+    :meth:`to_image_processor` both read it.  Pixels are rescaled by ``1/255``.
+    """
 
     image_size: Tuple[int, int] = (224, 224)
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
     crop_pct: Optional[float] = None
     interpolation: str = "bicubic"
+
+    def to_image_processor(self) -> Any:
+        """The ``transformers`` image processor that preprocesses like the evaluation transform.
+
+        ``ViTImageProcessor``: resize to ``(H, W)`` with ``resample`` = this config's
+        interpolation as a PIL filter, rescale ``1/255``, normalise with ``mean`` / ``std``.
+
+        Raises:
+            ValueError: ``crop_pct`` is set (no ``transformers`` processor reproduces timm's
+                centre crop: its offsets round differently), or an interpolation PIL lacks.
+        """
+        from transformers import ViTImageProcessor
+
+        if self.crop_pct is not None:
+            raise ValueError(
+                f"crop_pct={self.crop_pct}: no transformers image processor reproduces this centre crop exactly "
+                "(crop offsets round differently); train and evaluate with crop_pct=None to save a processor"
+            )
+        resample = _RESAMPLE_OF.get(self.interpolation.lower())
+        if resample is None:
+            raise ValueError(f"Interpolation {self.interpolation!r} has no PIL filter; use one of {sorted(_RESAMPLE_OF)}")
+        h, w = self.image_size
+        return ViTImageProcessor(
+            do_resize=True,
+            size={"height": int(h), "width": int(w)},
+            resample=resample,
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            image_mean=list(self.mean),
+            image_std=list(self.std),
+        )
 
 
 def _size_fields(size: Any) -> Dict[str, Any]:
@@ -86,9 +144,6 @@ def _size_fields(size: Any) -> Dict[str, Any]:
     if isinstance(size, Mapping):
         return dict(size)
     return {k: getattr(size, k, None) for k in ("height", "width", "shortest_edge")}
-
-
-_PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 def resolve_transform_config(
@@ -180,7 +235,7 @@ def build_transforms(
     hflip: float = 0.5,
     vflip: float = 0.0,
 ) -> Callable[[Image.Image], Any]:
-    """A torchvision pipeline ``RGB PIL image -> normalised float tensor (3, H, W)``; see the module docstring."""
+    """A pipeline ``RGB PIL image -> normalised float tensor (3, H, W)``; see the module docstring."""
     from torchvision import transforms as T
 
     h, w = _hw(image_size)
@@ -188,22 +243,21 @@ def build_transforms(
         interp = T.InterpolationMode(interpolation.lower())
     except ValueError:
         raise ValueError(f"Unknown interpolation {interpolation!r}; use bilinear, bicubic, nearest, ...") from None
-    if train:
-        steps = [T.RandomResizedCrop((h, w), scale=tuple(scale), ratio=(3 / 4, 4 / 3), interpolation=interp, antialias=True)]
-        if hflip > 0:
-            steps.append(T.RandomHorizontalFlip(hflip))
-        if vflip > 0:
-            steps.append(T.RandomVerticalFlip(vflip))
-    elif crop_pct is None:
-        steps = [T.Resize((h, w), interpolation=interp, antialias=True)]
-    else:
-        if not (0 < crop_pct <= 1):
-            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-        scaled = (int(h / crop_pct), int(w / crop_pct))
-        steps = [
-            T.Resize(scaled[0] if h == w else scaled, interpolation=interp, antialias=True),
-            T.CenterCrop((h, w)),
-        ]
+    if crop_pct is not None and not (0 < crop_pct <= 1):
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    if not train:
+        from timm.data import create_transform
+
+        return create_transform(
+            input_size=(3, h, w), is_training=False, interpolation=interp.value, mean=tuple(mean), std=tuple(std),
+            crop_pct=1.0 if crop_pct is None else crop_pct,
+            crop_mode="center" if crop_pct is not None and h == w else "squash",
+        )
+    steps = [T.RandomResizedCrop((h, w), scale=tuple(scale), ratio=(3 / 4, 4 / 3), interpolation=interp, antialias=True)]
+    if hflip > 0:
+        steps.append(T.RandomHorizontalFlip(hflip))
+    if vflip > 0:
+        steps.append(T.RandomVerticalFlip(vflip))
     steps += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
     return T.Compose(steps)
 
@@ -285,7 +339,8 @@ def apply_transforms(
         tf = build_transforms(
             cfg.image_size, cfg.mean, cfg.std, train=train, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, **augment
         )
-        return ds.with_transform(ImageTransform(tf, draft, max_pixels, image_column, label_column))
+        # evaluation decodes in full, as pipeline() does: a JPEG draft changes the pixels
+        return ds.with_transform(ImageTransform(tf, draft if train else None, max_pixels, image_column, label_column))
 
     if isinstance(dsd, datasets.Dataset):
         return one(dsd, train=False)
@@ -373,12 +428,8 @@ def cache_resized(
                 desc=f"Resizing {split} to {size}px",
                 load_from_cache_file=False,
             )
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            resized.save_to_disk(str(tmp))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            staging = staging_dir(target)
+            resized.save_to_disk(staging)
+            commit_dir(staging, target)
         out[split] = datasets.load_from_disk(str(target))
     return out["train"] if single else datasets.DatasetDict(out)

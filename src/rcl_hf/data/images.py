@@ -1,21 +1,18 @@
-"""Bad-file checks: decide, file by file, whether an image may enter a dataset.
+"""Image decoding and per-file image checks: the one decoder of the package.
 
-Real downloads hold files a classifier must never see silently: empty files,
-truncated JPEG/PNG, non-images with an image extension, unusual pixel modes
-(CMYK, 16-bit, palette, alpha), files outside the folder that gives their label,
-label rows without an image and images without a label.  Every such case
-becomes a :class:`Problem` ``(path, kind, reason, action)``: the file is skipped
-and reported, or, in strict mode, :func:`raise_for_problems` raises one
-``ValueError`` that lists them.  A file is never given a label it was not
-given by the dataset's own layout.
+:func:`open_image_rgb` is the one decoder the loaders, the transforms, the
+duplicate audit and the Gradio Space share; it raises :class:`ImageLoadError`
+(a ``ValueError``) for bad input: empty files, truncated JPEG/PNG, non-images
+with an image extension, images above ``max_pixels``, unknown pixel modes.
 
 One pass per file (:func:`validate_images`): the bytes are read once, hashed
 (SHA-1, for the duplicate audit), checked with ``PIL.Image.verify`` (container
 integrity: PNG CRCs, JPEG markers), then decoded with ``Image.load`` (catches
 truncation) at a reduced JPEG draft scale (DCT scaling still reads every
-entropy-coded block, so truncation is still caught, at a fraction of the cost).
-Results are cached on disk keyed by ``(relative path, size, mtime_ns)`` so a
-second load only ``stat``s the files.
+entropy-coded block, so truncation is still caught, at a fraction of the cost),
+and fingerprinted with a difference hash (:func:`dhash`).  Results are cached on
+disk keyed by ``(relative path, size, mtime_ns)`` so a second load only
+``stat``s the files.
 
 Pixel modes (:func:`to_rgb`): ``RGB`` passes, ``L`` is replicated to three
 channels; the unusual ones are converted and reported with action
@@ -28,9 +25,10 @@ channels; the unusual ones are converted and reported with action
   ``v8 = round(255 * (v - lo) / (hi - lo))`` with ``lo = min(0, v.min())`` and
   ``hi = v.max()``, applied only when the values leave ``[0, 255]``.
 
-:func:`open_image_rgb` is the one decoder the loaders, the transforms and the
-Gradio Space share; it raises :class:`ImageLoadError` (a ``ValueError``) for
-bad input.
+Image hashes: dHash (N. Krawetz, "Kind of like that", hackerfactor.com, 2013):
+shrink the grayscale image to 9x8 and set bit ``8*r + c`` when
+``pixel[r, c] < pixel[r, c + 1]``; it survives re-encoding and resizing, not
+crops or rotations.  :mod:`rcl_hf.data.duplicates` groups files by it.
 """
 
 from __future__ import annotations
@@ -42,30 +40,28 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..crash_safety import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "IMAGE_EXTENSIONS",
     "ImageCheck",
     "ImageLoadError",
-    "LoadReport",
-    "Problem",
-    "Record",
-    "Scan",
+    "ahash",
     "default_cache_dir",
-    "file_kind",
+    "dhash",
+    "hamming",
     "inspect_image_bytes",
-    "iter_files",
     "open_image_rgb",
-    "raise_for_problems",
+    "read_image_bytes",
     "to_rgb",
     "validate_images",
 ]
@@ -73,31 +69,6 @@ __all__ = [
 #: Largest accepted ``width * height``; PIL's own decompression-bomb limit
 #: (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP) is the default.
 DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
-
-#: Extensions treated as images (compared in lower case).
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-#: Side files that ship with the datasets and are skipped without a report.
-IGNORED_EXTENSIONS = frozenset({".txt", ".md", ".csv", ".xlsx", ".xls", ".json", ".pdf", ".html", ".xml", ".ini", ".db"})
-IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
-
-#: Problem kinds (the ``kind`` field of :class:`Problem`).
-PROBLEM_KINDS = (
-    "empty",  # zero-byte file
-    "truncated",  # image data ends early
-    "corrupt",  # fails PIL verify/decoding for another reason
-    "not_image",  # PIL cannot identify the format
-    "too_large",  # more than max_pixels
-    "mode",  # unusual pixel mode (converted, or skipped when conversion is off)
-    "unsupported_file",  # a non-image file where images are expected
-    "wrong_place",  # a file outside the folder that gives its label / a name that contradicts it
-    "missing_image",  # a label row whose image file does not exist
-    "missing_label",  # an image without a label row
-    "ambiguous_label",  # a one-hot row with zero or several classes
-    "label_conflict",  # two sources give the same image different labels
-    "duplicate_name",  # the same image id found twice in the layout
-    "not_in_split",  # an image the official split files do not list
-    "cross_split_duplicate",  # dropped from an evaluation split (drop_cross_split_duplicates)
-)
 
 _CACHE_VERSION = 1
 _DRAFT = (64, 64)  # JPEG draft size used by the validation pass
@@ -113,48 +84,6 @@ class ImageLoadError(ValueError):
     def __init__(self, message: str, kind: str = "corrupt") -> None:
         super().__init__(message)
         self.kind = kind
-
-
-# --------------------------------------------------------------------------- files
-def file_kind(name: str) -> str:
-    """``"image"``, ``"ignore"`` (a known side file, hidden file) or ``"other"`` for a file name."""
-    low = name.lower()
-    if low in IGNORED_NAMES or low.startswith("."):
-        return "ignore"
-    ext = os.path.splitext(low)[1]
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    if ext in IGNORED_EXTENSIONS:
-        return "ignore"
-    return "other"
-
-
-def unsupported_file(path: Path, show: str) -> "Problem":
-    """The report for a file that is neither an image nor a known side file."""
-    return Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})")
-
-
-def iter_files(root: Union[str, os.PathLike]) -> Iterator[Path]:
-    """Every regular file under ``root``, recursively, in sorted (deterministic) order.
-
-    Hidden directories (``.git``, ``.cache``, ``__MACOSX``) are not entered.
-    """
-    stack = [os.fspath(root)]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as err:  # unreadable directory: surface it, do not hide it
-            raise ValueError(f"Cannot list directory {d!r}: {err}") from err
-        subdirs = []
-        for e in entries:
-            if e.is_dir(follow_symlinks=True):
-                if not e.name.startswith(".") and e.name != "__MACOSX":
-                    subdirs.append(e.path)
-            elif e.is_file(follow_symlinks=True):
-                yield Path(e.path)
-        stack.extend(reversed(subdirs))
 
 
 def default_cache_dir() -> Path:
@@ -216,13 +145,17 @@ def _to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[str]]:
     raise ImageLoadError(f"unsupported image mode {mode!r}", kind="mode")
 
 
-def _source_bytes(source: Any) -> Tuple[bytes, str]:
-    """Bytes and a display name from a path, bytes, a file object or a ``datasets`` image dict."""
+def read_image_bytes(source: Any) -> Tuple[bytes, str]:
+    """Bytes and a display name from a path, bytes, a file object or a ``datasets`` image dict.
+
+    Raises:
+        ImageLoadError: a missing or unreadable file, a dict without bytes or path, another type.
+    """
     if isinstance(source, dict):  # datasets Image(decode=False) value: {"bytes": ..., "path": ...}
         if source.get("bytes") is not None:
             return bytes(source["bytes"]), str(source.get("path") or "<bytes>")
         if source.get("path"):
-            return _source_bytes(source["path"])
+            return read_image_bytes(source["path"])
         raise ImageLoadError("image dict has neither 'bytes' nor 'path'", kind="missing_image")
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), "<bytes>"
@@ -310,7 +243,7 @@ def open_image_rgb(
             raise ImageLoadError(f"image too large ({w}x{h} > max_pixels={max_pixels})", kind="too_large")
         img = source
     else:
-        data, name = _source_bytes(source)
+        data, name = read_image_bytes(source)
         img = _decode(data, name, max_pixels, draft_size, verify=False)
     if exif_transpose:
         try:
@@ -320,6 +253,29 @@ def open_image_rgb(
             pass
     rgb, _ = to_rgb(img)
     return rgb
+
+
+
+
+# --------------------------------------------------------------------------- hashes
+def dhash(img: Image.Image, hash_size: int = 8) -> int:
+    """Difference hash (``hash_size**2`` bits) of ``img``; see the module docstring."""
+    small = img.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.BOX)
+    px = np.asarray(small, dtype=np.int16)
+    bits = (px[:, :-1] < px[:, 1:]).flatten()
+    return int(np.packbits(bits).view(">u8")[0]) if hash_size == 8 else int("".join("1" if b else "0" for b in bits), 2)
+
+
+def ahash(img: Image.Image, hash_size: int = 8) -> int:
+    """Average hash: bit set where the 8x8 grayscale thumbnail exceeds its mean."""
+    small = np.asarray(img.convert("L").resize((hash_size, hash_size), Image.Resampling.BOX), dtype=np.float64)
+    bits = (small > small.mean()).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits."""
+    return int(bin(int(a) ^ int(b)).count("1"))
 
 
 # --------------------------------------------------------------------------- one-pass validation
@@ -340,8 +296,6 @@ class ImageCheck:
 
 def inspect_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> ImageCheck:
     """Check one image's bytes: SHA-1, verify, decode, mode, difference hash."""
-    from .duplicates import dhash  # local: duplicates imports this module lazily too
-
     sha1 = hashlib.sha1(data).hexdigest()
     try:
         img = _decode(data, name, max_pixels, _DRAFT, verify=True)
@@ -390,10 +344,8 @@ class _CheckCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"header": self.header, "entries": self.entries}, fh, separators=(",", ":"))
-            os.replace(tmp, self.path)
+            blob = json.dumps({"header": self.header, "entries": self.entries}, separators=(",", ":"))
+            atomic_write_bytes(self.path, blob.encode("utf-8"))
         except OSError as err:  # a read-only cache location only costs speed
             logger.warning("Cannot write image-check cache %s: %s", self.path, err)
 
@@ -478,103 +430,3 @@ def validate_images(
                 cache.put(keys[i], stats[i], check)  # type: ignore[arg-type]
         cache.save()
     return results  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- what loaders hand over
-@dataclass
-class Problem:
-    """One reported file or label row: ``action`` is ``"skipped"``, ``"converted"`` or ``"dropped"``."""
-
-    path: str
-    kind: str
-    reason: str
-    action: str = "skipped"
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason} [{self.kind}, {self.action}]"
-
-
-@dataclass
-class Record:
-    """One labelled image found by a layout scanner.
-
-    ``split`` is the official split (``"train"``, ``"validation"``, ``"test"``) or
-    ``None`` for the pool that derived splits are carved from.  ``group`` is the
-    patient / lesion / slide / WSI id, or ``None`` when the layout has none (the
-    file's content hash then stands in, so byte-identical files stay together).
-    """
-
-    path: str
-    label: str
-    split: Optional[str] = None
-    group: Optional[str] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Scan:
-    """A layout scanner's result: records, problems found while scanning, and how to read them."""
-
-    name: str
-    root: Path
-    records: List[Record]
-    problems: List[Problem]
-    group_column: Optional[str]  # dataset-specific id column ("lesion_id", ...) or None
-    extra_features: Dict[str, Any]  # column -> datasets feature, in column order
-    split_sources: Dict[str, str]  # official split -> where it came from
-    notes: List[str] = field(default_factory=list)
-
-
-@dataclass
-class LoadReport:
-    """Everything :func:`rcl_hf.data.load_dataset` skipped, converted, dropped or noticed."""
-
-    dataset: str
-    data_dir: str
-    problems: List[Problem] = field(default_factory=list)
-    duplicates: Any = None  # rcl_hf.data.duplicates.DuplicateReport
-    split_sources: Dict[str, str] = field(default_factory=dict)
-    group_overlaps: Dict[str, List[str]] = field(default_factory=dict)  # "a|b" -> groups in both official splits
-    counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
-    timings: Dict[str, float] = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
-
-    @property
-    def skipped(self) -> List[Problem]:
-        return [p for p in self.problems if p.action == "skipped"]
-
-    def summary(self) -> str:
-        from collections import Counter
-
-        by = Counter((p.kind, p.action) for p in self.problems)
-        parts = [f"{n} {action} ({kind})" for (kind, action), n in sorted(by.items())]
-        lines = [f"{self.dataset} at {self.data_dir}: " + (", ".join(parts) if parts else "no problems")]
-        if self.duplicates is not None:
-            lines.append(self.duplicates.summary())
-        for pair, groups in self.group_overlaps.items():
-            lines.append(f"official splits {pair.replace('|', ' and ')} share {len(groups)} group(s), e.g. {groups[:3]}")
-        lines.extend(self.notes)
-        return "\n".join(lines)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "data_dir": self.data_dir,
-            "problems": [asdict(p) for p in self.problems],
-            "duplicates": self.duplicates.to_dict() if self.duplicates is not None else None,
-            "split_sources": self.split_sources,
-            "group_overlaps": self.group_overlaps,
-            "counts": self.counts,
-            "timings": self.timings,
-            "notes": self.notes,
-        }
-
-
-def raise_for_problems(problems: Sequence[Problem], what: str, limit: int = 20) -> None:
-    """Strict mode: raise one ``ValueError`` listing every skipped file (up to ``limit``)."""
-    bad = [p for p in problems if p.action == "skipped"]
-    if not bad:
-        return
-    listed = "\n".join(f"  - {p}" for p in bad[:limit])
-    more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
-    raise ValueError(f"strict mode: {len(bad)} problem(s) in {what}:\n{listed}{more}")
