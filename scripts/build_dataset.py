@@ -42,7 +42,9 @@ class BuildDatasetArguments:
     test_size: Optional[float] = field(default=None, metadata={"help": "test fraction when derived (default 0.15)"})
     strict: bool = field(default=False, metadata={"help": "fail on any bad file instead of skipping it"})
     drop_cross_split_duplicates: bool = field(default=False, metadata={"help": "drop copies of training images from validation/test"})
-    perceptual: bool = field(default=False, metadata={"help": "also audit perceptual (dHash) duplicates"})
+    perceptual: Optional[bool] = field(
+        default=None, metadata={"help": "group perceptual (dHash) near-copies; default: the dataset's own (on for brain_tumor_mri)"}
+    )
     official_splits: bool = field(default=True, metadata={"help": "use the dataset's official splits (--no_official_splits to re-split)"})
     fold: Optional[int] = field(default=None, metadata={"help": "BreaKHis Folds.csv fold (1-5) / SICAPv2 Val fold (1-4)"})
     magnification: Optional[int] = field(default=None, metadata={"help": "BreaKHis: 40, 100, 200 or 400"})

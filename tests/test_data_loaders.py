@@ -472,7 +472,7 @@ def test_build_dataset_script_hub_errors_are_one_line(tmp_path, monkeypatch, cap
     assert mod["main"](argv) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: push to me/x failed: ConnectError: [Errno -3]")
+    assert err.strip().splitlines()[-1].startswith("error: push to me/x failed:") and "ConnectError" in err
 
     bad = mod["main"](["--name", "brain_tumor_mri", "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o2")])
     assert bad == 1 and "not a directory" in capsys.readouterr().err

@@ -67,6 +67,11 @@ class DataArguments:
     test_size: Optional[float] = field(default=None, metadata={"help": "Share of groups carved out of train for test when "
                                                                      "the dataset has none (default 0.15)."})
     drop_cross_split_duplicates: bool = field(default=True, metadata={"help": "Drop evaluation images byte-identical to training ones."})
+    perceptual_grouping: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Group perceptual near-copies (dHash) so they never straddle splits; default: the "
+                          "dataset's own (on for brain_tumor_mri, which has no patient ids)."},
+    )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on this many rows of the training split."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Score this many rows of validation and test."})
     subset: str = field(

@@ -48,7 +48,8 @@ def load_data(data_args: DataArguments, seed: Optional[int] = None):
         kwargs: Dict[str, Any] = {"seed": data_args.split_seed if seed is None else seed}
         if name != "synthetic":
             kwargs.update(val_size=data_args.val_size, test_size=data_args.test_size,
-                          drop_cross_split_duplicates=data_args.drop_cross_split_duplicates)
+                          drop_cross_split_duplicates=data_args.drop_cross_split_duplicates,
+                          perceptual=data_args.perceptual_grouping)
         dsd = rcl_data.load_dataset(name, data_args.data_dir, **kwargs)
     elif data_args.train_dir:  # transformers' run_image_classification.py layout: class sub-folders
         files = {"train": os.path.join(data_args.train_dir, "**")}

@@ -189,7 +189,7 @@ def run_training(
         with training_args.main_process_first(desc="resized-image cache"):
             splits = cache_resized(splits, image_size, os.path.join(cache_dir, "resized"))
     transformed = apply_transforms(
-        splits, image_size=image_size, mean=data_config["mean"], std=data_config["std"],
+        splits, source=processor,  # the saved processor is the one definition of evaluation's preprocessing
         # Frozen embeddings are computed once: no random augmentation then.
         train_splits=() if model_args.freeze_backbone else ("train",),
         **_augmentation(data_args),

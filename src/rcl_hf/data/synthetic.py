@@ -49,6 +49,7 @@ from ..severity import PRESETS, SeverityMatrix
 
 __all__ = ["generate_images", "load_synthetic", "SYNTHETIC_LABELS"]
 
+PRETTY_NAME = "rcl_hf synthetic lesions"
 SYNTHETIC_LABELS = list(PRESETS["synthetic"].labels)
 
 
