@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_ood_guard", "embed_images"]
+__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_ood_guard", "fit_guard_from_embeddings", "embed_images"]
 
 OOD_GUARD_FILE = "ood_guard.safetensors"
 DEFAULT_FALSE_ALARM_RATE = 0.05
@@ -133,32 +133,56 @@ def fit_ood_guard(
     Returns:
         The path of the written file.
     """
-    from sklearn.covariance import LedoitWolf
-
     from .inference import load_model
 
-    if not 0 < false_alarm_rate <= 0.5:
-        raise ValueError(f"false_alarm_rate must be in (0, 0.5], got {false_alarm_rate}")
     if len(validation) < 20:
         raise ValueError(f"the validation split has {len(validation)} rows: at least 20 are needed to place the threshold")
     model = load_model(os.fspath(model_dir))
-    k = model.config.num_labels
     tr_images, tr_labels = _column_images(train, max_samples, seed)
     va_images, _ = _column_images(validation, max_samples, seed)
-    z_train = embed_images(model, tr_images, batch_size=batch_size)
-    present = np.unique(tr_labels)
-    if len(present) < 1 or tr_labels.min() < 0 or tr_labels.max() >= k:
-        raise ValueError(f"training labels must be class indices in [0, {k - 1}]")
-    means = np.stack([z_train[tr_labels == c].mean(0) for c in present])
-    centred = z_train - means[np.searchsorted(present, tr_labels)]
-    lw = LedoitWolf(assume_centered=True).fit(centred)
+    guard = fit_guard_from_embeddings(
+        embed_images(model, tr_images, batch_size=batch_size), tr_labels,
+        embed_images(model, va_images, batch_size=batch_size), false_alarm_rate=false_alarm_rate,
+        labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+    )
+    return guard.save(model_dir)
+
+
+def fit_guard_from_embeddings(
+    train_embeddings: np.ndarray,
+    train_labels: Sequence[int],
+    validation_embeddings: np.ndarray,
+    *,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    labels: Optional[Sequence[str]] = None,
+) -> OODGuard:
+    """The guard from penultimate embeddings: class means + Ledoit–Wolf shared covariance on the training
+    embeddings, threshold at the ``1 - false_alarm_rate`` quantile of the validation scores.
+
+    The embeddings must come from the same preprocessing as :func:`rcl_hf.inference.predict`
+    (its image processor), or the threshold will not hold at inference.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    if not 0 < false_alarm_rate <= 0.5:
+        raise ValueError(f"false_alarm_rate must be in (0, 0.5], got {false_alarm_rate}")
+    z_train = np.asarray(train_embeddings, dtype=np.float64)
+    y = np.asarray(train_labels, dtype=np.int64)
+    z_val = np.asarray(validation_embeddings, dtype=np.float64)
+    if z_train.ndim != 2 or len(z_train) != len(y) or len(z_train) < 2:
+        raise ValueError(f"need (N, D) training embeddings with N labels, N >= 2; got {z_train.shape} and {y.shape}")
+    if z_val.ndim != 2 or z_val.shape[1] != z_train.shape[1] or len(z_val) < 20:
+        raise ValueError(f"need (M >= 20, {z_train.shape[1]}) validation embeddings, got {z_val.shape}")
+    present = np.unique(y)
+    means = np.stack([z_train[y == c].mean(0) for c in present])
+    lw = LedoitWolf(assume_centered=True).fit(z_train - means[np.searchsorted(present, y)])
     guard = OODGuard(means=means, precision=lw.precision_, threshold=0.0, false_alarm_rate=false_alarm_rate, meta={})
-    val_scores = guard.score(embed_images(model, va_images, batch_size=batch_size))
+    val_scores = guard.score(z_val)
     guard.threshold = float(np.quantile(val_scores, 1.0 - false_alarm_rate, method="higher"))
     guard.meta = {
-        "classes": [model.config.id2label[int(c)] for c in present], "n_fit": int(len(z_train)),
-        "n_calibration": int(len(val_scores)), "shrinkage": float(lw.shrinkage_),
+        "classes": [labels[int(c)] if labels else int(c) for c in present], "n_fit": int(len(z_train)),
+        "n_calibration": int(len(z_val)), "shrinkage": float(lw.shrinkage_),
         "validation_flagged": float((val_scores > guard.threshold).mean()), "embedding_dim": int(z_train.shape[1]),
         "reference": "Lee et al. 2018, Mahalanobis distance on penultimate features",
     }
-    return guard.save(model_dir)
+    return guard
