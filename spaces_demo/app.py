@@ -46,6 +46,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "InputImageError", "In
            "analyze", "build_demo", "launch_demo", "load_input_image", "load_space_model", "main", "make_examples",
            "resolve_model_ids", "score", "OOD_MESSAGE"]
 
+_examples_root = examples_root  # the one folder served besides uploads (tests/test_security.py checks it)
 DISCLAIMER = "Research demo of rcl_hf, **not a medical device**: do not use it for diagnosis."
 _INTRO = """# Risk-aware medical image classification
 **rcl_hf** puts a clinical *severity matrix* into the training loss, so that a model avoids the

@@ -450,7 +450,13 @@ class _CDP:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-async def _browser_session(url: str, upload: str, devtools_port: int) -> Dict[str, Any]:
+_WAIT_DECISION = ("(() => { const c = document.querySelector('#rcl-decision-1 .rcl-card');"
+                  " return c && c.innerText.includes('Bayes-risk decision') ? c.innerText : ''; })()")
+_WAIT_ANY_CARD = ("(() => { const c = document.querySelector('#rcl-decision-0 .rcl-card');"
+                  " return c && c.innerText.length > 20 ? c.innerText : ''; })()")
+
+
+async def _browser_session(url: str, upload: str, devtools_port: int, wait: str = _WAIT_DECISION) -> Dict[str, Any]:
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
@@ -464,22 +470,17 @@ async def _browser_session(url: str, upload: str, devtools_port: int) -> Dict[st
             doc = await cdp.call("DOM.getDocument", depth=-1, pierce=True)
             node = await cdp.call("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#rcl-input input[type=file]")
             await cdp.call("DOM.setFileInputFiles", files=[upload], nodeId=node["nodeId"])
-            text = await cdp.wait_for(
-                "(() => { const c = document.querySelector('#rcl-decision-1 .rcl-card');"
-                " return c && c.innerText.includes('Bayes-risk decision') ? c.innerText : ''; })()",
-                45, "the decision panels",
-            )
+            text = await cdp.wait_for(wait, 90, "the decision panels")
             await asyncio.sleep(0.8)  # let the bars' transitions settle before the picture
             page_text = await cdp.evaluate("document.body.innerText")
             shot = await cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             return {"card": text, "page": page_text, "png": base64.b64decode(shot["data"])}
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
-def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_url, inputs_dir, tmp_path):
+def _in_chromium(url: str, upload: str, tmp_path: Path, wait: str = _WAIT_DECISION) -> Dict[str, Any]:
+    """Headless Chromium (the flags below) opens ``url``, uploads ``upload``, waits for ``wait``; returns text + PNG."""
     pytest.importorskip("aiohttp", reason="aiohttp (installed with datasets) drives Chromium over CDP")
-    profile = tmp_path / "chromium-profile"
+    profile = tmp_path / f"chromium-profile-{time.monotonic_ns()}"
     proc = subprocess.Popen(
         [
             CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -499,7 +500,7 @@ def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_
                 pytest.fail("Chromium did not open its DevTools port within 30 s")
             time.sleep(0.1)
         devtools_port = int(port_file.read_text().split()[0])
-        got = asyncio.run(_browser_session(compare_url, str(inputs_dir / "normal.png"), devtools_port))
+        return asyncio.run(_browser_session(url, upload, devtools_port, wait))
     finally:
         proc.terminate()
         try:
@@ -507,6 +508,17 @@ def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_
         except subprocess.TimeoutExpired:
             proc.kill()
 
+
+def _banner_pixels(png: bytes, colour: tuple) -> int:
+    with Image.open(io.BytesIO(png)) as im:
+        px = np.asarray(im.convert("RGB")).astype(int)
+    return int((np.abs(px - np.array(colour)).sum(-1) <= 6).sum())
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
+def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_url, inputs_dir, tmp_path):
+    got = _in_chromium(compare_url, str(inputs_dir / "normal.png"), tmp_path)
     card, page = got["card"], got["page"]
     assert "Bayes-risk decision" in card and "Critical mass" in card
     refer = "REFER TO A SPECIALIST" in card
@@ -526,3 +538,59 @@ def test_browser_uploads_an_image_and_the_screenshot_shows_the_decision(compare_
     if keep:
         Path(keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot_path, keep)
+
+
+# ------------------------------------------------------------------------------ real data, real browser
+DATA = Path(os.environ.get("RCL_DATA_ROOT", "/work/shared/data"))
+
+
+@pytest.mark.realdata
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"headless Chromium not found at {CHROMIUM}")
+@pytest.mark.skipif(not (DATA / "brain_tumor_mri").is_dir() or not (DATA / "isic2018_task3").is_dir(),
+                    reason=f"Brain Tumor MRI and ISIC 2018 not found under {DATA}")
+def test_real_brain_mri_space_diagnoses_mri_and_refers_isic(app, tmp_path):
+    """The one-command real pair (frozen EfficientNet-Lite0, CE + RCL, OOD guard): an MRI gets a diagnosis, an
+    ISIC photo the OOD referral, through the API and in Chromium. RCL_SPACE_SCREENSHOT_DIR keeps the PNGs."""
+    from gradio_client import handle_file
+
+    from rcl_hf.data import load_dataset
+    from rcl_hf.space.train import train_space_pair
+
+    pair = train_space_pair("brain_tumor_mri", str(DATA / "brain_tumor_mri"),
+                            os.environ.get("RCL_OOD_RUN_DIR") or str(tmp_path / "space"))
+    rcl = app.load_space_model(pair["rcl"], "RCL (brain_tumor_mri)")
+    ce = app.load_space_model(pair["ce"], "cross-entropy (brain_tumor_mri)")
+    assert rcl.ood_guard is not None and app.make_examples(labels=rcl.labels) == []  # no other domain's examples
+    mri = load_dataset("brain_tumor_mri", str(DATA / "brain_tumor_mri"))["validation"]
+    import datasets
+
+    glioma = int(np.flatnonzero(np.asarray(mri["label"]) == mri.features["label"].names.index("glioma"))[0])
+    row = mri.cast_column("image", datasets.Image(decode=False))[glioma]["image"]
+    mri_path = row.get("path") or ""
+    if not os.path.isfile(mri_path):  # image stored as bytes: hand the Space a file
+        mri_path = str(tmp_path / "mri.png")
+        Path(mri_path).write_bytes(row["bytes"])
+    isic = sorted((DATA / "isic2018_task3" / "ISIC2018_Task3_Training_Input").glob("*.jpg"))[0]
+    demo = app.build_demo(rcl, ce)
+    url = _serve(app, demo)
+    try:
+        c = gradio_client.Client(url, verbose=False)
+        on = c.predict(handle_file(mri_path), 0.1, api_name="/analyze")
+        off = c.predict(handle_file(str(isic)), 0.1, api_name="/analyze")
+        for k in (0, 1):
+            assert _record(on, k)["out_of_distribution"] is False and _record(on, k)["diagnosis"] in rcl.labels
+            assert _record(off, k)["out_of_distribution"] is True and _record(off, k)["diagnosis"] is None
+        assert app.OOD_MESSAGE in off[1] and "Bayes-risk decision" in on[1]
+        shots = {"in_domain": _in_chromium(url, mri_path, tmp_path),
+                 "out_of_domain": _in_chromium(url, str(isic), tmp_path, wait=_WAIT_ANY_CARD)}
+    finally:
+        demo.close()
+    assert "Bayes-risk decision" in shots["in_domain"]["card"]
+    assert app.OOD_MESSAGE in shots["out_of_domain"]["card"] and "Bayes-risk decision" not in shots["out_of_domain"]["page"]
+    assert _banner_pixels(shots["out_of_domain"]["png"], (110, 64, 201)) > 2000  # the purple OOD banner
+    keep = os.environ.get("RCL_SPACE_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for name, got in shots.items():
+            (Path(keep) / f"space_brain_mri_{name}.png").write_bytes(got["png"])

@@ -125,11 +125,13 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     The returned model is in eval mode and has ``.severity`` (a
     :class:`SeverityMatrix`), ``.image_processor`` and ``.ood_guard`` (an
     :class:`rcl_hf.ood.OODGuard`, or ``None`` when the folder has none) attributes.
-    The processor is loaded with ``backend="pil"``: the saved ``ViTImageProcessor``
-    config then resolves without transformers' "Requested torchvision backend is not
-    available" fallback warning, and resizes with PIL exactly like training.
+    The image processor is the class named in ``preprocessor_config.json``
+    (``image_processor_type``, e.g. the ``ViTImageProcessor`` that training saved), not
+    the one ``AutoImageProcessor`` picks from the model type: for timm models that is
+    ``TimmWrapperImageProcessor`` (bicubic, no torchvision variant), which preprocesses
+    differently from training and printed "Requested torchvision backend is not available".
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     name = os.fspath(name_or_path)
     if not os.path.isdir(name) and (name.count("/") != 1 or name.startswith((".", "/"))):
@@ -139,13 +141,25 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     except OSError as err:
         raise offline_error(name_or_path, err) from None
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+        processor = _load_processor(name_or_path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{name_or_path!r} has no usable image processor (preprocessor_config.json): {err}") from None
     model.severity = severity_from_config(model.config)
     model.image_processor = processor
     model.ood_guard = OODGuard.load(name) if os.path.isdir(name) else _hub_guard(name)
     return model.to(device).eval()
+
+
+def _load_processor(name_or_path: str) -> Any:
+    """The image processor class the folder names (``image_processor_type``), else ``AutoImageProcessor``."""
+    import transformers
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path)
+    cls = getattr(transformers, str(config.get("image_processor_type") or ""), None)
+    if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+        return cls.from_pretrained(name_or_path)
+    return transformers.AutoImageProcessor.from_pretrained(name_or_path)
 
 
 def _hub_guard(name: str) -> Optional[OODGuard]:

@@ -99,6 +99,15 @@ def _read_source(source: Any, max_bytes: int) -> Tuple[bytes, str]:
     return data, name
 
 
+def _user_error(err: ValueError, name: str, max_pixels: int) -> InputImageError:
+    """The decoder's error as the message the user reads (pixel limits in megapixels)."""
+    kind = getattr(err, "kind", "not_image")
+    text = str(err).replace("<bytes>: ", "")
+    if kind == "too_large":
+        text = f"{text} (the limit is {max_pixels / 1e6:.1f} megapixels)"
+    return InputImageError(f"{name}: {text}" if name and name not in text else text, kind)
+
+
 def load_input_image(
     source: Any,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -123,7 +132,7 @@ def load_input_image(
         try:
             rgb = as_rgb_image(source, max_pixels)
         except ValueError as err:
-            raise err if isinstance(err, InputImageError) else InputImageError(str(err), "not_image") from None
+            raise _user_error(err, "", max_pixels) from None
         mode, fmt, (w, h) = (img.mode, img.format, img.size) if img is not None else ("array", None, rgb.size)
         if img is not None and mode not in ("RGB", "L"):
             notes.append(to_rgb(img)[1] or f"{mode} image converted to RGB")
@@ -138,7 +147,7 @@ def load_input_image(
         try:
             rgb = open_image_rgb(data, max_pixels, draft_size=draft)
         except ImageLoadError as err:
-            raise InputImageError(f"{name}: {err}".replace("<bytes>: ", ""), err.kind) from None
+            raise _user_error(err, name, max_pixels) from None
         except Exception as err:  # noqa: BLE001 - a PIL parser may raise anything on a malformed header
             raise InputImageError(f"{name}: not a readable image ({type(err).__name__}: {err})", "not_image") from None
         if mode not in ("RGB", "L", "?"):  # the loaders' conversion note (alpha dropped, 16-bit rescaled, ...)
