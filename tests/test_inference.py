@@ -163,3 +163,45 @@ def test_import_rcl_hf_is_light_and_the_public_api_resolves_lazily():
             "assert RiskCalibratedTrainer.__module__ == 'rcl_hf.trainer'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_predict_accepts_paths_bytes_arrays_and_refuses_bad_inputs_clearly(checkpoint, tmp_path):
+    """Issue 15: ``predict(model, ["x.jpg"])`` used to fail with AttributeError on str."""
+    model = load_model(str(checkpoint))
+    img = _images()[0]
+    img.save(tmp_path / "x.png")
+    ref = predict(model, img).probabilities[0]
+    arr = np.asarray(img)
+    for source in (str(tmp_path / "x.png"), tmp_path / "x.png", (tmp_path / "x.png").read_bytes(), arr,
+                   arr.astype(np.float32) / 255.0):
+        assert predict(model, [source]).probabilities[0] == pytest.approx(ref, abs=2e-3), type(source)
+    rec = predict(model, [str(tmp_path / "x.png")]).as_records()[0]
+    assert rec["ood_score"] is None and rec["out_of_distribution"] is None  # no guard in this folder
+    with pytest.raises(ValueError, match="Cannot fetch image URL .*offline"):
+        predict(model, "http://rcl-hf.invalid/x.png")
+    with pytest.raises(ValueError, match="file not found"):
+        predict(model, str(tmp_path / "missing.png"))
+    with pytest.raises(ValueError, match="image dict has neither|Cannot read an image"):
+        predict(model, [{"not": "an image"}])
+    with pytest.raises(ValueError, match="numpy image must be"):
+        predict(model, np.zeros((2, 3, 4, 5)))
+    for bad in ("abc", None, float("nan"), -1):
+        with pytest.raises(ValueError, match="referral threshold must be"):
+            predict(model, img, threshold=bad)
+
+
+def test_load_model_uses_the_saved_processor_class_without_backend_warnings(tmp_path, capfd):
+    """A timm checkpoint: AutoImageProcessor would pick TimmWrapperImageProcessor (other preprocessing, and the
+    "Requested torchvision backend is not available" line); load_model uses the class training saved."""
+    model, data_config = build_model("resnet18", SEVERITY, image_size=32)
+    processor = build_image_processor(model, data_config)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    ensure_label_maps_in_config_file(str(tmp_path))
+    capfd.readouterr()
+    loaded = load_model(str(tmp_path))
+    assert type(loaded.image_processor) is type(processor)
+    assert "backend is not available" not in capfd.readouterr().err
+    img = _images()[0]
+    ours = processor(images=[img], return_tensors="pt")["pixel_values"]
+    assert torch.equal(loaded.image_processor(images=[img], return_tensors="pt")["pixel_values"], ours)

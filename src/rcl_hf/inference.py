@@ -7,7 +7,16 @@ For probabilities ``p`` over K classes and the model's severity matrix ``M``:
   ``r = min_j Σ_i p_i M[i, j]`` (SPEC.md section 1);
 * critical mass ``Σ_{i positive} p_i``: the probability that the case belongs to
   a class whose miss would be critical;
-* referral: ``refer = r > τ`` ("refer to a specialist").
+* referral: ``refer = r > τ`` ("refer to a specialist");
+* out-of-distribution guard (:mod:`rcl_hf.ood`, when the model folder has
+  ``ood_guard.safetensors``): ``ood_score`` (Mahalanobis distance of the penultimate
+  embedding) and ``out_of_distribution = ood_score > τ_ood``; ``None`` without a guard.
+
+Inputs: PIL images, paths (``str``/``Path``), ``bytes``, numpy arrays ``(H, W)``,
+``(H, W, 3|4)`` (uint8, or floats in [0, 1]), and http(s) URLs (fetched with
+``transformers.image_utils.load_image``; offline they fail with a clear
+``ValueError``). Files are decoded by :func:`rcl_hf.data.open_image_rgb`.
+Softmax: ``torch.softmax`` on the logits.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ import numpy as np
 import torch
 
 from .hub.errors import offline_error
+from .ood import OOD_GUARD_FILE, OODGuard
 from .models import severity_from_config
 from .severity import SeverityMatrix
 
-__all__ = ["Prediction", "load_model", "predict", "predict_proba", "risk_summary", "DEFAULT_REFERRAL_THRESHOLD"]
+__all__ = ["Prediction", "load_model", "predict", "predict_proba", "risk_summary", "check_threshold", "as_rgb_image",
+           "forward_images", "DEFAULT_REFERRAL_THRESHOLD"]
 
 DEFAULT_REFERRAL_THRESHOLD = 0.1
 
@@ -41,6 +52,9 @@ class Prediction:
     critical_mass: np.ndarray  # (N,)
     refer: np.ndarray  # (N,) bool
     threshold: float
+    ood_score: Optional[np.ndarray] = None  # (N,) Mahalanobis score; None when the model has no OOD guard
+    out_of_distribution: Optional[np.ndarray] = None  # (N,) bool; None when the model has no OOD guard
+    ood_threshold: Optional[float] = None
 
     def as_records(self) -> List[dict]:
         """One plain dict per image (JSON-ready)."""
@@ -54,36 +68,53 @@ class Prediction:
                     "expected_cost": float(self.expected_cost[n]),
                     "critical_mass": float(self.critical_mass[n]),
                     "refer": bool(self.refer[n]),
+                    "ood_score": None if self.ood_score is None else float(self.ood_score[n]),
+                    "out_of_distribution": None if self.out_of_distribution is None else bool(self.out_of_distribution[n]),
                 }
             )
         return out
 
 
 def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: float = DEFAULT_REFERRAL_THRESHOLD) -> Prediction:
-    """Decisions, costs and referral flags from probabilities ``(N, K)``."""
+    """Decisions, costs and referral flags from probabilities ``(N, K)``.
+
+    The Bayes decision and its cost come from
+    :func:`rcl_hf.metrics.functional.bayes_risk_decision` (the project's one Bayes rule).
+    """
+    from .metrics.functional import bayes_risk_decision
+
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim == 1:
         p = p[None]
     if p.shape[1] != severity.num_labels:
         raise ValueError(f"probabilities have {p.shape[1]} classes, the severity matrix {severity.num_labels}")
-    if not 0 <= threshold:
-        raise ValueError(f"referral threshold must be >= 0, got {threshold}")
-    expected = p @ severity.matrix  # (N, K) cost of deciding j
-    bayes = expected.argmin(1)
+    threshold = check_threshold(threshold)
+    bayes, cost = bayes_risk_decision(p, severity)
     arg = p.argmax(1)
-    rows = np.arange(len(p))
-    cost = expected[rows, bayes]
     return Prediction(
         labels=list(severity.labels),
         probabilities=p,
         argmax=arg,
         bayes_decision=bayes,
         expected_cost=cost,
-        argmax_expected_cost=expected[rows, arg],
+        argmax_expected_cost=np.einsum("nk,kn->n", p, severity.matrix[:, arg]),  # cost of acting on argmax
         critical_mass=p[:, severity.positive_rows].sum(1),
         refer=cost > threshold,
         threshold=float(threshold),
     )
+
+
+def check_threshold(threshold: Any) -> float:
+    """The referral threshold as a finite float >= 0, else a ``ValueError`` that says what was given."""
+    if isinstance(threshold, bool):
+        raise ValueError(f"The referral threshold must be a number, got {threshold!r}.")
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"The referral threshold must be a number, got {threshold!r}.") from None
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"The referral threshold must be a finite number >= 0, got {threshold!r}.")
+    return t
 
 
 def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
@@ -92,9 +123,15 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     Works offline (``HF_HUB_OFFLINE=1``) when the id is in the cache; raises
     :class:`rcl_hf.hub.errors.HubUnavailableError` with one clear line otherwise.
     The returned model is in eval mode and has ``.severity`` (a
-    :class:`SeverityMatrix`) and ``.image_processor`` attributes.
+    :class:`SeverityMatrix`), ``.image_processor`` and ``.ood_guard`` (an
+    :class:`rcl_hf.ood.OODGuard`, or ``None`` when the folder has none) attributes.
+    The image processor is the class named in ``preprocessor_config.json``
+    (``image_processor_type``, e.g. the ``ViTImageProcessor`` that training saved), not
+    the one ``AutoImageProcessor`` picks from the model type: for timm models that is
+    ``TimmWrapperImageProcessor`` (bicubic, no torchvision variant), which preprocesses
+    differently from training and printed "Requested torchvision backend is not available".
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     name = os.fspath(name_or_path)
     if not os.path.isdir(name) and (name.count("/") != 1 or name.startswith((".", "/"))):
@@ -104,28 +141,103 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     except OSError as err:
         raise offline_error(name_or_path, err) from None
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        processor = _load_processor(name_or_path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{name_or_path!r} has no usable image processor (preprocessor_config.json): {err}") from None
     model.severity = severity_from_config(model.config)
     model.image_processor = processor
+    model.ood_guard = OODGuard.load(name) if os.path.isdir(name) else _hub_guard(name)
     return model.to(device).eval()
 
 
-def predict_proba(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, K)`` for PIL images (converted to RGB)."""
+def _load_processor(name_or_path: str) -> Any:
+    """The image processor class the folder names (``image_processor_type``), else ``AutoImageProcessor``."""
+    import transformers
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path)
+    cls = getattr(transformers, str(config.get("image_processor_type") or ""), None)
+    if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+        return cls.from_pretrained(name_or_path)
+    return transformers.AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def _hub_guard(name: str) -> Optional[OODGuard]:
+    """The OOD guard of a Hub model from the local cache (never downloads at run time beyond the model itself)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(name, OOD_GUARD_FILE)
+    except Exception:  # noqa: BLE001 - a malformed id simply has no guard
+        return None
+    return OODGuard.load(path) if isinstance(path, str) else None
+
+
+def as_rgb_image(image: Any, max_pixels: Optional[int] = None) -> Any:
+    """One input as an RGB ``PIL.Image``: a PIL image, path, bytes, numpy array or http(s) URL."""
+    from PIL import Image
+
+    from .data import DEFAULT_MAX_PIXELS, open_image_rgb
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise ValueError(f"a numpy image must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+                raise ValueError(f"a numpy image must hold finite numbers, got dtype {arr.dtype}")
+            scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+            arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(arr)
+    elif isinstance(image, str) and image.startswith(("http://", "https://")):
+        from transformers.image_utils import load_image
+
+        try:
+            image = load_image(image)
+        except Exception as err:  # noqa: BLE001 - offline, 404, not an image: one clear line
+            raise ValueError(f"Cannot fetch image URL {image!r} ({type(err).__name__}: {err}); "
+                             "offline, pass a local file instead") from None
+    elif not isinstance(image, (Image.Image, str, os.PathLike, bytes, bytearray)) and not hasattr(image, "read"):
+        raise ValueError(f"Cannot read an image from a {type(image).__name__}: pass a PIL image, a path, bytes, "
+                         "a numpy array or a URL")
+    return open_image_rgb(image, limit)
+
+
+def forward_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32,
+                   embeddings: bool = False):
+    """``(probabilities (N, K), embeddings (N, D) or None)``: softmax of the logits and, when asked,
+    the input of the classifier's last ``nn.Linear`` (:func:`rcl_hf.frozen.find_classifier`)."""
     processor = image_processor or getattr(model, "image_processor", None)
     if processor is None:
         raise ValueError("predict needs an image processor: load the model with rcl_hf.load_model or pass one")
     device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = [im.convert("RGB") for im in images[start : start + batch_size]]
-            pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
-            logits = model(pixel_values=pixel_values).logits.float()
-            out.append(torch.softmax(logits, -1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
+    probs, feats = [], []
+    hook = None
+    if embeddings:
+        from .frozen import find_classifier
+
+        hook = find_classifier(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float().cpu()))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = [as_rgb_image(im) for im in images[start : start + batch_size]]
+                pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
+                logits = model(pixel_values=pixel_values).logits.float()
+                probs.append(torch.softmax(logits, -1).cpu().numpy())
+    finally:
+        if hook is not None:
+            hook.remove()
+    p = np.concatenate(probs) if probs else np.zeros((0, model.config.num_labels))
+    z = (torch.cat(feats).flatten(1).numpy() if feats else np.zeros((0, 0))) if embeddings else None
+    return p, z
+
+
+def predict_proba(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities ``(N, K)`` (inputs as for :func:`predict`)."""
+    return forward_images(model, images, image_processor, batch_size)[0]
 
 
 def predict(
@@ -134,16 +246,28 @@ def predict(
     threshold: float = DEFAULT_REFERRAL_THRESHOLD,
     severity: Optional[SeverityMatrix] = None,
     image_processor: Any = None,
+    ood_guard: Optional[OODGuard] = None,
 ) -> Prediction:
-    """Probabilities, argmax and Bayes-risk decisions, expected cost and referral flags.
+    """Probabilities, argmax and Bayes-risk decisions, expected cost, referral and OOD flags.
 
     Args:
         model: from :func:`load_model` (or any image classifier plus ``severity``
             and ``image_processor``).
-        images: a PIL image or a sequence of them.
+        images: one image or a list/tuple of them: PIL images, paths, bytes, numpy
+            arrays or http(s) URLs.
         threshold: referral threshold τ on the Bayes decision's expected cost.
+        ood_guard: overrides ``model.ood_guard``. With a guard, ``ood_score`` and
+            ``out_of_distribution`` are filled; without one they are ``None``.
     """
+    t = check_threshold(threshold)
     if not isinstance(images, (list, tuple)):
         images = [images]
     sev = severity or getattr(model, "severity", None) or severity_from_config(model.config)
-    return risk_summary(predict_proba(model, images, image_processor), sev, threshold)
+    guard = ood_guard if ood_guard is not None else getattr(model, "ood_guard", None)
+    probs, z = forward_images(model, images, image_processor, embeddings=guard is not None)
+    pred = risk_summary(probs, sev, t)
+    if guard is not None:
+        pred.ood_score = guard.score(z)
+        pred.out_of_distribution = pred.ood_score > guard.threshold
+        pred.ood_threshold = float(guard.threshold)
+    return pred

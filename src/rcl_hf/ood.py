@@ -1,0 +1,188 @@
+"""Out-of-distribution guard: does an input resemble the model's training data?
+
+Method (Lee et al. 2018, "A Simple Unified Framework for Detecting
+Out-of-Distribution Samples and Adversarial Attacks", NeurIPS): on the
+penultimate-layer embedding ``z`` (the input of the classifier's last
+``nn.Linear``, :func:`rcl_hf.frozen.find_classifier`), fit class-conditional
+Gaussians with one shared covariance on the TRAINING images,
+
+    score(z) = min_k (z - μ_k)^T Σ^{-1} (z - μ_k),
+
+with ``Σ`` estimated by Ledoit–Wolf shrinkage (``sklearn.covariance.LedoitWolf``;
+embeddings are often wider than the number of images). The threshold ``τ_ood`` is
+the ``1 - false_alarm_rate`` quantile of the scores of the VALIDATION images, so
+about ``false_alarm_rate`` (default 5%) of in-distribution inputs are flagged;
+an input is *outside what the model was trained on* when ``score > τ_ood``.
+
+The guard is stored beside the weights as ``ood_guard.safetensors`` (tensors
+``means``, ``precision``; threshold and provenance in the safetensors metadata):
+no pickle, loadable with the same safety as ``weights_only``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_ood_guard", "fit_guard_from_embeddings", "embed_images"]
+
+OOD_GUARD_FILE = "ood_guard.safetensors"
+DEFAULT_FALSE_ALARM_RATE = 0.05
+_METHOD = "mahalanobis_tied_ledoit_wolf"
+
+
+@dataclass
+class OODGuard:
+    """Class-conditional Gaussian (shared covariance) on penultimate embeddings, with a fitted threshold."""
+
+    means: np.ndarray  # (K, D) class means of the training embeddings
+    precision: np.ndarray  # (D, D) inverse of the shared (shrunk) covariance
+    threshold: float  # flag when score > threshold
+    false_alarm_rate: float  # share of validation images above the threshold (target)
+    meta: Dict[str, Any]
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """Minimum squared Mahalanobis distance to a class mean, ``(N,)``."""
+        z = np.asarray(embeddings, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.means.shape[1]:
+            raise ValueError(f"embeddings must be (N, {self.means.shape[1]}), got shape {z.shape}")
+        d = z[:, None, :] - self.means[None].astype(np.float64)  # (N, K, D)
+        maha = np.einsum("nkd,de,nke->nk", d, self.precision.astype(np.float64), d)
+        return maha.min(1)
+
+    def flag(self, embeddings: np.ndarray) -> np.ndarray:
+        """``True`` where an embedding lies outside the training distribution."""
+        return self.score(embeddings) > self.threshold
+
+    def save(self, folder: Union[str, os.PathLike]) -> Path:
+        """Write ``ood_guard.safetensors`` into ``folder``; returns its path."""
+        from safetensors.numpy import save_file
+
+        path = Path(folder) / OOD_GUARD_FILE
+        meta = {"threshold": repr(float(self.threshold)), "false_alarm_rate": repr(float(self.false_alarm_rate)),
+                "method": _METHOD, "meta": json.dumps(self.meta)}
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"means": np.ascontiguousarray(self.means, dtype=np.float32),
+                   "precision": np.ascontiguousarray(self.precision, dtype=np.float32)}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: Union[str, os.PathLike]) -> Optional["OODGuard"]:
+        """The guard saved in ``folder`` (a model folder or the file itself), or ``None`` when there is none."""
+        from safetensors import safe_open
+
+        path = Path(folder)
+        if path.is_dir():
+            path = path / OOD_GUARD_FILE
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("method") != _METHOD:
+                raise ValueError(f"{path}: unknown OOD guard method {meta.get('method')!r} (expected {_METHOD!r})")
+            means, precision = f.get_tensor("means"), f.get_tensor("precision")
+        return cls(means=means, precision=precision, threshold=float(meta["threshold"]),
+                   false_alarm_rate=float(meta["false_alarm_rate"]), meta=json.loads(meta.get("meta", "{}")))
+
+
+def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
+    """Penultimate embeddings ``(N, D)`` of images (anything :func:`rcl_hf.inference.predict` accepts)."""
+    from .inference import forward_images
+
+    return forward_images(model, images, image_processor, batch_size=batch_size, embeddings=True)[1]
+
+
+def _column_images(split: Any, limit: Optional[int], seed: int):
+    n = len(split)
+    idx = np.arange(n)
+    if limit is not None and n > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    rows = split.select(idx.tolist()) if hasattr(split, "select") else [split[i] for i in idx]
+    images = rows["image"] if hasattr(rows, "column_names") else [r["image"] for r in rows]
+    labels = np.asarray(rows["label"] if hasattr(rows, "column_names") else [r["label"] for r in rows])
+    return images, labels
+
+
+def fit_ood_guard(
+    model_dir: Union[str, os.PathLike],
+    train: Any,
+    validation: Any,
+    *,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    max_samples: Optional[int] = 2000,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Fit the guard of a saved model and write ``ood_guard.safetensors`` into ``model_dir``.
+
+    Args:
+        model_dir: a folder saved by rcl_hf (``load_model`` reads it).
+        train: the training split (``datasets.Dataset`` or list of rows with
+            ``image`` and ``label``): class means and covariance.
+        validation: the validation split (``image`` column): the threshold, at
+            the ``1 - false_alarm_rate`` quantile of its scores.
+        false_alarm_rate: target share of in-distribution images flagged, in (0, 0.5].
+        max_samples: at most this many rows of each split are embedded (a seeded sample).
+
+    Returns:
+        The path of the written file.
+    """
+    from .inference import load_model
+
+    if len(validation) < 20:
+        raise ValueError(f"the validation split has {len(validation)} rows: at least 20 are needed to place the threshold")
+    model = load_model(os.fspath(model_dir))
+    tr_images, tr_labels = _column_images(train, max_samples, seed)
+    va_images, _ = _column_images(validation, max_samples, seed)
+    guard = fit_guard_from_embeddings(
+        embed_images(model, tr_images, batch_size=batch_size), tr_labels,
+        embed_images(model, va_images, batch_size=batch_size), false_alarm_rate=false_alarm_rate,
+        labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+    )
+    return guard.save(model_dir)
+
+
+def fit_guard_from_embeddings(
+    train_embeddings: np.ndarray,
+    train_labels: Sequence[int],
+    validation_embeddings: np.ndarray,
+    *,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    labels: Optional[Sequence[str]] = None,
+) -> OODGuard:
+    """The guard from penultimate embeddings: class means + Ledoit–Wolf shared covariance on the training
+    embeddings, threshold at the ``1 - false_alarm_rate`` quantile of the validation scores.
+
+    The embeddings must come from the same preprocessing as :func:`rcl_hf.inference.predict`
+    (its image processor), or the threshold will not hold at inference.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    if not 0 < false_alarm_rate <= 0.5:
+        raise ValueError(f"false_alarm_rate must be in (0, 0.5], got {false_alarm_rate}")
+    z_train = np.asarray(train_embeddings, dtype=np.float64)
+    y = np.asarray(train_labels, dtype=np.int64)
+    z_val = np.asarray(validation_embeddings, dtype=np.float64)
+    if z_train.ndim != 2 or len(z_train) != len(y) or len(z_train) < 2:
+        raise ValueError(f"need (N, D) training embeddings with N labels, N >= 2; got {z_train.shape} and {y.shape}")
+    if z_val.ndim != 2 or z_val.shape[1] != z_train.shape[1] or len(z_val) < 20:
+        raise ValueError(f"need (M >= 20, {z_train.shape[1]}) validation embeddings, got {z_val.shape}")
+    present = np.unique(y)
+    means = np.stack([z_train[y == c].mean(0) for c in present])
+    lw = LedoitWolf(assume_centered=True).fit(z_train - means[np.searchsorted(present, y)])
+    guard = OODGuard(means=means, precision=lw.precision_, threshold=0.0, false_alarm_rate=false_alarm_rate, meta={})
+    val_scores = guard.score(z_val)
+    guard.threshold = float(np.quantile(val_scores, 1.0 - false_alarm_rate, method="higher"))
+    guard.meta = {
+        "classes": [labels[int(c)] if labels else int(c) for c in present], "n_fit": int(len(z_train)),
+        "n_calibration": int(len(z_val)), "shrinkage": float(lw.shrinkage_),
+        "validation_flagged": float((val_scores > guard.threshold).mean()), "embedding_dim": int(z_train.shape[1]),
+        "reference": "Lee et al. 2018, Mahalanobis distance on penultimate features",
+    }
+    return guard

@@ -1,0 +1,7 @@
+"""The Gradio Space's logic (everything but the layout in ``spaces_demo/app.py``).
+
+* :mod:`rcl_hf.space.inputs` — uploads: bytes/size caps, decoding with :func:`rcl_hf.data.open_image_rgb`;
+* :mod:`rcl_hf.space.core` — models, scoring (:func:`rcl_hf.predict`), OOD referral, examples, start-up checks;
+* :mod:`rcl_hf.space.render` — the decision card HTML and the markdown summaries;
+* :mod:`rcl_hf.space.train` — the one-command real-data model pair (frozen EfficientNet-Lite0, CE + RCL, OOD guard).
+"""

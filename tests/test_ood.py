@@ -1,0 +1,161 @@
+"""Out-of-distribution guard (rcl_hf.ood): Mahalanobis on penultimate embeddings, threshold on validation.
+
+* the estimator on Gaussian data: shifted points flagged, about the stated share of fresh in-distribution
+  points flagged;
+* a small model trained on the synthetic dataset: noise and another image domain are flagged, its own
+  held-out images mostly are not; ``predict`` returns the score and flag; the file is safetensors;
+* ``realdata``: a Brain MRI model (frozen EfficientNet-Lite0) flags ISIC and synthetic images (>= 95%)
+  and <= 5% of its own validation images (set RCL_OOD_REPORT=path.json to keep the measured rates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rcl_hf.ood import OOD_GUARD_FILE, OODGuard, fit_guard_from_embeddings, fit_ood_guard
+
+DATA = Path(os.environ.get("RCL_DATA_ROOT", "/work/shared/data"))
+
+
+def test_guard_on_gaussian_embeddings_flags_shifted_points_and_keeps_its_false_alarm_rate(tmp_path):
+    rng = np.random.default_rng(0)
+    d, k = 16, 3
+    centres = rng.normal(0, 3, size=(k, d))
+    cov = np.diag(rng.uniform(0.5, 2.0, d))
+
+    def sample(n):
+        y = rng.integers(0, k, n)
+        return centres[y] + rng.multivariate_normal(np.zeros(d), cov, n), y
+
+    z_train, y_train = sample(3000)
+    z_val, _ = sample(1000)
+    guard = fit_guard_from_embeddings(z_train, y_train, z_val, false_alarm_rate=0.05, labels=["a", "b", "c"])
+    z_fresh, _ = sample(4000)
+    rate = guard.flag(z_fresh).mean()
+    assert 0.03 <= rate <= 0.07, rate
+    far = centres[0] + 8.0 * np.sqrt(np.diag(cov)) * rng.choice([-1, 1], size=(500, d))
+    assert guard.flag(far).mean() == 1.0
+    # a point at a class mean scores 0
+    assert guard.score(centres[:1])[0] == pytest.approx(0.0, abs=1e-6) or guard.score(centres[:1])[0] < guard.threshold
+    # round trip through safetensors (no pickle) keeps every figure
+    path = guard.save(tmp_path)
+    assert path.name == OOD_GUARD_FILE and path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    back = OODGuard.load(tmp_path)
+    assert back.threshold == pytest.approx(guard.threshold) and back.meta["classes"] == ["a", "b", "c"]
+    assert np.allclose(back.score(z_fresh[:50]), guard.score(z_fresh[:50]), rtol=1e-4)
+    assert OODGuard.load(tmp_path / "absent") is None
+
+
+def test_guard_rejects_bad_inputs():
+    z = np.zeros((30, 4))
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        fit_guard_from_embeddings(z, np.zeros(30, int), z, false_alarm_rate=0.9)
+    with pytest.raises(ValueError, match="validation embeddings"):
+        fit_guard_from_embeddings(z, np.zeros(30, int), z[:5])
+    guard = fit_guard_from_embeddings(np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2, np.ones((20, 4)))
+    with pytest.raises(ValueError, match=r"embeddings must be \(N, 4\)"):
+        guard.score(np.zeros((2, 5)))
+
+
+# ------------------------------------------------------------------------------ a trained synthetic model
+@pytest.fixture(scope="module")
+def synthetic_model(tmp_path_factory):
+    """A resnet18 head trained on frozen 32-px synthetic embeddings (seconds), with its guard."""
+    from rcl_hf.data.synthetic import load_synthetic
+    from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
+    from rcl_hf.trainer import RiskArguments
+
+    out = tmp_path_factory.mktemp("ood_model")
+    data_args = DataArguments(dataset="synthetic", max_train_samples=400, max_eval_samples=200, cache_dir="none")
+    run_training(ModelArguments(backbone="resnet18", image_size=32, freeze_backbone=True), data_args,
+                 RiskArguments(loss="ce"),
+                 default_training_args(str(out), num_train_epochs=3, learning_rate=1e-2, save_strategy="no",
+                                       eval_strategy="no", load_best_model_at_end=False, disable_tqdm=True,
+                                       per_device_train_batch_size=64))
+    dsd = load_synthetic(seed=0, n_train=400, n_validation=200, n_test=200)
+    path = fit_ood_guard(out, dsd["train"], dsd["validation"])
+    return out, dsd
+
+
+def test_synthetic_model_flags_noise_and_another_domain_not_its_own_images(synthetic_model):
+    from rcl_hf.inference import load_model, predict
+
+    folder, dsd = synthetic_model
+    assert (folder / OOD_GUARD_FILE).is_file()
+    model = load_model(str(folder))
+    assert model.ood_guard is not None and model.ood_guard.meta["n_calibration"] == 200
+    rng = np.random.default_rng(1)
+    noise = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(60)]
+    yy, xx = np.mgrid[0:32, 0:32]
+    stripes = [Image.fromarray(np.dstack([((xx // (2 + i % 5) + yy * (i % 3)) % 2 * 255).astype(np.uint8)] * 3))
+               for i in range(60)]  # another synthetic domain: stripes and checkerboards
+    own_test = list(dsd["test"]["image"])
+    p_noise, p_stripes, p_test = (predict(model, ims) for ims in (noise, stripes, own_test))
+    assert p_noise.out_of_distribution.mean() >= 0.95, p_noise.ood_score
+    assert p_stripes.out_of_distribution.mean() >= 0.95, p_stripes.ood_score
+    assert p_test.out_of_distribution.mean() <= 0.10, p_test.out_of_distribution.mean()
+    rec = p_noise.as_records()[0]
+    assert rec["out_of_distribution"] is True and rec["ood_score"] > p_noise.ood_threshold
+
+
+def test_predict_without_a_guard_reports_none_and_space_refers_ood_images(synthetic_model, tmp_path):
+    import shutil
+
+    from rcl_hf.inference import load_model, predict
+    from rcl_hf.space.core import OOD_MESSAGE, analyze
+    from rcl_hf.space.render import decision_card_html
+
+    folder, dsd = synthetic_model
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare, ignore=shutil.ignore_patterns(OOD_GUARD_FILE))
+    rec = predict(load_model(str(bare)), dsd["test"][0]["image"]).as_records()[0]
+    assert rec["ood_score"] is None and rec["out_of_distribution"] is None
+    model = load_model(str(folder))
+    noise = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    res = analyze(noise, 0.1, model)["models"][0]
+    assert res["out_of_distribution"] is True and res["refer"] is True and res["diagnosis"] is None
+    card = decision_card_html(res)
+    assert OOD_MESSAGE in card and "Bayes-risk decision" not in card
+    own = analyze(dsd["test"][0]["image"], 0.1, model)["models"][0]
+    if not own["out_of_distribution"]:
+        assert own["diagnosis"] == own["bayes_decision"] and "Bayes-risk decision" in decision_card_html(own)
+
+
+# ------------------------------------------------------------------------------ real data
+@pytest.mark.realdata
+@pytest.mark.skipif(not (DATA / "brain_tumor_mri").is_dir() or not (DATA / "isic2018_task3").is_dir(),
+                    reason=f"Brain Tumor MRI and ISIC 2018 not found under {DATA}")
+def test_brain_mri_model_flags_isic_and_synthetic_images(tmp_path):
+    """Frozen EfficientNet-Lite0 pair on a Brain MRI subset: ISIC and synthetic >= 95% flagged, own images <= 5%."""
+    from rcl_hf.data import load_dataset
+    from rcl_hf.data.splits import subsample
+    from rcl_hf.data.synthetic import load_synthetic
+    from rcl_hf.inference import load_model, predict
+    from rcl_hf.space.train import train_space_pair
+
+    out = Path(os.environ.get("RCL_OOD_RUN_DIR") or tmp_path / "space")
+    pair = train_space_pair("brain_tumor_mri", str(DATA / "brain_tumor_mri"), str(out))
+    model = load_model(pair["rcl"])
+    from rcl_hf.train_job import DataArguments, load_data
+
+    dsd, _ = load_data(DataArguments(dataset="brain_tumor_mri", data_dir=str(DATA / "brain_tumor_mri")))
+    val = subsample(dsd["validation"], 200, seed=0)
+    test = subsample(dsd["test"], 200, seed=0) if "test" in dsd else None
+    isic = load_dataset("isic2018", str(DATA / "isic2018_task3"))
+    isic_rows = subsample(isic["train"], 200, seed=1)
+    synthetic = load_synthetic(seed=3, n_train=0, n_validation=0, n_test=100, image_size=224)["test"]
+    rates = {name: float(predict(model, list(ds["image"])).out_of_distribution.mean())
+             for name, ds in [("brain_mri_validation", val), ("isic2018", isic_rows), ("synthetic", synthetic)]
+             + ([("brain_mri_test", test)] if test is not None else [])}
+    report = os.environ.get("RCL_OOD_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({"rates": rates, "threshold": model.ood_guard.threshold,
+                                            "meta": model.ood_guard.meta}, indent=2))
+    assert rates["isic2018"] >= 0.95 and rates["synthetic"] >= 0.95, rates
+    assert rates["brain_mri_validation"] <= 0.05, rates
