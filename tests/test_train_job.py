@@ -107,6 +107,21 @@ def test_native_backbone_end_to_end(tmp_path, tiny_dataset):
     assert result["validation"]["accuracy"] >= 0.0
 
 
+def test_ood_guard_is_fitted_and_loaded_when_asked(tmp_path, tiny_dataset):
+    import rcl_hf
+    from rcl_hf.data.synthetic import load_synthetic
+
+    _run(tmp_path, tiny_dataset, loss="ce", model_kw={"ood_guard": True, "ood_guard_samples": 60})
+    assert (tmp_path / "ood_guard.safetensors").is_file()
+    model = rcl_hf.load_model(str(tmp_path))
+    assert model.ood_guard is not None
+    images = [row["image"] for row in load_synthetic(seed=9, n_train=4, n_validation=0, n_test=0)["train"]]
+    out = rcl_hf.predict(model, images)
+    assert out.ood_score is not None and len(out.out_of_distribution) == 4
+    assert not ModelArguments().wants_ood_guard("synthetic") and ModelArguments().wants_ood_guard("isic2018")
+    assert not ModelArguments(ood_guard=False).wants_ood_guard("isic2018")
+
+
 def test_config_json_round_trip(timm_run):
     from transformers import AutoConfig, AutoModelForImageClassification, pipeline
 

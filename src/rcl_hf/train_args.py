@@ -38,6 +38,13 @@ class ModelArguments:
         default=False, metadata={"help": "Embed once with the frozen backbone (cached) and train only the head."}
     )
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster CNNs on GPU)."})
+    ood_guard: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold at 5% "
+                          "false alarms on validation) and save ood_guard.safetensors with the model; default: on for "
+                          "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
+    )
+    ood_guard_samples: int = field(default=500, metadata={"help": "Images of train and of validation embedded for the guard."})
     gpu_path: bool = field(
         default=True,
         metadata={"help": "With CUDA: bf16 autocast, TF32, channels_last for CNNs, dataloader workers, pinned memory "
@@ -48,6 +55,10 @@ class ModelArguments:
         metadata={"help": "Skip training: evaluate the checkpoint folder given as --backbone on the validation and test "
                           "splits (on as many processes as launched) and write the results to output_dir."},
     )
+
+    def wants_ood_guard(self, dataset: str) -> bool:
+        """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets."""
+        return self.ood_guard if self.ood_guard is not None else dataset in ("brain_tumor_mri", "isic2018", "breakhis", "sicapv2")
 
 
 @dataclass
