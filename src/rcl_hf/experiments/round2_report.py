@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ import pandas as pd
 from ..crash_safety import atomic_write_bytes
 from .round2 import Round2, analyse
 
-__all__ = ["complete_splits", "write_round2", "main"]
+__all__ = ["complete_cells", "write_round2", "main"]
 
 
 def _pct(x: Any, nd: int = 2) -> str:
@@ -33,13 +33,28 @@ def _ci(ci: Any, nd: int = 2) -> str:
     return f" [{_pct(ci[0], nd)}, {_pct(ci[1], nd)}]"
 
 
-def complete_splits(grid, cells=None) -> List[int]:
-    """Split seeds of the grid whose every cell is done (the comparison uses only those)."""
+def complete_cells(grid, splits: Optional[Sequence[int]] = None,
+                   methods: Optional[Sequence[str]] = None) -> Tuple[list, List[str]]:
+    """The cells to report: those of ``splits`` (default: every split seed of the grid) and of the methods
+    done on every one of them (or exactly ``methods``; then an unfinished cell is an error).
+    Returns ``(cells, methods left out)``."""
     from .grid import is_done
 
-    cells = grid.cells if cells is None else cells
-    splits = sorted({c.split_seed for c in cells if c.split_seed is not None})
-    return [s for s in splits if all(is_done(c) for c in cells if c.split_seed == s)]
+    all_splits = sorted({c.split_seed for c in grid.cells if c.split_seed is not None})
+    splits = list(splits) if splits else all_splits
+    cells = [c for c in grid.cells if c.split_seed is None or c.split_seed in splits]
+    names = list(dict.fromkeys(c.method for c in cells))
+    if methods:
+        unknown = sorted(set(methods) - set(names))
+        if unknown:
+            raise ValueError(f"methods {unknown} are not in the grid ({names})")
+        todo = [c.cell_id for c in cells if c.method in methods and not is_done(c)]
+        if todo:
+            raise ValueError(f"{len(todo)} cell(s) of the requested methods are not done, e.g. {todo[:3]}")
+        keep = list(methods)
+    else:
+        keep = [m for m in names if all(is_done(c) for c in cells if c.method == m)]
+    return [c for c in cells if c.method in keep], [m for m in names if m not in keep]
 
 
 def _table(df: pd.DataFrame, cols: Dict[str, Any]) -> List[str]:
@@ -203,14 +218,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Round2:
     ap.add_argument("--n_boot_ranking", type=int, default=300)
     ap.add_argument("--title", default="Round 2: symmetric comparison at validation-matched accuracy")
     ap.add_argument("--notes", default=None, help="A markdown file whose text goes under the title.")
+    ap.add_argument("--splits", type=int, nargs="*", default=None, help="Split seeds (default: all of the grid's).")
+    ap.add_argument("--methods", nargs="*", default=None,
+                    help="Methods (default: every method done on all the split seeds).")
     args = ap.parse_args(argv)
     t0 = time.time()
     grid = load_grid(args.grid)
-    splits = complete_splits(grid)
-    cells = [c for c in grid.cells if c.split_seed is None or c.split_seed in splits]
+    cells, left_out = complete_cells(grid, args.splits, args.methods)
+    splits = sorted({c.split_seed for c in cells})
     runs = load_runs(grid, cells)
     result = analyse(runs, grid.blend_weights, grid.reference, grid.tolerance, n_boot=args.n_boot)
-    notes = open(args.notes, encoding="utf-8").read() if args.notes else None
+    notes = open(args.notes, encoding="utf-8").read() if args.notes else ""
+    notes += (f"\n\nSplit seeds: {splits}; methods: {sorted({c.method for c in cells})}"
+              + (f"; left out (not finished on every split): {left_out}" if left_out else "") + ".")
     cmd = "PYTHONPATH=src python -m rcl_hf.experiments.round2_report " + " ".join(sys.argv[1:] if argv is None else argv)
     write_round2(result, runs, args.out, cmd, args.title, args.n_boot_ranking, notes)
     print(f"round 2 report: {args.out}/README.md (splits {splits}, {len(runs)} runs, {time.time() - t0:.0f} s)")
