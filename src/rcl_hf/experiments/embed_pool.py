@@ -95,7 +95,7 @@ def seed_split_cache(model_args: Any, source_data_args: Any, target_data_args: A
             {"embeddings": emb.tolist(), "labels": list(raw["label"])},
             features=datasets.Features({"embeddings": datasets.Sequence(datasets.Value("float32"), length=emb.shape[1]),
                                         "labels": datasets.Value("int64")}))
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = f"{path}.tmp{os.getpid()}"  # a folder (save_to_disk): atomic_write_bytes writes files only
         ds.save_to_disk(tmp)
         os.replace(tmp, path)
         written[s] = path

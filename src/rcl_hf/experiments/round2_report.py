@@ -35,26 +35,22 @@ def _ci(ci: Any, nd: int = 2) -> str:
 
 def complete_cells(grid, splits: Optional[Sequence[int]] = None,
                    methods: Optional[Sequence[str]] = None) -> Tuple[list, List[str]]:
-    """The cells to report: those of ``splits`` (default: every split seed of the grid) and of the methods
-    done on every one of them (or exactly ``methods``; then an unfinished cell is an error).
-    Returns ``(cells, methods left out)``."""
+    """The cells to report: those of ``splits`` (default: every split seed of the grid) and of the operating
+    points (method, point) done on every one of them, restricted to ``methods`` when given.
+    Returns ``(cells, "method/point" left out because unfinished)``."""
     from .grid import is_done
 
     all_splits = sorted({c.split_seed for c in grid.cells if c.split_seed is not None})
     splits = list(splits) if splits else all_splits
     cells = [c for c in grid.cells if c.split_seed is None or c.split_seed in splits]
-    names = list(dict.fromkeys(c.method for c in cells))
     if methods:
-        unknown = sorted(set(methods) - set(names))
+        unknown = sorted(set(methods) - {c.method for c in cells})
         if unknown:
-            raise ValueError(f"methods {unknown} are not in the grid ({names})")
-        todo = [c.cell_id for c in cells if c.method in methods and not is_done(c)]
-        if todo:
-            raise ValueError(f"{len(todo)} cell(s) of the requested methods are not done, e.g. {todo[:3]}")
-        keep = list(methods)
-    else:
-        keep = [m for m in names if all(is_done(c) for c in cells if c.method == m)]
-    return [c for c in cells if c.method in keep], [m for m in names if m not in keep]
+            raise ValueError(f"methods {unknown} are not in the grid")
+        cells = [c for c in cells if c.method in methods]
+    keys = list(dict.fromkeys((c.method, c.point) for c in cells))
+    keep = {k for k in keys if all(is_done(c) for c in cells if (c.method, c.point) == k)}
+    return [c for c in cells if (c.method, c.point) in keep], [f"{m}/{p}" for m, p in keys if (m, p) not in keep]
 
 
 def _table(df: pd.DataFrame, cols: Dict[str, Any]) -> List[str]:
