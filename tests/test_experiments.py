@@ -188,7 +188,8 @@ def test_summary_means_counts_and_bootstrap_ci():
     for key in ("accuracy", "cer", "ece", "macro_f1"):
         lo, hi = out[f"{key}_ci"]
         assert lo <= out[key] <= hi and hi > lo
-    assert out["cer_pooled_cp"] == clopper_pearson(int(crit.sum()), crit.size)
+    # Clopper–Pearson counts images (seed-mean count out of N), not the S·N (seed, image) decisions
+    assert out["cer_pooled_cp"] == clopper_pearson(int(round(crit.sum() / crit.shape[0])), crit.shape[1])
     # more test images -> narrower interval
     big = summarize(_sample(n=4000), SEV, n_boot=300)
     assert big["accuracy_ci"][1] - big["accuracy_ci"][0] < out["accuracy_ci"][1] - out["accuracy_ci"][0]

@@ -187,7 +187,10 @@ def test_build_loss_every_name():
     counts = [10, 30, 60, 100]
     z, y = batch(seed=2)
     seen = set()
+    new_in_issue_13 = {"logit_adjusted", "soft_label", "rcl_soft"}  # tested against references below
     for name in LOSS_NAMES:
+        if name in new_in_issue_13:
+            continue
         loss_fn = build_loss(name, severity=SEV, class_counts=counts, lam=0.5, gamma=1.5)
         got, _ = value_and_grad(loss_fn, z, y)
         if name in ("ce", "weighted_ce", "effective_ce", "label_smoothing"):
@@ -379,3 +382,107 @@ def test_integer_label_dtypes_and_float_labels():
             assert torch.equal(loss_fn(zt, torch.as_tensor(y).to(dtype)), expected), (loss_fn, dtype)
         with pytest.raises(ValueError, match="labels must be integer class indices, got dtype torch.float32"):
             loss_fn(zt, torch.as_tensor(y, dtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------- issue 13 methods
+from rcl_hf.losses import (  # noqa: E402
+    AUCMarginLoss,
+    DeferredRiskLoss,
+    LogitAdjustedLoss,
+    SoftLabelLoss,
+    auc_margin_penalty,
+    build_loss,
+    loss_epoch_callback,
+    severity_soft_targets,
+)
+
+
+def test_logit_adjusted_loss_matches_torch_cross_entropy_on_shifted_logits():
+    torch.manual_seed(0)
+    counts = [500, 60, 30, 10]
+    z, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    for tau in (0.0, 1.0, 2.0):
+        ref = torch.nn.functional.cross_entropy(z.double() + tau * prior.log(), y)
+        assert float(LogitAdjustedLoss(counts, tau)(z, y)) == pytest.approx(float(ref), rel=1e-5)
+    assert isinstance(build_loss("logit_adjusted", class_counts=counts, tau=0.5), LogitAdjustedLoss)
+    with pytest.raises(ValueError, match="class_counts"):
+        build_loss("logit_adjusted")
+
+
+def test_soft_label_targets_and_loss_by_hand():
+    m = np.array([[0.0, 1.0, 0.1], [0.3, 0.0, 0.3], [0.1, 1.0, 0.0]])
+    q = severity_soft_targets(m, 2.0).numpy()
+    ref = np.exp(-2.0 * m) / np.exp(-2.0 * m).sum(1, keepdims=True)
+    np.testing.assert_allclose(q, ref, rtol=1e-6)
+    z, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    logp = torch.log_softmax(z.double(), 1).numpy()
+    expect = -(ref[y.numpy()] * logp).sum(1).mean()
+    assert float(SoftLabelLoss(m, 2.0)(z, y)) == pytest.approx(expect, rel=1e-5)
+    rcl_soft = build_loss("rcl_soft", severity=m, lam=0.0, soft_label_beta=2.0)
+    assert float(rcl_soft(z, y)) == pytest.approx(expect, rel=1e-5)  # λ = 0: the soft-label base alone
+    with pytest.raises(ValueError, match="soft_label_beta"):
+        severity_soft_targets(m, 0.0)
+
+
+def test_auc_margin_penalty_equals_the_min_max_objective():
+    """Independent reference: minimise over (a, b) and maximise over α >= 0 numerically."""
+    from scipy.optimize import minimize, minimize_scalar
+
+    rng = np.random.default_rng(1)
+    h = rng.random(40)
+    pos = rng.random(40) < 0.3
+    for margin in (0.2, 1.0):
+        def inner(ab):
+            a, b = ab
+            base = ((h[pos] - a) ** 2).mean() + ((h[~pos] - b) ** 2).mean()
+            gap = margin - h[pos].mean() + h[~pos].mean()
+            best = minimize_scalar(lambda al: -(2 * al * gap - al ** 2), bounds=(0, 10), method="bounded")
+            return base - best.fun
+        ref = minimize(inner, x0=[0.5, 0.5], method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-12}).fun
+        got = float(auc_margin_penalty(torch.tensor(h), torch.tensor(pos), margin))
+        assert got == pytest.approx(ref, abs=1e-6)
+    assert float(auc_margin_penalty(torch.tensor(h), torch.zeros(40, dtype=torch.bool))) == 0.0
+
+
+def test_auc_margin_loss_adds_the_penalty_on_the_critical_score():
+    sev = SeverityMatrix.preset("isic2018")
+    torch.manual_seed(0)
+    z, y = torch.randn(32, 7, requires_grad=True), torch.randint(0, 7, (32,))
+    loss = build_loss("ce", severity=sev, aucm_weight=0.5, aucm_margin=1.0)
+    assert isinstance(loss, AUCMarginLoss)
+    crit = torch.tensor(sev.positive_rows)
+    h = (torch.softmax(z.detach().double(), 1) * crit).sum(1)
+    expect = torch.nn.functional.cross_entropy(z.detach().double(), y) + 0.5 * auc_margin_penalty(h, crit[y], 1.0)
+    out = loss(z, y)
+    assert float(out.detach()) == pytest.approx(float(expect), rel=1e-5)
+    out.backward()
+    assert torch.isfinite(z.grad).all()
+    with pytest.raises(ValueError, match="severity"):
+        build_loss("ce", aucm_weight=1.0)
+
+
+def test_deferred_risk_loss_switches_on_at_the_start_epoch():
+    sev = SeverityMatrix.preset("isic2018")
+    torch.manual_seed(0)
+    z, y = torch.randn(10, 7), torch.randint(0, 7, (10,))
+    plain = float(torch.nn.functional.cross_entropy(z, y))
+    full = float(RiskCalibratedLoss(sev, lam=2.0)(z, y))
+    loss = build_loss("rcl", severity=sev, lam=2.0, risk_start_epoch=2, class_counts=[2, 2, 2, 1, 1, 1, 1])
+    assert isinstance(loss, DeferredRiskLoss) and isinstance(loss, RiskCalibratedLoss)
+    assert float(loss(z, y)) == pytest.approx(plain, rel=1e-5)  # epoch 0 (counted: 10 samples / 10 per epoch)
+    assert float(loss(z, y)) == pytest.approx(plain, rel=1e-5)  # epoch 1
+    assert float(loss(z, y)) == pytest.approx(full, rel=1e-5)   # epoch 2: the risk term is on
+    with torch.no_grad():  # evaluation does not advance the count
+        loss(z, y)
+    assert loss.samples_seen == 30
+    cb = loss_epoch_callback(loss)  # a Trainer callback overrides the count
+    cb.on_epoch_begin(None, type("S", (), {"epoch": 0.0})(), None)
+    assert loss.epoch == 0.0 and float(loss(z, y)) == pytest.approx(plain, rel=1e-5)
+    cb.on_epoch_begin(None, type("S", (), {"epoch": 5.0})(), None)
+    assert float(loss(z, y)) == pytest.approx(full, rel=1e-5)
+    no_counts = build_loss("rcl", severity=sev, risk_start_epoch=1)
+    with pytest.raises(ValueError, match="epoch"):
+        no_counts(z, y)
+    with pytest.raises(ValueError, match="risk term"):
+        build_loss("ce", risk_start_epoch=1)

@@ -2,9 +2,14 @@
 methods × operating points × seeds, post-hoc decision rules, operating-point selection on validation
 only, statistics (seed × test-image bootstrap CIs, exact McNemar, Clopper–Pearson), results and plots.
 
-Modules: :mod:`.grid` (YAML -> cells, resumable runner), :mod:`.rules` (argmax / Bayes / blend rules,
-ECE, risk–coverage), :mod:`.selection`, :mod:`.stats`, :mod:`.report` (results.csv / results.md),
-:mod:`.plots`, :mod:`.losses` (severity margin and logit mixup options), :mod:`.cli`.
+Modules: :mod:`.grid` (YAML -> cells over split seeds × seeds, resumable runner), :mod:`.embed_pool`
+(frozen embeddings shared across split seeds), :mod:`.rules` (argmax / Bayes / blend rules, temperature
+scaling, ECE, risk–coverage), :mod:`.selection`, :mod:`.stats`, :mod:`.report` (results.csv / results.md),
+:mod:`.figures`, :mod:`.variants` (severity margin, logit mixup and the issue-13 loss options),
+:mod:`.crossfit`, :mod:`.command`; round 2 (issue 13): :mod:`.symmetric` (every family selected the same
+way, post-hoc logit adjustment and CRM), :mod:`.clustered` (split × seed × image bootstrap, Clopper–Pearson
+over images), :mod:`.ranking` (AUROC / AUPRC of the critical-class score), :mod:`.round2` (comparisons,
+equal-accuracy check, generated verdicts), :mod:`.round2_report` (README, tables, plots).
 """
 
 from .grid import Cell, Grid, is_done, load_grid, run_cell, run_grid

@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from ..severity import SeverityMatrix
 
@@ -37,12 +36,10 @@ __all__ = ["grouped_folds", "out_of_fold_probabilities", "crossfit_risk_weights"
 
 
 def grouped_folds(labels: Sequence[int], groups: Optional[Sequence[str]], n_folds: int, seed: int) -> np.ndarray:
-    """Fold index per sample: whole groups per fold, folds balanced by label (greedy, seeded).
+    """Fold index per sample: whole groups per fold, folds stratified by label
+    (``sklearn.model_selection.StratifiedGroupKFold`` with a seeded shuffle)."""
+    from sklearn.model_selection import StratifiedGroupKFold
 
-    Groups are visited in a seeded random order, largest label-count first, and each is
-    placed in the fold that currently holds the fewest samples of the group's
-    majority label (ties: fewest samples overall).
-    """
     y = np.asarray(labels, dtype=np.int64)
     n = len(y)
     if n_folds < 2:
@@ -50,41 +47,13 @@ def grouped_folds(labels: Sequence[int], groups: Optional[Sequence[str]], n_fold
     g = np.asarray([str(x) for x in groups]) if groups is not None else np.arange(n).astype(str)
     if len(g) != n:
         raise ValueError(f"{len(g)} group ids for {n} labels")
-    uniq, inverse = np.unique(g, return_inverse=True)
-    if len(uniq) < n_folds:
-        raise ValueError(f"{len(uniq)} groups cannot fill {n_folds} cross-fitting folds")
-    n_classes = int(y.max()) + 1 if n else 0
-    group_labels = np.zeros((len(uniq), n_classes), dtype=np.int64)  # label counts of each group
-    np.add.at(group_labels, (inverse, y), 1)
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    order = order[np.argsort(-group_labels.sum(1)[order], kind="stable")]
-    per_fold = np.zeros((n_folds, n_classes), dtype=np.int64)
-    group_fold = np.empty(len(uniq), dtype=np.int64)
-    for gi in order:
-        label_counts = group_labels[gi]
-        major = int(np.argmax(label_counts))
-        key = per_fold[:, major] * (n + 1) + per_fold.sum(1)
-        fold = int(np.argmin(key))
-        group_fold[gi] = fold
-        per_fold[fold] += label_counts
-    return group_fold[inverse]
-
-
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int) -> torch.nn.Linear:
-    """Multinomial logistic regression by full-batch L-BFGS (deterministic; starts from zero)."""
-    head = torch.nn.Linear(x.shape[1], n_classes, dtype=torch.float64)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return head
+    if len(np.unique(g)) < n_folds:
+        raise ValueError(f"{len(np.unique(g))} groups cannot fill {n_folds} cross-fitting folds")
+    folds = np.empty(n, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(n), y, g)):
+        folds[held] = k
+    return folds
 
 
 def out_of_fold_probabilities(
@@ -94,9 +63,10 @@ def out_of_fold_probabilities(
     n_folds: int = 5,
     seed: int = 0,
     l2: float = 1e-3,
-    max_iter: int = 200,
+    max_iter: int = 1000,
 ) -> np.ndarray:
-    """``(N, C)`` probabilities, each row from a logistic regression that never saw that sample's fold.
+    """``(N, C)`` probabilities, each row from an L2 multinomial ``sklearn.linear_model.LogisticRegression``
+    that never saw that sample's fold.
 
     Features are standardised with the fitting folds' mean and standard deviation.
     """
@@ -104,17 +74,18 @@ def out_of_fold_probabilities(
     y = np.asarray(labels, dtype=np.int64)
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"embeddings must be (N, D) with N = {len(y)} labels, got shape {x.shape}")
+    from sklearn.linear_model import LogisticRegression
+
     n_classes = int(y.max()) + 1
     folds = grouped_folds(y, groups, n_folds, seed)
     out = np.zeros((len(y), n_classes), dtype=np.float64)
-    with torch.random.fork_rng(devices=[]):
-        for k in range(n_folds):
-            fit, held = folds != k, folds == k
-            mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
-            xt = torch.from_numpy((x[fit] - mu) / sd)
-            head = _fit_logistic(xt, torch.from_numpy(y[fit]), n_classes, l2, max_iter)
-            with torch.no_grad():
-                out[held] = torch.softmax(head(torch.from_numpy((x[held] - mu) / sd)), -1).numpy()
+    for k in range(n_folds):
+        fit, held = folds != k, folds == k
+        mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
+        # mean CE + (l2 / 2)·||W||² is sklearn's C·Σ CE + ||W||² / 2 with C = 1 / (l2 · n_fit)
+        head = LogisticRegression(C=1.0 / (l2 * fit.sum()), max_iter=max_iter, tol=1e-8)
+        head.fit((x[fit] - mu) / sd, y[fit])
+        out[np.ix_(held, head.classes_)] = head.predict_proba((x[held] - mu) / sd)
     return out
 
 

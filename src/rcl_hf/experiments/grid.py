@@ -5,7 +5,8 @@ Grid file (every key but ``datasets``, ``backbones`` and ``methods`` optional)::
 
     name: frozen_effnet
     output_dir: runs/experiments/frozen      # one folder per cell below it
-    seeds: [0, 1, 2]                          # training seeds; splits use data.split_seed
+    seeds: [0, 1, 2]                          # training seeds
+    split_seeds: [0, 1, 2, 3, 4]              # optional: grouped split seeds (DataArguments.split_seed) as an axis
     data: {cache_dir: .cache/rcl_hf, drop_cross_split_duplicates: true}   # DataArguments defaults
     training: {num_train_epochs: 20, learning_rate: 1.0e-3}               # TrainingArguments overrides
     datasets:
@@ -30,6 +31,11 @@ dataset entry takes :class:`~rcl_hf.train_job.DataArguments` fields, a backbone
 entry :class:`~rcl_hf.train_job.ModelArguments` fields (plus ``training`` /
 ``data`` overrides). Precedence: built-in defaults < grid ``training`` / ``data``
 < dataset < backbone < method.
+
+With ``split_seeds`` every cell is repeated for each split seed (its ``data.split_seed``) and
+its id gains a ``split<k>`` part; without it the cells use ``data.split_seed`` (default 0) as before.
+A cell whose validation split would be empty (``val_size <= 0`` or ``max_eval_samples == 0``) is
+refused when the grid is loaded: selection reads validation only, and nothing may fall back to test.
 
 A cell is *done* when its folder holds ``cell.json`` with status ``done`` and the
 same resolved arguments, plus both prediction files; :func:`run_grid` skips done
@@ -73,7 +79,7 @@ DEFAULT_TRAINING: Dict[str, Any] = {
     "disable_tqdm": True,
     "dataloader_num_workers": 0,
 }
-_TOP_KEYS = {"name", "output_dir", "seeds", "data", "training", "datasets", "backbones", "methods", "rules",
+_TOP_KEYS = {"name", "output_dir", "seeds", "split_seeds", "data", "training", "datasets", "backbones", "methods", "rules",
              "selection", "report", "keep_models"}
 DONE_FILE = "cell.json"
 PREDICTION_FILES = ("validation_predictions.npz", "test_predictions.npz")
@@ -97,10 +103,12 @@ class Cell:
     risk: Dict[str, Any]
     training: Dict[str, Any]
     output_dir: str
+    split_seed: Optional[int] = None  # set when the grid sweeps split_seeds (then part of the id)
 
     @property
     def cell_id(self) -> str:
-        return f"{self.dataset}/{self.backbone}/{self.method}/{_slug(self.point)}/seed{self.seed}"
+        split = "" if self.split_seed is None else f"split{self.split_seed}/"
+        return f"{self.dataset}/{split}{self.backbone}/{self.method}/{_slug(self.point)}/seed{self.seed}"
 
     def spec(self) -> Dict[str, Any]:
         """The JSON-able identity of the cell (what the done-marker must match)."""
@@ -188,6 +196,12 @@ def load_grid(path_or_dict: Any, output_dir: Optional[str] = None) -> Grid:
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a list of distinct integers, got {seeds!r}")
+    split_seeds = raw.get("split_seeds")
+    if split_seeds is not None:
+        split_seeds = [split_seeds] if isinstance(split_seeds, int) else list(split_seeds)
+        if (not split_seeds or not all(isinstance(s, int) for s in split_seeds)
+                or len(set(split_seeds)) != len(split_seeds)):
+            raise ValueError(f"split_seeds must be a list of distinct integers, got {split_seeds!r}")
 
     data_fields, model_fields = _fields(DataArguments), _fields(ModelArguments)
     risk_fields = _fields(ExperimentRiskArguments)
@@ -244,16 +258,19 @@ def load_grid(path_or_dict: Any, output_dir: Optional[str] = None) -> Grid:
         sweeps[m["name"]] = points
 
     cells: List[Cell] = []
-    for d, b, m, seed in itertools.product(datasets_, backbones, methods, seeds):
+    for d, b, m, split, seed in itertools.product(datasets_, backbones, methods, split_seeds or [None], seeds):
         for point, risk in sweeps[m["name"]]:
             data = {**grid_data, **{k: v for k, v in d.items() if k != "name"}, **(b.get("data") or {}),
                     **(m.get("data") or {})}
+            if split is not None:
+                data["split_seed"] = split
+            _require_validation(data, f"{d['name']}/{b['name']}/{m['name']}")
             model = {**{k: v for k, v in b.items() if k not in ("name", "training", "data")}, **(m.get("model") or {})}
             training = {**DEFAULT_TRAINING, **grid_training, **(b.get("training") or {}), **(m.get("training") or {})}
             for key in ("data_dir", "cache_dir"):  # absolute: image paths are part of the embedding-cache key
                 if data.get(key) and not os.path.isabs(str(data[key])):
                     data[key] = os.path.abspath(os.path.join(base, str(data[key])))
-            cell = Cell(d["name"], b["name"], m["name"], point, seed, model, data, risk, training, "")
+            cell = Cell(d["name"], b["name"], m["name"], point, seed, model, data, risk, training, "", split)
             object.__setattr__(cell, "output_dir", os.path.join(out_root, cell.cell_id))
             cells.append(cell)
 
@@ -280,6 +297,16 @@ def load_grid(path_or_dict: Any, output_dir: Optional[str] = None) -> Grid:
     )
 
 
+def _require_validation(data: Dict[str, Any], what: str) -> None:
+    """Refuse a cell without a validation split: the grid selects on validation, never on test."""
+    val_size = data.get("val_size", 0.15)
+    if val_size is None or float(val_size) <= 0:
+        raise ValueError(f"cell {what}: val_size={val_size!r} leaves no validation split; the grid selects "
+                         "operating points and checkpoints on validation only and will not fall back to test")
+    if data.get("max_eval_samples") is not None and int(data["max_eval_samples"]) <= 0:
+        raise ValueError(f"cell {what}: max_eval_samples={data['max_eval_samples']!r} leaves no validation split")
+
+
 def expand_cells(grid: Grid, only: Optional[Sequence[str]] = None) -> List[Cell]:
     """The grid's cells, optionally filtered by substrings of their ids."""
     if not only:
@@ -303,12 +330,11 @@ def is_done(cell: Cell) -> bool:
 
 
 def _write_marker(cell: Cell, info: Dict[str, Any]) -> None:
+    from ..crash_safety import atomic_write_bytes
+
     os.makedirs(cell.output_dir, exist_ok=True)
-    path = os.path.join(cell.output_dir, DONE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({**info, "cell_id": cell.cell_id, "spec": cell.spec()}, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    text = json.dumps({**info, "cell_id": cell.cell_id, "spec": cell.spec()}, indent=2, default=str)
+    atomic_write_bytes(os.path.join(cell.output_dir, DONE_FILE), text.encode("utf-8"))
 
 
 def run_cell(cell: Cell, keep_models: bool = False) -> Dict[str, Any]:
@@ -363,6 +389,33 @@ def _run_cell_safe(cell: Cell, keep_models: bool) -> Tuple[str, Optional[Dict[st
         return cell.cell_id, None, err
 
 
+def _share_embeddings(grid: Grid, todo: Sequence[Cell]) -> None:
+    """Frozen-backbone cells of a new split seed reuse the embeddings of an embedded one
+    (:mod:`rcl_hf.experiments.embed_pool`); a failure only means that the cell embeds itself."""
+    from ..train_job import DataArguments, ModelArguments
+    from .embed_pool import seed_split_cache
+
+    seen = set()
+    for cell in todo:
+        group = (cell.dataset, cell.backbone, cell.split_seed)
+        if cell.split_seed is None or not cell.model.get("freeze_backbone") or group in seen:
+            continue
+        seen.add(group)
+        sources = sorted({c.split_seed for c in grid.cells if (c.dataset, c.backbone) == group[:2]
+                          and c.split_seed != cell.split_seed})
+        for src in sources:
+            try:
+                written = seed_split_cache(ModelArguments(**cell.model), DataArguments(**{**cell.data, "split_seed": src}),
+                                           DataArguments(**cell.data))
+            except Exception as err:  # noqa: BLE001 - the cell then embeds its split itself
+                logger.warning("embeddings of %s not shared from split %s: %s", group, src, err)
+                continue
+            if written is not None:
+                logger.warning("split %s of %s/%s: embeddings from split %s (%d split(s) written)",
+                               cell.split_seed, cell.dataset, cell.backbone, src, len(written))
+                break
+
+
 def run_grid(
     grid: Grid,
     workers: int = 1,
@@ -387,6 +440,8 @@ def run_grid(
     t0 = time.time()
     ran: List[str] = []
     failed: Dict[str, str] = {}
+    if cell_runner is None:
+        _share_embeddings(grid, todo)
     bar = tqdm(total=len(cells), desc=f"{grid.name} cells", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     bar.update(len(skipped))
 

@@ -63,6 +63,7 @@ class Run:
     loss: str = ""
     wall_time_s: float = float("nan")
     params: Dict[str, Any] = field(default_factory=dict)
+    split_seed: Optional[int] = None
 
     def probs(self, split: str) -> np.ndarray:
         return softmax(self.logits[split])
@@ -91,7 +92,8 @@ def load_runs(grid: Grid, cells: Optional[Sequence[Cell]] = None) -> List[Run]:
                 labels[split] = np.asarray(z["labels"]).astype(np.int64)
         runs.append(Run(cell.dataset, cell.backbone, cell.method, cell.point, cell.seed,
                         SeverityMatrix.from_dict(recipe["severity"]), logits, labels, loss=cell.risk.get("loss", ""),
-                        wall_time_s=float(marker.get("wall_time_s", float("nan"))), params=dict(cell.risk)))
+                        wall_time_s=float(marker.get("wall_time_s", float("nan"))), params=dict(cell.risk),
+                        split_seed=getattr(cell, "split_seed", None)))
     if missing:
         logger.warning("%d cell(s) not done and left out of the report, e.g. %s", len(missing), missing[:3])
     return runs
@@ -239,6 +241,8 @@ def compare_pipelines(
             boot = boot[np.isfinite(boot)]
             extra[i][f"rsi_vs_{tag}_ci"] = (tuple(float(q) for q in np.quantile(boot, [0.025, 0.975]))
                                             if boot.size else (float("nan"), float("nan")))
+            diff = reps[key]["cer"] - reps[ref_key]["cer"]  # paired by image draws (same bootstrap_seed)
+            extra[i][f"cer_diff_vs_{tag}_ci"] = tuple(float(q) for q in np.quantile(diff, [0.025, 0.975]))
             a_err = samples[key].critical_errors(sev)
             b_err = samples[ref_key].critical_errors(sev)
             per_seed = [exact_mcnemar(a_err[seeds_of[key].index(sd)], b_err[seeds_of[ref_key].index(sd)]) for sd in common]
@@ -286,7 +290,10 @@ def _verdicts(summary: pd.DataFrame, baselines: Sequence[str], post_hoc: str, to
             v["post_hoc_family"] = post_hoc
             v["post_hoc_test_cer"] = float(rule["cer"].iloc[0])
             v["post_hoc_test_accuracy"] = float(rule["accuracy"].iloc[0])
-            v["beats_post_hoc"] = bool(best["cer"] < rule["cer"].iloc[0])
+            ci = best.get(f"cer_diff_vs_{tag}_ci")
+            v["cer_diff_vs_post_hoc_ci"] = ci
+            # a win needs the paired (image-clustered) bootstrap CI of the CER difference to exclude 0
+            v["beats_post_hoc"] = bool(best["cer"] < rule["cer"].iloc[0] and ci is not None and ci[1] < 0)
             v["mcnemar_vs_post_hoc"] = best.get(f"mcnemar_vs_{tag}")
         out[(ds, bb)] = v
     return out
@@ -366,25 +373,27 @@ def _md_group(g: pd.DataFrame, ds: str, bb: str, verdict: Dict[str, Any], baseli
             f"{_pct_ci(r['expected_cost'], r['expected_cost_ci'])} | {_pct_ci(r['ece'], r['ece_ci'])} |")
     lines.append("")
     tags = [(b, b.replace(" + ", "_").replace(" ", "_")) for b in [*baselines, post_hoc]]
-    head = "| pipeline | critical errors (per seed) | pooled CER [Clopper–Pearson] | " + " | ".join(
-        f"RSI vs {b} [CI] | McNemar vs {b} (b/c, p)" for b, _ in tags) + " | CER @90% cov. | CER @95% cov. |"
+    head = "| pipeline | critical errors (per seed) | CER, seed-mean errors / images [Clopper–Pearson] | " + " | ".join(
+        f"RSI vs {b} [CI] | ΔCER vs {b} [paired CI]" for b, _ in tags) + " | CER @90% cov. | CER @95% cov. |"
     lines += [head, "|---" * (5 + 2 * len(tags)) + "|"]
     for _, r in order.iterrows():
         cp = r["cer_pooled_cp"]
         cells = [r["family"], ", ".join(str(c) for c in r["n_critical_seeds"]),
-                 f"{r['n_critical_total']}/{r['n_cases_total']} = {_pct(r['n_critical_total'] / r['n_cases_total'])} "
+                 f"{r['n_critical_images']}/{r['n_test']} = {_pct(r['n_critical_images'] / r['n_test'])} "
                  f"[{_pct(cp[0])}, {_pct(cp[1])}]"]
         for b, tag in tags:
             if f"rsi_vs_{tag}" not in r or r["family"] == b:
                 cells += ["–", "–"]
                 continue
-            cells += [_pct_ci(r[f"rsi_vs_{tag}"], r[f"rsi_vs_{tag}_ci"], 1), _p(r[f"mcnemar_vs_{tag}"])]
+            d = r.get(f"cer_diff_vs_{tag}_ci")
+            cells += [_pct_ci(r[f"rsi_vs_{tag}"], r[f"rsi_vs_{tag}_ci"], 1),
+                      f"[{_pct(d[0])}, {_pct(d[1])}]" if isinstance(d, (tuple, list)) else "–"]
         cells += [_pct(r["cer_at_90"]), _pct(r["cer_at_95"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += ["RSI = relative safety improvement (CER_ref − CER)/CER_ref in percent; McNemar: exact test on per-image "
-              "critical-error indicators, seeds as strata (b = images only this pipeline errs critically on, c = only "
-              "the reference). CER @c% cov.: CER among the c% of images with the lowest expected cost of the decision "
+    lines += ["RSI = relative safety improvement (CER_ref − CER)/CER_ref in percent; ΔCER: 95% CI (points) of "
+              "CER − CER_ref under the paired bootstrap over seeds and test images (images are the unit; the pooled "
+              "McNemar over (seed, image) pairs is no longer quoted). CER @c% cov.: CER among the c% of images with the lowest expected cost of the decision "
               "taken (the rest referred).", ""]
     if verdict:
         v = verdict
@@ -401,7 +410,7 @@ def _md_group(g: pd.DataFrame, ds: str, bb: str, verdict: Dict[str, Any], baseli
         if "beats_post_hoc" in v:
             lines.append(f"- CER below the post-hoc rule (`{v['post_hoc_family']}`, test CER {_pct(v['post_hoc_test_cer'])}% "
                          f"at accuracy {_pct(v['post_hoc_test_accuracy'])}%): **{'met' if v['beats_post_hoc'] else 'not met'}** "
-                         f"(McNemar b/c, p: {_p(v.get('mcnemar_vs_post_hoc'))}).")
+                         f"(paired bootstrap CI of the CER difference: {_pct_ci(None, v.get('cer_diff_vs_post_hoc_ci'))}).")
         lines.append("")
     return lines
 

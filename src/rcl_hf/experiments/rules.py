@@ -35,6 +35,7 @@ from ..severity import SeverityMatrix
 
 __all__ = [
     "softmax",
+    "fit_temperature",
     "blend_cost_matrix",
     "blend_decision",
     "expected_costs",
@@ -49,13 +50,32 @@ DEFAULT_BLEND_WEIGHTS: Tuple[float, ...] = tuple(float(w) for w in np.round(np.l
 
 
 def softmax(logits: Any) -> np.ndarray:
-    """Row-wise softmax in float64 (max-subtracted, so logits of any magnitude are safe)."""
+    """Row-wise softmax in float64 (``torch.softmax``, max-subtracted, so logits of any magnitude are safe)."""
+    import torch
+
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
         raise ValueError(f"logits must be (N, K), got shape {z.shape}")
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return torch.softmax(torch.from_numpy(z), dim=1).numpy()
+
+
+def fit_temperature(logits: Any, labels: Any, bounds: Tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature scaling (Guo et al., ICML 2017): ``T = argmin_T NLL(softmax(z / T), y)`` on the given
+    (validation) logits, by bounded scalar minimisation in ``log T`` (``scipy.optimize.minimize_scalar``)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"fit_temperature needs (N, K) logits and (N,) labels, got {z.shape} and {y.shape}")
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(np.exp(res.x))
 
 
 def _matrix(severity: SeverityMatrix | np.ndarray) -> np.ndarray:
@@ -85,11 +105,25 @@ def expected_costs(probs: np.ndarray, severity: SeverityMatrix | np.ndarray) -> 
 
 def blend_decision(probs: np.ndarray, severity: SeverityMatrix | np.ndarray, w: float) -> np.ndarray:
     """Decisions of the blend rule ``argmin_j (1-w)(1-p_j) + w Σ_i p_i M[i,j]`` (see module docstring)."""
+    from ..metrics.functional import bayes_risk_decision
+
     p = np.asarray(probs, dtype=np.float64)
     if w == 0.0:  # exactly the argmax, whatever the rounding of 1 - p
         _matrix(severity)
         return p.argmax(1)
-    return (p @ blend_cost_matrix(severity, w)).argmin(1)
+    m = _matrix(severity)
+    if w == 1.0:
+        crit = severity.critical if isinstance(severity, SeverityMatrix) else None
+        return bayes_risk_decision(p, m, crit)[0]
+    # the blend is the Bayes rule of the blended cost matrix; its critical cells are those of M
+    crit = severity.critical if isinstance(severity, SeverityMatrix) else np.isclose(m, m.max(1, keepdims=True)) & (m > 0)
+    return bayes_risk_decision(p, blend_cost_matrix(m, w), _blend_critical(blend_cost_matrix(m, w), crit))[0]
+
+
+def _blend_critical(cost: np.ndarray, critical: np.ndarray) -> np.ndarray:
+    """A critical mask valid for the blended matrix (its row maxima), so that SeverityMatrix accepts it;
+    the mask does not enter the decision."""
+    return np.isclose(cost, cost.max(1, keepdims=True)) & ~np.eye(cost.shape[0], dtype=bool)
 
 
 def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> Dict[str, np.ndarray]:

@@ -20,7 +20,9 @@ the grouped splits depend on ``split_seed`` only, not on the training seed):
   trials at 1/2). Seeds are combined as strata of a stratified McNemar test:
   under the null each discordant image is a fair coin whatever its stratum, so
   the summed ``b`` is tested in the summed ``b + c`` trials. Seeds share their
-  test images, so the combined p-value treats (seed, image) pairs as the units.
+  test images, so the combined p-value treats (seed, image) pairs as the units and
+  overstates: quote the paired bootstrap CI of the CER difference instead (the
+  report does; :mod:`.clustered` adds split seeds as a level).
 * **Counts**: exact Clopper–Pearson intervals for a binomial proportion
   (Clopper & Pearson, Biometrika 1934): ``[B(α/2; k, n-k+1), B(1-α/2; k+1, n-k)]``.
 """
@@ -56,8 +58,9 @@ METRICS: Tuple[str, ...] = (
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> Tuple[float, float]:
-    """Exact (Clopper–Pearson) interval for ``k`` successes in ``n`` trials."""
-    from scipy.stats import beta
+    """Exact (Clopper–Pearson) interval for ``k`` successes in ``n`` trials
+    (``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``)."""
+    from scipy.stats import binomtest
 
     if n <= 0:
         raise ValueError(f"clopper_pearson needs n >= 1 trials, got {n}")
@@ -65,10 +68,8 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> Tuple[float, fl
         raise ValueError(f"successes k must be in [0, n={n}], got {k}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    a = 1.0 - confidence
-    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
-    return lo, hi
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass
@@ -221,8 +222,9 @@ def summarize(
 
     Returns ``{metric: mean, metric_ci: (lo, hi), metric_seeds: [...], "n_critical_seeds": [...],
     "n_critical_total", "n_cases_total", "cer_pooled_cp": (lo, hi), "n_seeds", "n_test"}`` where
-    ``cer_pooled_cp`` is the Clopper–Pearson interval of the pooled critical-error count over
-    ``S·N`` (seed, image) decisions.
+    ``cer_pooled_cp`` is the Clopper–Pearson interval of the seed-mean critical-error count
+    (rounded) out of the ``N`` test images: the images are the trials, not the ``S·N`` (seed, image)
+    decisions, which share their images.
     """
     per = point_metrics(sample, severity, n_bins)
     reps = replicates if replicates is not None else bootstrap_replicates(sample, severity, n_boot, bootstrap_seed, n_bins)
@@ -236,5 +238,6 @@ def summarize(
     out["n_critical_seeds"] = counts
     out["n_critical_total"] = int(sum(counts))
     out["n_cases_total"] = total_n
-    out["cer_pooled_cp"] = clopper_pearson(int(sum(counts)), total_n, confidence)
+    out["n_critical_images"] = int(round(sum(counts) / sample.num_seeds))
+    out["cer_pooled_cp"] = clopper_pearson(out["n_critical_images"], int(sample.labels.shape[0]), confidence)
     return out

@@ -116,15 +116,28 @@ class ExperimentRiskArguments(RiskArguments):
                           "frozen-backbone mode only (rcl_hf.experiments.crossfit; 0 = off)."},
     )
     crossfit_folds: int = field(default=5, metadata={"help": "Grouped folds of the cross-fitted risk weights."})
+    la_tau: float = field(default=1.0, metadata={"help": "τ of the logit-adjusted loss (loss 'logit_adjusted')."})
+    soft_label_beta: float = field(
+        default=1.0, metadata={"help": "β > 0 of the soft labels q_j ∝ exp(-β·M[y, j]) (losses 'soft_label', 'rcl_soft')."}
+    )
+    risk_start_epoch: float = field(
+        default=0.0, metadata={"help": "Deferred risk weighting: the rcl risk term acts from this epoch on (0 = always)."}
+    )
+    aucm_weight: float = field(
+        default=0.0, metadata={"help": "μ >= 0 of the AUC-margin penalty on the critical-class score (0 = off)."}
+    )
+    aucm_margin: float = field(default=1.0, metadata={"help": "Margin m of the AUC-margin penalty."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("severity_margin", "logit_mixup_alpha", "crossfit_weight"):
+        for name in ("severity_margin", "logit_mixup_alpha", "crossfit_weight", "risk_start_epoch", "aucm_weight"):
             value = getattr(self, name)
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
         if self.crossfit_folds < 2:
             raise ValueError(f"crossfit_folds must be >= 2, got {self.crossfit_folds}")
+        if self.risk_start_epoch > 0 and self.logit_mixup_alpha > 0:
+            raise ValueError("risk_start_epoch counts the samples the loss sees; logit mixup calls it twice per batch")
         if self.crossfit_weight > 0 and (self.severity_margin > 0 or self.logit_mixup_alpha > 0):
             raise ValueError("crossfit_weight weights per-sample losses: combine it with neither severity_margin "
                              "nor logit_mixup_alpha")
@@ -140,7 +153,13 @@ class ExperimentRiskArguments(RiskArguments):
         return crossfit_risk_weights(p, labels, severity, self.crossfit_weight)
 
     def build(self, severity: Optional[SeverityMatrix], class_counts: Optional[Sequence[int]] = None) -> nn.Module:
-        loss = super().build(severity, class_counts)
+        from ..losses import build_loss
+
+        loss = build_loss(self.loss, severity=severity, class_counts=class_counts, lam=self.lam, form=self.risk_form,
+                          gamma=self.gamma, label_smoothing=self.label_smoothing, beta=self.class_weight_beta,
+                          tau=self.la_tau, soft_label_beta=self.soft_label_beta,
+                          risk_start_epoch=self.risk_start_epoch, aucm_weight=self.aucm_weight,
+                          aucm_margin=self.aucm_margin)
         if self.severity_margin > 0:
             if severity is None:
                 raise ValueError("severity_margin needs a severity matrix")

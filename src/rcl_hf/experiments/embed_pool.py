@@ -1,0 +1,102 @@
+"""Reuse frozen-backbone embeddings across split seeds: the embedding of an image does not depend on
+which split it falls into, so a grid with several ``split_seeds`` needs the backbone pass once.
+
+:func:`rcl_hf.frozen.cached_embeddings` caches embeddings *per split* (the key holds the split's
+fingerprint). :func:`seed_split_cache` builds, for a cell of another split seed, exactly the cache
+entries that :func:`rcl_hf.train_job.run_training` will look up — same key recipe as
+``train_job._frozen_trainer``, rows in the new split's order — from the entries of a split seed that
+was already embedded, matched image by image (``image_id`` / path column). Eval-mode backbones embed
+each image independently, so the result equals a fresh pass up to float rounding of batched
+convolutions (checked by :func:`seed_split_cache` on the source split: the key it computes must be
+the one the Trainer wrote, or it refuses).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["split_cache_paths", "seed_split_cache"]
+
+_ID_COLUMNS = ("image_id", "image", "path", "file_name", "filename")
+
+
+def _id_column(ds: Any) -> str:
+    for c in _ID_COLUMNS:
+        if c in ds.column_names and ds.features[c].dtype == "string":
+            return c
+    raise ValueError(f"no string image-id column among {ds.column_names}; tried {_ID_COLUMNS}")
+
+
+def split_cache_paths(model_args: Any, data_args: Any) -> Dict[str, Any]:
+    """``{split: (cache path, raw split)}`` that the frozen-backbone run of these arguments reads."""
+    from ..data.splits import subsample
+    from ..frozen import _cache_key
+    from ..models import build_model
+    from ..trainer import RiskArguments
+    from ..train_job import _cache_dir, _resolve_severity, load_data
+
+    cache_dir = _cache_dir(data_args)
+    if not cache_dir:
+        raise ValueError("seeding the embedding cache needs data.cache_dir")
+    dsd, dataset_severity = load_data(data_args)
+    labels = dsd["train"].features["label"].names
+    severity = _resolve_severity(RiskArguments(loss="ce"), dataset_severity, labels)
+    splits = {"train": subsample(dsd["train"], data_args.max_train_samples, data_args.subset, seed=data_args.split_seed)}
+    splits.update({s: subsample(dsd[s], data_args.max_eval_samples, data_args.subset, seed=data_args.split_seed)
+                   for s in ("validation", "test") if s in dsd})
+    image_size = model_args.image_size or 224
+    model, data_config = build_model(model_args.backbone, severity, image_size=image_size, pretrained=model_args.pretrained)
+    key = {"backbone": model_args.backbone, "pretrained": model_args.pretrained, "image_size": image_size,
+           "mean": data_config["mean"], "std": data_config["std"], "dataset": data_args.dataset,
+           "model_args": getattr(model.config, "model_args", None)}
+    out = {}
+    for s, raw in splits.items():
+        k = _cache_key({**key, "split": s, "fingerprint": getattr(raw, "_fingerprint", None), "n": len(raw)})
+        out[s] = (os.path.join(cache_dir, "embeddings", k), raw)
+    return out
+
+
+def seed_split_cache(model_args: Any, source_data_args: Any, target_data_args: Any) -> Optional[Dict[str, str]]:
+    """Write the target split seed's embedding cache from the source split seed's (see module docstring).
+
+    Returns the written paths, ``{}`` when the target is cached already, ``None`` when the source
+    is not cached (nothing written). Raises ``ValueError`` when an image of the target has no
+    embedding in the source.
+    """
+    import datasets
+
+    src = split_cache_paths(model_args, source_data_args)
+    if not all(os.path.exists(os.path.join(p, "dataset_info.json")) for p, _ in src.values()):
+        return None
+    dst = split_cache_paths(model_args, target_data_args)
+    if all(os.path.exists(os.path.join(p, "dataset_info.json")) for p, _ in dst.values()):
+        return {}
+    pool: Dict[str, np.ndarray] = {}
+    for path, raw in src.values():
+        col = _id_column(raw)
+        emb = np.asarray(datasets.load_from_disk(path).with_format("numpy")["embeddings"], dtype=np.float32)
+        pool.update(zip(raw[col], emb))
+    written = {}
+    for s, (path, raw) in dst.items():
+        if os.path.exists(os.path.join(path, "dataset_info.json")):
+            continue
+        ids = raw[_id_column(raw)]
+        missing = [i for i in ids if i not in pool]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) of split {s!r} have no source embedding, e.g. {missing[:3]}")
+        emb = np.stack([pool[i] for i in ids])
+        ds = datasets.Dataset.from_dict(
+            {"embeddings": emb.tolist(), "labels": list(raw["label"])},
+            features=datasets.Features({"embeddings": datasets.Sequence(datasets.Value("float32"), length=emb.shape[1]),
+                                        "labels": datasets.Value("int64")}))
+        tmp = f"{path}.tmp{os.getpid()}"  # a folder (save_to_disk): atomic_write_bytes writes files only
+        ds.save_to_disk(tmp)
+        os.replace(tmp, path)
+        written[s] = path
+    return written
