@@ -225,6 +225,26 @@ def test_loss_parts_are_logged(tmp_path):
     assert "nonfinite_skipped" not in logs[0]
 
 
+def test_epoch_aware_loss_follows_the_trainer_epoch(tmp_path):
+    from transformers import TrainerCallback
+
+    from rcl_hf.losses import build_loss
+
+    data = subtle_lesions(64, seed=2)
+    args = training_args(tmp_path, num_train_epochs=3, per_device_train_batch_size=32, logging_steps=1)
+    loss = build_loss("rcl", severity=SYNTH, lam=1.0, risk_start_epoch=2)
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(loss.epoch)
+
+    trainer = RiskCalibratedTrainer(model=TabularNet(), args=args, train_dataset=data, loss_fn=loss, severity=SYNTH)
+    trainer.add_callback(Record())
+    trainer.train()
+    assert sorted(set(seen)) == [0.0, 1.0, 2.0]  # set by the callback from state.epoch at each epoch's start
+
+
 def test_plain_loss_logs_no_parts(tmp_path):
     data = subtle_lesions(32, seed=2)
     args = training_args(tmp_path, max_steps=2, per_device_train_batch_size=16, logging_steps=1)

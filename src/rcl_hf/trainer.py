@@ -48,7 +48,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from transformers import Trainer
 
-from .losses import LOSS_NAMES, RiskCalibratedLoss, build_loss
+from .losses import LOSS_NAMES, RiskCalibratedLoss, build_loss, loss_epoch_callback
 from .crash_safety import (
     CHECKPOINT_PREFIX,
     STAGING_PREFIX,
@@ -163,6 +163,8 @@ class RiskCalibratedTrainer(Trainer):
                 raise ValueError("RiskCalibratedTrainer needs loss_fn or risk_args")
             loss_fn = risk_args.build(self.severity, class_counts)
         self.loss_fn = loss_fn.to(self.args.device)
+        if any(hasattr(m, "epoch") for m in self.loss_fn.modules()):  # epoch-aware losses (deferred risk weighting)
+            self.add_callback(loss_epoch_callback(self.loss_fn))
         self._check_labels()
         # Our loss is a per-sample mean; never let a model normalise by num_items_in_batch.
         self.model_accepts_loss_kwargs = False
