@@ -253,17 +253,12 @@ def _call_to_json_interrupted(ctx: Ctx):
     target = ctx.tmp / "sev.json"
     SeverityMatrix.preset("synthetic").to_json(target)
     before = target.read_bytes()
-    real_dump = json.dump
-
-    def dying_dump(obj, fh, **kw):
-        fh.write(json.dumps(obj, **kw)[:40])
-        fh.flush()
+    def dying_fsync(fd):  # the bytes sit in the temporary file, then the disk fails before the rename
         raise OSError(28, "No space left on device (simulated)")
 
-    with mock.patch("rcl_hf.severity.json.dump", dying_dump):
+    with mock.patch("rcl_hf.crash_safety.os.fsync", dying_fsync):
         with pytest.raises(OSError):
             SeverityMatrix.preset("brain_tumor_mri").to_json(target)
-    assert real_dump is json.dump
     return {"intact": target.read_bytes() == before, "leftovers": sorted(p.name for p in ctx.tmp.iterdir() if p.name != "sev.json")}
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rcl_hf.ood import OOD_GUARD_FILE, OODGuard, fit_guard_from_embeddings, fit_ood_guard
+from rcl_hf.ood import OOD_GUARD_FILE, OODGuard, fit_guard_from_embeddings
+from rcl_hf.ood_fit import fit_ood_guard
 
 DATA = Path(os.environ.get("RCL_DATA_ROOT", "/work/shared/data"))
 

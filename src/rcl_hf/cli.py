@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-__all__ = ["parse_args", "parse_args_explicit", "read_config", "expand_argv", "greater_is_better_for", "train_main", "compare_main", "run_experiments_main"]
+__all__ = ["parse_args", "parse_args_explicit", "read_config", "expand_argv", "greater_is_better_for", "train_main", "run_experiments_main"]
 
 
 def _exit2(message: str) -> "NoReturn":
@@ -275,17 +275,3 @@ def run_experiments_main(argv: Optional[Sequence[str]] = None) -> None:
     from .experiments.command import main
 
     main(argv)
-
-
-def compare_main(argv: Optional[Sequence[str]] = None) -> dict:
-    """The main job: CE vs the risk-calibrated loss on the embedded default (no arguments needed)."""
-    from .main_job import CompareArguments, run_comparison
-
-    def go():
-        (args,) = parse_args((CompareArguments,), argv)
-        summary = run_comparison(args)
-        print("\n" + summary["header"] + summary["table"])
-        print(f"\nRuns, comparison.json/.md and cer_accuracy.png in {args.output_dir}")
-        return summary
-
-    return _one_line_errors(go)

@@ -16,7 +16,9 @@ an input is *outside what the model was trained on* when ``score > τ_ood``.
 
 The guard is stored beside the weights as ``ood_guard.safetensors`` (tensors
 ``means``, ``precision``; threshold and provenance in the safetensors metadata):
-no pickle, loadable with the same safety as ``weights_only``.
+no pickle, loadable with the same safety as ``weights_only``. Fitting the guard of a
+saved model from its dataset splits is :func:`rcl_hf.ood_fit.fit_ood_guard` (it needs
+:mod:`rcl_hf.inference`, which loads this module).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_ood_guard", "fit_guard_from_embeddings", "embed_images"]
+from .crash_safety import atomic_write_bytes
+
+__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_guard_from_embeddings"]
 
 OOD_GUARD_FILE = "ood_guard.safetensors"
 DEFAULT_FALSE_ALARM_RATE = 0.05
@@ -61,15 +65,13 @@ class OODGuard:
 
     def save(self, folder: Union[str, os.PathLike]) -> Path:
         """Write ``ood_guard.safetensors`` into ``folder``; returns its path."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         path = Path(folder) / OOD_GUARD_FILE
         meta = {"threshold": repr(float(self.threshold)), "false_alarm_rate": repr(float(self.false_alarm_rate)),
                 "method": _METHOD, "meta": json.dumps(self.meta)}
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"means": np.ascontiguousarray(self.means, dtype=np.float32),
-                   "precision": np.ascontiguousarray(self.precision, dtype=np.float32)}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, save({"means": np.ascontiguousarray(self.means, dtype=np.float32),
+                                       "precision": np.ascontiguousarray(self.precision, dtype=np.float32)}, metadata=meta))
         return path
 
     @classmethod
@@ -89,63 +91,6 @@ class OODGuard:
             means, precision = f.get_tensor("means"), f.get_tensor("precision")
         return cls(means=means, precision=precision, threshold=float(meta["threshold"]),
                    false_alarm_rate=float(meta["false_alarm_rate"]), meta=json.loads(meta.get("meta", "{}")))
-
-
-def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
-    """Penultimate embeddings ``(N, D)`` of images (anything :func:`rcl_hf.inference.predict` accepts)."""
-    from .inference import forward_images
-
-    return forward_images(model, images, image_processor, batch_size=batch_size, embeddings=True)[1]
-
-
-def _column_images(split: Any, limit: Optional[int], seed: int):
-    n = len(split)
-    idx = np.arange(n)
-    if limit is not None and n > limit:
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
-    rows = split.select(idx.tolist()) if hasattr(split, "select") else [split[i] for i in idx]
-    images = rows["image"] if hasattr(rows, "column_names") else [r["image"] for r in rows]
-    labels = np.asarray(rows["label"] if hasattr(rows, "column_names") else [r["label"] for r in rows])
-    return images, labels
-
-
-def fit_ood_guard(
-    model_dir: Union[str, os.PathLike],
-    train: Any,
-    validation: Any,
-    *,
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-    max_samples: Optional[int] = 2000,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Fit the guard of a saved model and write ``ood_guard.safetensors`` into ``model_dir``.
-
-    Args:
-        model_dir: a folder saved by rcl_hf (``load_model`` reads it).
-        train: the training split (``datasets.Dataset`` or list of rows with
-            ``image`` and ``label``): class means and covariance.
-        validation: the validation split (``image`` column): the threshold, at
-            the ``1 - false_alarm_rate`` quantile of its scores.
-        false_alarm_rate: target share of in-distribution images flagged, in (0, 0.5].
-        max_samples: at most this many rows of each split are embedded (a seeded sample).
-
-    Returns:
-        The path of the written file.
-    """
-    from .inference import load_model
-
-    if len(validation) < 20:
-        raise ValueError(f"the validation split has {len(validation)} rows: at least 20 are needed to place the threshold")
-    model = load_model(os.fspath(model_dir))
-    tr_images, tr_labels = _column_images(train, max_samples, seed)
-    va_images, _ = _column_images(validation, max_samples, seed)
-    guard = fit_guard_from_embeddings(
-        embed_images(model, tr_images, batch_size=batch_size), tr_labels,
-        embed_images(model, va_images, batch_size=batch_size), false_alarm_rate=false_alarm_rate,
-        labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
-    )
-    return guard.save(model_dir)
 
 
 def fit_guard_from_embeddings(

@@ -40,7 +40,7 @@ class ModelArguments:
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster CNNs on GPU)."})
     ood_guard: Optional[bool] = field(
         default=None,
-        metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold at 5% "
+        metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold at 5%% "
                           "false alarms on validation) and save ood_guard.safetensors with the model; default: on for "
                           "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
     )

@@ -285,7 +285,7 @@ def run_training(
         atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
         if (model_args.wants_ood_guard(data_args.dataset) and not model_args.eval_only
                 and "validation" in splits and len(splits["validation"]) >= 20):
-            from .ood import fit_ood_guard
+            from .ood_fit import fit_ood_guard
 
             fit_ood_guard(out_dir, splits["train"], splits["validation"], max_samples=model_args.ood_guard_samples,
                           seed=training_args.seed)

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from transformers import TrainerCallback
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import RiskCalibratedTrainer
 
 logger = logging.getLogger("rcl_hf.trainer")
 
@@ -48,7 +45,7 @@ class NonFiniteStepGuard(TrainerCallback):
         trainer: the trainer whose ``risk_args``, counters and state it reads and updates.
     """
 
-    def __init__(self, trainer: "RiskCalibratedTrainer") -> None:
+    def __init__(self, trainer: Any) -> None:  # an rcl_hf.trainer.RiskCalibratedTrainer (it imports this module)
         self.trainer = trainer
         self._buffers: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
 

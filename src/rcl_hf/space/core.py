@@ -93,7 +93,7 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
         raise SpaceStartupError(f"Cannot load model {name_or_path!r}: {err}") from None
     if model.ood_guard is None:
         logger.warning("%s has no OOD guard (ood_guard.safetensors): every input gets a diagnosis; fit one with "
-                       "rcl_hf.ood.fit_ood_guard", name_or_path)
+                       "rcl_hf.ood_fit.fit_ood_guard", name_or_path)
     return SpaceModel(model=model, name=label or _display_name(name_or_path), source=name_or_path)
 
 

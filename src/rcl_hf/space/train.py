@@ -3,7 +3,7 @@
 A frozen ImageNet EfficientNet-Lite0 backbone (the package's offline weights)
 embeds the images once; a cross-entropy head and a risk-calibrated (RCL) head
 are trained on the cached embeddings (``run_training`` with ``freeze_backbone``,
-lr 1e-3), then the OOD guard of each is fitted (:func:`rcl_hf.ood.fit_ood_guard`,
+lr 1e-3), then the OOD guard of each is fitted (:func:`rcl_hf.ood_fit.fit_ood_guard`,
 threshold on validation).
 """
 
@@ -37,7 +37,8 @@ def train_space_pair(
     Folders that already hold a model and its guard are reused (delete them to retrain).
     """
     from ..data.splits import subsample
-    from ..ood import OOD_GUARD_FILE, fit_ood_guard
+    from ..ood import OOD_GUARD_FILE
+    from ..ood_fit import fit_ood_guard
     from ..train_job import DataArguments, ModelArguments, default_training_args, load_data, run_training
     from ..trainer import RiskArguments
 

@@ -1,0 +1,73 @@
+"""Fitting the out-of-distribution guard (:class:`rcl_hf.ood.OODGuard`) of a saved model.
+
+:func:`fit_ood_guard` embeds a seeded sample of the training split (class means and the
+shared covariance) and of the validation split (the threshold) with the model's own
+saved preprocessing, and writes ``ood_guard.safetensors`` beside the weights, where
+:func:`rcl_hf.load_model` finds it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from .inference import forward_images, load_model
+from .ood import DEFAULT_FALSE_ALARM_RATE, fit_guard_from_embeddings
+
+__all__ = ["embed_images", "fit_ood_guard"]
+
+
+def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
+    """Penultimate embeddings ``(N, D)`` of images (anything :func:`rcl_hf.inference.predict` accepts)."""
+    return forward_images(model, images, image_processor, batch_size=batch_size, embeddings=True)[1]
+
+
+def _column_images(split: Any, limit: Optional[int], seed: int):
+    n = len(split)
+    idx = np.arange(n)
+    if limit is not None and n > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    rows = split.select(idx.tolist()) if hasattr(split, "select") else [split[i] for i in idx]
+    images = rows["image"] if hasattr(rows, "column_names") else [r["image"] for r in rows]
+    labels = np.asarray(rows["label"] if hasattr(rows, "column_names") else [r["label"] for r in rows])
+    return images, labels
+
+
+def fit_ood_guard(
+    model_dir: Union[str, os.PathLike],
+    train: Any,
+    validation: Any,
+    *,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    max_samples: Optional[int] = 2000,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Fit the guard of a saved model and write ``ood_guard.safetensors`` into ``model_dir``.
+
+    Args:
+        model_dir: a folder saved by rcl_hf (``load_model`` reads it).
+        train: the training split (``datasets.Dataset`` or list of rows with
+            ``image`` and ``label``): class means and covariance.
+        validation: the validation split (``image`` column): the threshold, at
+            the ``1 - false_alarm_rate`` quantile of its scores.
+        false_alarm_rate: target share of in-distribution images flagged, in (0, 0.5].
+        max_samples: at most this many rows of each split are embedded (a seeded sample).
+
+    Returns:
+        The path of the written file.
+    """
+    if len(validation) < 20:
+        raise ValueError(f"the validation split has {len(validation)} rows: at least 20 are needed to place the threshold")
+    model = load_model(os.fspath(model_dir))
+    tr_images, tr_labels = _column_images(train, max_samples, seed)
+    va_images, _ = _column_images(validation, max_samples, seed)
+    guard = fit_guard_from_embeddings(
+        embed_images(model, tr_images, batch_size=batch_size), tr_labels,
+        embed_images(model, va_images, batch_size=batch_size), false_alarm_rate=false_alarm_rate,
+        labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+    )
+    return guard.save(model_dir)
