@@ -288,9 +288,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from rcl_hf.crash_safety import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _read_results(out_dir: Path, names: Iterable[str]) -> List[Dict[str, Any]]:

@@ -484,3 +484,27 @@ def test_two_process_ddp_run_killed_and_resumed_matches_uninterrupted(synthetic_
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     _assert_same_metrics(_test_metrics(tmp_path / "ref"), _test_metrics(run))
     _assert_same_weights(tmp_path / "ref" / "model.safetensors", run / "model.safetensors")
+
+
+def test_publish_new_dir_first_writer_wins_and_failures_leave_nothing(tmp_path):
+    from rcl_hf.crash_safety import publish_new_dir
+
+    def writer(text):
+        def write(folder):
+            os.makedirs(folder)
+            with open(os.path.join(folder, "x.txt"), "w") as fh:
+                fh.write(text)
+        return write
+
+    target = tmp_path / "cache"
+    assert publish_new_dir(target, writer("first")) is True
+    assert publish_new_dir(target, writer("second")) is False
+    assert (target / "x.txt").read_text() == "first"
+
+    def dying(folder):
+        writer("partial")(folder)
+        raise OSError(28, "No space left on device (simulated)")
+
+    with pytest.raises(OSError):
+        publish_new_dir(tmp_path / "other", dying)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]

@@ -32,7 +32,7 @@ from rcl_hf.experiments.stats import (
     exact_mcnemar,
     summarize,
 )
-from rcl_hf.losses import CrossEntropyLoss, RiskCalibratedLoss
+from rcl_hf.losses import WeightedCrossEntropyLoss, RiskCalibratedLoss
 from rcl_hf.metrics import bayes_risk_decision
 from rcl_hf.severity import SeverityMatrix
 
@@ -277,7 +277,7 @@ def test_severity_margin_loss():
     torch.manual_seed(0)
     z = torch.randn(8, 4, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 1, 1, 2, 0])
-    ce = CrossEntropyLoss()
+    ce = WeightedCrossEntropyLoss()
     m = torch.tensor(SEV.matrix, dtype=torch.float32)
     loss = SeverityMarginLoss(ce, SEV, 2.0)
     assert torch.allclose(loss(z, y), ce(z + 2.0 * m[y], y))
@@ -317,7 +317,7 @@ def test_experiment_risk_arguments_build_and_validate():
     built = args.build(SEV)
     assert isinstance(built, LogitMixupLoss) and isinstance(built.loss, SeverityMarginLoss)
     assert isinstance(built.loss.loss, RiskCalibratedLoss) and built.loss.loss.lam == 2.0
-    assert isinstance(ExperimentRiskArguments(loss="ce").build(SEV), CrossEntropyLoss)
+    assert isinstance(ExperimentRiskArguments(loss="ce").build(SEV), WeightedCrossEntropyLoss)
     with pytest.raises(ValueError, match="logit_mixup_alpha"):
         ExperimentRiskArguments(loss="ce", logit_mixup_alpha=-1)
     with pytest.raises(ValueError, match="Unknown loss"):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from rcl_hf import SeverityMatrix
 from rcl_hf.losses import (
     LOSS_NAMES,
-    CrossEntropyLoss,
+    WeightedCrossEntropyLoss,
     FocalLoss,
     RiskCalibratedLoss,
     build_loss,
@@ -128,7 +128,7 @@ def test_baselines_match_reference(weighted, ls):
     z, y = batch(seed=11)
     w = WEIGHTS if weighted else None
     for loss_fn, base in [
-        (CrossEntropyLoss(class_weight=w, label_smoothing=ls), "ce"),
+        (WeightedCrossEntropyLoss(class_weight=w, label_smoothing=ls), "ce"),
         (FocalLoss(gamma=2.0, class_weight=w, label_smoothing=ls), "focal"),
     ]:
         got, grad = value_and_grad(loss_fn, z, y)
@@ -144,10 +144,10 @@ def test_cross_entropy_agrees_with_torch_and_focal_gamma_zero():
     z, y = batch(seed=5, n=16)
     zt, yt = torch.tensor(z, dtype=torch.float32), torch.as_tensor(y)
     for ls in (0.0, 0.1):
-        torch.testing.assert_close(CrossEntropyLoss(label_smoothing=ls)(zt, yt), F.cross_entropy(zt, yt, label_smoothing=ls))
+        torch.testing.assert_close(WeightedCrossEntropyLoss(label_smoothing=ls)(zt, yt), F.cross_entropy(zt, yt, label_smoothing=ls))
         torch.testing.assert_close(FocalLoss(gamma=0.0, label_smoothing=ls)(zt, yt), F.cross_entropy(zt, yt, label_smoothing=ls))
     # Focal down-weights easy samples: never above CE.
-    assert (FocalLoss(gamma=2.0).per_sample(zt, yt) <= CrossEntropyLoss().per_sample(zt, yt) + 1e-7).all()
+    assert (FocalLoss(gamma=2.0).per_sample(zt, yt) <= WeightedCrossEntropyLoss().per_sample(zt, yt) + 1e-7).all()
 
 
 # ------------------------------------------------------------------ lam = 0 identity
@@ -157,7 +157,7 @@ def test_lam_zero_is_exactly_the_base_term(form, base, ls):
     base_fn = (
         FocalLoss(gamma=2.0, class_weight=WEIGHTS, label_smoothing=ls)
         if base == "focal"
-        else CrossEntropyLoss(class_weight=WEIGHTS, label_smoothing=ls)
+        else WeightedCrossEntropyLoss(class_weight=WEIGHTS, label_smoothing=ls)
     )
     rcl = RiskCalibratedLoss(SEV, lam=0.0, form=form, base=base, gamma=2.0, label_smoothing=ls, class_weight=WEIGHTS)
     v1, g1 = value_and_grad(rcl, z, y)
@@ -177,7 +177,7 @@ def test_risk_term_raises_loss_of_critical_errors_more():
     y = torch.tensor([0, 0])
     for form in ("expected", "log"):
         per = RiskCalibratedLoss(SEV, lam=1.0, form=form).per_sample(z, y)
-        ce = CrossEntropyLoss().per_sample(z, y)
+        ce = WeightedCrossEntropyLoss().per_sample(z, y)
         torch.testing.assert_close(ce[0], ce[1])
         assert per[0] > per[1] + 0.5
 
@@ -194,7 +194,7 @@ def test_build_loss_every_name():
         loss_fn = build_loss(name, severity=SEV, class_counts=counts, lam=0.5, gamma=1.5)
         got, _ = value_and_grad(loss_fn, z, y)
         if name in ("ce", "weighted_ce", "effective_ce", "label_smoothing"):
-            assert type(loss_fn) is CrossEntropyLoss
+            assert type(loss_fn) is WeightedCrossEntropyLoss
         elif name == "focal":
             assert type(loss_fn) is FocalLoss and loss_fn.gamma == 1.5
         else:
@@ -303,7 +303,7 @@ def test_call_errors():
     with pytest.raises(ValueError, match="logits must be"):
         loss_fn(torch.zeros(4), torch.tensor([0]))
     with pytest.raises(ValueError, match="class_weight has 3 entries for 4 classes"):
-        CrossEntropyLoss(class_weight=[1.0, 1.0, 1.0])(torch.zeros(2, 4), torch.tensor([0, 1]))
+        WeightedCrossEntropyLoss(class_weight=[1.0, 1.0, 1.0])(torch.zeros(2, 4), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="square matrix"):
         RiskCalibratedLoss(np.ones((3, 4)))
     with pytest.raises(ValueError, match="neither a severity preset"):
@@ -348,7 +348,7 @@ def test_extreme_logits_give_finite_loss_and_gradients(dtype):
 def test_extreme_logits_values():
     z = torch.tensor([row for row, _ in EXTREME], dtype=torch.float32)
     y = torch.tensor([label for _, label in EXTREME])
-    ce = CrossEntropyLoss().per_sample(z, y)
+    ce = WeightedCrossEntropyLoss().per_sample(z, y)
     torch.testing.assert_close(ce, torch.tensor([0.0, 2 * BIG, 2 * BIG + np.log(3), np.log(2), np.log(4), 2 * BIG], dtype=torch.float32))
     exp = RiskCalibratedLoss(SEV, form="expected").per_sample_parts(z, y)["risk"]
     torch.testing.assert_close(exp, torch.tensor([0.0, 1.0, 0.4, 0.05, 0.3, 0.3]))
@@ -376,7 +376,7 @@ def test_log_form_near_certain_probabilities_matches_reference():
 def test_integer_label_dtypes_and_float_labels():
     z, y = batch(seed=9)
     zt = torch.tensor(z, dtype=torch.float32)
-    for loss_fn in (RiskCalibratedLoss(SEV, form="log"), CrossEntropyLoss(label_smoothing=0.1), FocalLoss()):
+    for loss_fn in (RiskCalibratedLoss(SEV, form="log"), WeightedCrossEntropyLoss(label_smoothing=0.1), FocalLoss()):
         expected = loss_fn(zt, torch.as_tensor(y, dtype=torch.int64))
         for dtype in (torch.int32, torch.int16, torch.uint8):
             assert torch.equal(loss_fn(zt, torch.as_tensor(y).to(dtype)), expected), (loss_fn, dtype)

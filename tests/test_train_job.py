@@ -350,3 +350,15 @@ def test_max_train_samples_takes_every_class_from_a_class_ordered_split(tmp_path
     assert recipe["split_sizes"]["train"] == 4 and recipe["subset"] == "stratified"
     with pytest.raises(ValueError, match="--subset must be one of"):
         DataArguments(subset="random")
+
+
+def test_loader_workers_see_every_epoch_of_the_seeded_augmentation(tmp_path, tiny_dataset):
+    """A persistent DataLoader worker would keep epoch 0's augmentation copy: the weights after two epochs
+    must not depend on the worker setting."""
+    from safetensors.numpy import load_file
+
+    kw = dict(num_train_epochs=2, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    _run(tmp_path / "w0", tiny_dataset, loss="ce", **kw)
+    _run(tmp_path / "w1", tiny_dataset, loss="ce", dataloader_num_workers=1, dataloader_persistent_workers=True, **kw)
+    a, b = load_file(str(tmp_path / "w0" / "model.safetensors")), load_file(str(tmp_path / "w1" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification
 
 from rcl_hf import RiskArguments, RiskCalibratedTrainer, SeverityMatrix
-from rcl_hf.losses import CrossEntropyLoss, RiskCalibratedLoss
+from rcl_hf.losses import WeightedCrossEntropyLoss, RiskCalibratedLoss
 from rcl_hf.metrics import make_compute_metrics
 from rcl_hf.trainer import NonFiniteLossError
 
@@ -248,7 +248,7 @@ def test_epoch_aware_loss_follows_the_trainer_epoch(tmp_path):
 def test_plain_loss_logs_no_parts(tmp_path):
     data = subtle_lesions(32, seed=2)
     args = training_args(tmp_path, max_steps=2, per_device_train_batch_size=16, logging_steps=1)
-    trainer = RiskCalibratedTrainer(model=TabularNet(), args=args, train_dataset=data, loss_fn=CrossEntropyLoss())
+    trainer = RiskCalibratedTrainer(model=TabularNet(), args=args, train_dataset=data, loss_fn=WeightedCrossEntropyLoss())
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logs and all("loss_base" not in entry for entry in logs)

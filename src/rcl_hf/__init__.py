@@ -11,7 +11,7 @@ Public API (see README.md):
 """
 
 from . import metrics
-from .losses import CrossEntropyLoss, FocalLoss, RiskCalibratedLoss, build_loss, class_weights
+from .losses import WeightedCrossEntropyLoss, FocalLoss, RiskCalibratedLoss, build_loss, class_weights
 from .severity import SeverityMatrix
 
 __version__ = "0.1.0"
@@ -33,7 +33,7 @@ def __getattr__(name):  # lazy: `import rcl_hf` stays light (no transformers.Tra
 
 
 __all__ = [
-    "CrossEntropyLoss",
+    "WeightedCrossEntropyLoss",
     "FocalLoss",
     "RiskArguments",
     "RiskCalibratedLoss",

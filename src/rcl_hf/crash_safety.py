@@ -35,7 +35,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from typing import Any, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Union
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,25 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
 def atomic_write_json(path: PathLike, data: Any, indent: int = 2) -> None:
     """:func:`atomic_write_bytes` of ``json.dumps(data)`` (NumPy scalars through ``float``)."""
     atomic_write_text(path, json.dumps(data, indent=indent, default=float))
+
+
+def publish_new_dir(final: PathLike, write: Callable[[str], Any]) -> bool:
+    """Create the folder ``final`` once, atomically: ``write(tmp)`` fills a temporary sibling, which is
+    fsynced and renamed into place.  If another process published ``final`` first, its copy wins and
+    this one is discarded (caches of deterministic content).  Returns whether this call published it."""
+    final = os.fspath(final)
+    tmp = f"{final}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        fsync_tree(tmp)
+        if os.path.exists(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        os.replace(tmp, final)
+        return True
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def staging_dir(final: PathLike) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .crash_safety import fsync_tree
+from .crash_safety import publish_new_dir
 
 __all__ = ["find_classifier", "extract_embeddings", "cached_embeddings", "LinearHead", "copy_head_into_model"]
 
@@ -95,15 +94,8 @@ def cached_embeddings(
                                         "labels": datasets.Value("int64"),
                                     }))
     if path:
-        tmp = f"{path}.tmp{os.getpid()}"
-        ds.save_to_disk(tmp)
-        # A folder, published by one rename (crash_safety.fsync_tree first); not commit_dir, which would
-        # replace a copy another process finished first: the first writer wins here.
-        fsync_tree(tmp)
-        if os.path.exists(path):
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        # the first writer wins (not commit_dir, which would replace a copy another process finished first)
+        publish_new_dir(path, ds.save_to_disk)
         ds = datasets.load_from_disk(path)
     return ds.with_format("torch")
 

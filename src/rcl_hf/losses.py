@@ -35,7 +35,7 @@ from .severity import SeverityMatrix
 __all__ = [
     "RiskCalibratedLoss",
     "FocalLoss",
-    "CrossEntropyLoss",
+    "WeightedCrossEntropyLoss",
     "class_weights",
     "build_loss",
     "LOSS_NAMES",
@@ -124,14 +124,16 @@ class _BaseLoss(nn.Module):
         return self.per_sample(logits, labels).mean()
 
 
-class CrossEntropyLoss(_BaseLoss):
+class WeightedCrossEntropyLoss(_BaseLoss):
     """Cross-entropy ``-sum_k q_k log p_k`` with optional label smoothing and class
     weights ``w_y`` (the per-sample loss is multiplied by ``w_y`` and the batch
-    mean taken over samples, so gradient accumulation stays exact)."""
+    mean taken over samples, so gradient accumulation stays exact; torch's own
+    ``weight=`` would instead divide by the summed weights of the batch).  The
+    per-sample term is :func:`torch.nn.functional.cross_entropy` with ``label_smoothing``."""
 
     def base_per_sample(self, log_p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        q = _soft_targets(labels, log_p.shape[1], self.label_smoothing)
-        return -(q * log_p).sum(-1)
+        # log_softmax(log p) = log p, so cross_entropy on log-probabilities is the CE of p
+        return F.cross_entropy(log_p, labels, reduction="none", label_smoothing=self.label_smoothing)
 
 
 class FocalLoss(_BaseLoss):
@@ -216,7 +218,7 @@ class RiskCalibratedLoss(_BaseLoss):
             self._base: _BaseLoss = SoftLabelLoss(m, soft_label_beta)
         else:
             self._base = (
-                FocalLoss(gamma, None, label_smoothing) if base == "focal" else CrossEntropyLoss(None, label_smoothing)
+                FocalLoss(gamma, None, label_smoothing) if base == "focal" else WeightedCrossEntropyLoss(None, label_smoothing)
             )
 
     def risk_per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -306,14 +308,14 @@ def _build_base(name: str, severity: Optional[Union[SeverityMatrix, str]], class
         raise ValueError(f"risk_start_epoch defers the risk term of an rcl loss; loss {name!r} has none")
     ls = 0.0 if label_smoothing is None else label_smoothing
     if name == "ce":
-        return CrossEntropyLoss(label_smoothing=ls)
+        return WeightedCrossEntropyLoss(label_smoothing=ls)
     if name in ("weighted_ce", "effective_ce"):
         if class_counts is None:
             raise ValueError(f"loss {name!r} needs class_counts (the training split's label counts)")
         method = "inverse" if name == "weighted_ce" else "effective"
-        return CrossEntropyLoss(class_weight=class_weights(class_counts, method, beta), label_smoothing=ls)
+        return WeightedCrossEntropyLoss(class_weight=class_weights(class_counts, method, beta), label_smoothing=ls)
     if name == "label_smoothing":
-        return CrossEntropyLoss(label_smoothing=0.1 if label_smoothing is None else label_smoothing)
+        return WeightedCrossEntropyLoss(label_smoothing=0.1 if label_smoothing is None else label_smoothing)
     if name == "focal":
         return FocalLoss(gamma=gamma, label_smoothing=ls)
     if name == "logit_adjusted":
@@ -338,7 +340,7 @@ def _build_base(name: str, severity: Optional[Union[SeverityMatrix, str]], class
 
 
 # ----------------------------------------------------------------------------- issue 13 methods
-class LogitAdjustedLoss(CrossEntropyLoss):
+class LogitAdjustedLoss(WeightedCrossEntropyLoss):
     """Logit-adjusted cross-entropy (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021)::
 
         L(z, y) = -log softmax(z + tau·log π)_y,     π = training class frequencies

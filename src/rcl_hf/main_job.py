@@ -23,8 +23,9 @@ synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed
    ``rcl_hf.load_model``), ``ce_seed1``, ``rcl_seed1``, ... Each run folder has ``train.log``
    with the Trainer's per-step logs (``--verbose true`` prints them instead).
 
-Reproducibility: torch runs on ``threads`` intra-op threads (default 1; a DataLoader worker decodes and augments
-images on the second core) and the data are generated
+Reproducibility: each run's torch uses ``threads`` intra-op threads (default 1), ``parallel_runs`` runs (default
+2, one per core) train side by side in spawned processes, augmentation is seeded per image and epoch, and the data
+are generated
 from a seed, so the same machine kind with the same library versions prints the same numbers.
 """
 
@@ -33,10 +34,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -75,7 +78,8 @@ class CompareArguments:
     tolerance: float = field(default=0.01, metadata={"help": "Matched = validation accuracy ≥ CE's − tolerance."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap replicates of the CIs."})
     threads: int = field(default=1, metadata={"help": "torch intra-op threads, pinned (the numbers depend on it); 1 is the fastest on a busy machine."})
-    loader_workers: int = field(default=1, metadata={"help": "DataLoader worker processes (image decoding and augmentation beside the training thread)."})
+    parallel_runs: int = field(default=2, metadata={"help": "Training runs side by side, each in its own process with `threads` threads (the results do not depend on it)."})
+    loader_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per run (image decoding and augmentation beside the training thread)."})
     verbose: bool = field(default=False, metadata={"help": "Print the Trainers' per-step logs instead of writing them to train.log."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar too."})
 
@@ -256,6 +260,16 @@ def _train_one(args: CompareArguments, data_args: Any, method: str, seed: int, r
     return result
 
 
+def _train_and_load(args: CompareArguments, data_args: Any, method: str, seed: int, run_dir: str, point: str):
+    """One run, start to finish (also the unit of work of a ``--parallel_runs`` worker process)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _prepare_folder(run_dir)
+    _train_one(args, data_args, method, seed, run_dir)
+    return _load_run(run_dir, method, seed, args.backbone, point)
+
+
 def _load_run(run_dir: str, method: str, seed: int, backbone: str, point: str):
     from .experiments.report import Run
     from .severity import SeverityMatrix
@@ -309,6 +323,8 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
         raise ValueError(f"--seeds must be distinct integers, got {args.seeds}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.parallel_runs < 1:
+        raise ValueError(f"--parallel_runs must be >= 1, got {args.parallel_runs}")
     if not args.rcl_loss.startswith("rcl"):
         raise ValueError(f"--rcl_loss must be a risk-calibrated loss (rcl, rcl_log, ...), got {args.rcl_loss!r}")
     t0 = time.time()
@@ -317,16 +333,24 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
     data_args = _data_arguments(args)
     point = {"ce": "default", "rcl": f"lam={args.lam:g}"}
     jobs = [(m, s) for s in args.seeds for m in METHODS]
-    runs = []
     bar = tqdm(total=len(jobs), desc="main job", unit="run", file=sys.stderr, dynamic_ncols=True,
                disable=args.disable_tqdm or args.verbose)
-    for method, seed in jobs:
-        run_dir = run_folder(args.output_dir, method, seed, args.seeds[0])
-        bar.set_postfix_str(f"training {method} seed {seed} (log: {os.path.join(run_dir, 'train.log')})")
-        _prepare_folder(run_dir)
-        _train_one(args, data_args, method, seed, run_dir)
-        runs.append(_load_run(run_dir, method, seed, args.backbone, point[method]))
-        bar.update(1)
+    bar.set_postfix_str(f"training {len(jobs)} runs, {min(args.parallel_runs, len(jobs))} at a time "
+                        f"(logs: <run>/train.log)")
+    calls = [(args, data_args, m, s, run_folder(args.output_dir, m, s, args.seeds[0]), point[m]) for m, s in jobs]
+    if args.parallel_runs > 1 and len(jobs) > 1:
+        # spawn: fresh interpreters with the pinned thread count (a forked torch would inherit its pools)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(args.parallel_runs, len(jobs)), mp_context=ctx) as pool:
+            futures = [pool.submit(_train_and_load, *c) for c in calls]
+            for _ in as_completed(futures):
+                bar.update(1)
+            runs = [f.result() for f in futures]  # job order, whatever order they finished in
+    else:
+        runs = []
+        for c in calls:
+            runs.append(_train_and_load(*c))
+            bar.update(1)
     bar.set_postfix_str("selecting on validation, scoring on test")
     comparison = compare_pipelines(runs, DEFAULT_BLEND_WEIGHTS, reference="ce", tolerance=args.tolerance,
                                    n_boot=args.n_boot)

@@ -210,6 +210,11 @@ def run_training(
         train_split, augmentation = _seeded_train_split(transformed["train"], seed)
         transformed = datasets.DatasetDict({**transformed, "train": train_split})
         callbacks.append(AugmentationEpochCallback(augmentation))
+        if training_args.dataloader_num_workers > 0 and training_args.dataloader_persistent_workers:
+            # A persistent worker keeps the copy of the augmentation it got at the first epoch and never sees
+            # the epoch the callback sets: every epoch would repeat epoch 0's augmentations.
+            logger.info("dataloader_persistent_workers off: the seeded augmentation must see each epoch")
+            training_args.dataloader_persistent_workers = False
     if model_args.freeze_backbone:
         trainer, eval_sets = _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args, training_args,
                                              severity, counts, compute_metrics, image_size, data_config, cache_dir)

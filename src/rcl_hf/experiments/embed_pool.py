@@ -19,6 +19,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..crash_safety import publish_new_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["split_cache_paths", "seed_split_cache"]
@@ -95,8 +97,6 @@ def seed_split_cache(model_args: Any, source_data_args: Any, target_data_args: A
             {"embeddings": emb.tolist(), "labels": list(raw["label"])},
             features=datasets.Features({"embeddings": datasets.Sequence(datasets.Value("float32"), length=emb.shape[1]),
                                         "labels": datasets.Value("int64")}))
-        tmp = f"{path}.tmp{os.getpid()}"  # a folder (save_to_disk): atomic_write_bytes writes files only
-        ds.save_to_disk(tmp)
-        os.replace(tmp, path)
+        publish_new_dir(path, ds.save_to_disk)
         written[s] = path
     return written

@@ -10,21 +10,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import pandas as pd
 
 from ..crash_safety import atomic_write_bytes
+from .report import _pct
 from .round2 import Round2, analyse
 
 __all__ = ["complete_cells", "write_round2", "main"]
-
-
-def _pct(x: Any, nd: int = 2) -> str:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if not np.isfinite(x) else f"{100 * x:.{nd}f}"
 
 
 def _ci(ci: Any, nd: int = 2) -> str:

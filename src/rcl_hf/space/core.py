@@ -11,6 +11,7 @@ only "outside what this model was trained on — refer".
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..crash_safety import atomic_write_bytes
 from ..inference import check_threshold, forward_images, risk_summary
 from .inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, load_input_image
 
@@ -192,9 +194,9 @@ def model_input_side(models: Sequence[SpaceModel]) -> int:
 
 
 def _save_png(img: Image.Image, target: Path) -> None:
-    tmp = target.with_suffix(f".tmp{os.getpid()}.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, target)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(target, buf.getvalue())
 
 
 def make_examples(
