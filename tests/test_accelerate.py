@@ -71,12 +71,8 @@ def test_shipped_accelerate_configs_resolve():
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> str:
-    from rcl_hf.data.synthetic import load_synthetic
-
-    path = tmp_path_factory.mktemp("data") / "synthetic_small"
-    load_synthetic(seed=5, n_train=200, n_validation=40, n_test=61).save_to_disk(str(path))
-    return str(path)
+def tiny_dataset(synthetic_dataset_dir) -> str:
+    return str(synthetic_dataset_dir(seed=5, n_train=200, n_validation=40, n_test=61))
 
 
 def _free_port() -> int:

@@ -48,12 +48,8 @@ CLI_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory) -> Path:
-    from rcl_hf.data.synthetic import load_synthetic
-
-    path = tmp_path_factory.mktemp("data") / "synthetic_small"
-    load_synthetic(seed=0, n_train=256, n_validation=32, n_test=64).save_to_disk(str(path))
-    return path
+def synthetic_dir(synthetic_dataset_dir) -> Path:
+    return synthetic_dataset_dir(seed=0, n_train=256, n_validation=32, n_test=64)
 
 
 def _env() -> Dict[str, str]:

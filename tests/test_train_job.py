@@ -23,13 +23,9 @@ RUN_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "te
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> str:
-    """A small synthetic DatasetDict saved with ``save_to_disk`` (200 / 40 / 61 images, 32 px)."""
-    from rcl_hf.data.synthetic import load_synthetic
-
-    path = tmp_path_factory.mktemp("data") / "synthetic_small"
-    load_synthetic(seed=3, n_train=200, n_validation=40, n_test=61).save_to_disk(str(path))
-    return str(path)
+def tiny_dataset(synthetic_dataset_dir) -> str:
+    """A small synthetic DatasetDict saved with ``save_to_disk`` (200 / 40 / 61 images, 32 px; tests/conftest.py)."""
+    return str(synthetic_dataset_dir(seed=3, n_train=200, n_validation=40, n_test=61))
 
 
 def _run(out_dir, dataset, backbone="resnet18", loss="rcl", cache_dir=None, model_kw=None, **train_kw):

@@ -312,7 +312,8 @@ class RiskCalibratedTrainer(Trainer):
         """``checkpoint-<step>`` appears whole or not at all: ``Trainer._save_checkpoint`` writes it into
         ``<output_dir>/.tmp-checkpoint-<step>/``, then one ``rename`` publishes it (after ``fsync``).
 
-        The one private override left. Checked against transformers 5.0 - 5.24: the parent writes every
+        The one private override left. Checked against transformers 5.24 (the tested minimum in pyproject.toml,
+        which also caps <6): the parent writes every
         file under ``self._get_output_dir(trial)`` (``args.output_dir`` outside hyper-parameter search),
         which is pointed at the staging folder for the call; best-checkpoint path, hub push and rotation
         are then redone on the real folder. ``tests/test_trainer.py::test_private_save_checkpoint_api``
