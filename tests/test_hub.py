@@ -492,6 +492,11 @@ def test_space_refuses_synthetic_models_and_missing_requirements(tmp_path, run_d
     shutil.copytree(run_dir, real)
     (real / "rcl_run.json").write_text(json.dumps({**RUN, "dataset": "brain_tumor_mri"}))
     hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o2", wheel=rcl_wheel, models=[str(real)])
+    folder_run = tmp_path / "synthetic_from_folder"  # trained on a save_to_disk folder of the synthetic loader
+    shutil.copytree(run_dir, folder_run)
+    (folder_run / "rcl_run.json").write_text(json.dumps({**RUN, "dataset": "runs/main/data", "dataset_name": "synthetic"}))
+    with pytest.raises(ValueError, match="synthetic images"):
+        hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o2b", wheel=rcl_wheel, models=[str(folder_run)])
     with pytest.raises(ValueError, match="one model and an optional comparison"):
         hub.push_space(space, "owner/rcl-demo", dry_run_dir=tmp_path / "o3", wheel=rcl_wheel, models=[str(real)] * 3)
     lines = (space / "requirements.txt").read_text().splitlines()

@@ -53,6 +53,7 @@ def _check_run_folder(out: Path, backbone: str) -> dict:
         assert 0.0 <= test[key] <= 1.0, key
     recipe = json.loads((out / "rcl_run.json").read_text())
     assert recipe["backbone"] == backbone and recipe["world_size"] == 1
+    assert recipe["dataset_name"] == "synthetic"  # a save_to_disk folder of the synthetic loader, by its name
     assert recipe["split_sizes"] == {"train": 200, "validation": 40, "test": 61}
     preds = np.load(out / "test_predictions.npz")
     assert preds["logits"].shape == (61, 4)

@@ -38,6 +38,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .crash_safety import atomic_write_json
+from .data.metadata import dataset_metadata
 from .data.splits import subsample
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
@@ -275,6 +276,9 @@ def run_training(
             "backbone": model_args.backbone, "pretrained": model_args.pretrained, "image_size": image_size,
             "freeze_backbone": model_args.freeze_backbone, "eval_only": model_args.eval_only,
             "dataset": data_args.dataset, "data_dir": data_args.data_dir,
+            # the loader's name when the data carry rcl_hf metadata (also for a save_to_disk folder): cards and
+            # the Space push read it (a folder path names nothing; a synthetic-trained model must be recognised)
+            "dataset_name": dataset_metadata(splits).get("dataset"),
             "split_seed": data_args.split_seed, "seed": training_args.seed, "epochs": training_args.num_train_epochs,
             "subset": data_args.subset if (data_args.max_train_samples or data_args.max_eval_samples) else None,
             "learning_rate": training_args.learning_rate, "batch_size": training_args.per_device_train_batch_size,

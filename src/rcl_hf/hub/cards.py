@@ -263,7 +263,7 @@ def build_model_card(
     check_repo_id(repo_id)
     model_name = model_name or repo_id.split("/")[-1]
 
-    dataset_key = str(run.get("dataset") or severity.name or "").strip()
+    dataset_key = str(run.get("dataset_name") or run.get("dataset") or severity.name or "").strip()
     dataset_title = (run.get("dataset_title") or getattr(_dataset_module(dataset_key), "PRETTY_NAME", None)
                      or dataset_key or "medical")
     if datasets is None and run.get("dataset_repo_id"):

@@ -186,7 +186,7 @@ def _stage_models(models: Sequence[str], out: Path, repo_id: str, allow_syntheti
         if path.is_dir():
             severity = check_model_source(path)
             run = load_run_info(path)
-            dataset = str(run.get("dataset") or severity.name or "unknown")
+            dataset = str(run.get("dataset_name") or run.get("dataset") or severity.name or "unknown")
             if dataset == "synthetic" and not allow_synthetic:
                 raise ValueError(
                     f"{str(path)!r} was trained on rcl_hf's synthetic images: a public Space must serve a model "
