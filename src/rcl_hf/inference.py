@@ -81,7 +81,7 @@ def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: float =
     The Bayes decision and its cost come from
     :func:`rcl_hf.metrics.functional.bayes_risk_decision` (the project's one Bayes rule).
     """
-    from .metrics.functional import bayes_risk_decision
+    from .metrics.functional import bayes_risk_decision, expected_costs
 
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim == 1:
@@ -97,7 +97,7 @@ def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: float =
         argmax=arg,
         bayes_decision=bayes,
         expected_cost=cost,
-        argmax_expected_cost=np.einsum("nk,kn->n", p, severity.matrix[:, arg]),  # cost of acting on argmax
+        argmax_expected_cost=expected_costs(p, severity)[np.arange(len(arg)), arg],  # cost of acting on argmax
         critical_mass=p[:, severity.positive_rows].sum(1),
         refer=cost > threshold,
         threshold=float(threshold),

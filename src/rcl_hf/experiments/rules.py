@@ -31,6 +31,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+from ..metrics.functional import expected_costs, softmax  # the one softmax / expected cost (re-exported)
 from ..severity import SeverityMatrix
 
 __all__ = [
@@ -47,16 +48,6 @@ __all__ = [
 
 #: The blend weights tried for every trained model (0 = argmax, 1 = Bayes-risk rule).
 DEFAULT_BLEND_WEIGHTS: Tuple[float, ...] = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 4))
-
-
-def softmax(logits: Any) -> np.ndarray:
-    """Row-wise softmax in float64 (``torch.softmax``, max-subtracted, so logits of any magnitude are safe)."""
-    import torch
-
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2:
-        raise ValueError(f"logits must be (N, K), got shape {z.shape}")
-    return torch.softmax(torch.from_numpy(z), dim=1).numpy()
 
 
 def fit_temperature(logits: Any, labels: Any, bounds: Tuple[float, float] = (0.05, 20.0)) -> float:
@@ -92,15 +83,6 @@ def blend_cost_matrix(severity: SeverityMatrix | np.ndarray, w: float) -> np.nda
     m = _matrix(severity)
     k = m.shape[0]
     return (1.0 - w) * (1.0 - np.eye(k)) + w * m
-
-
-def expected_costs(probs: np.ndarray, severity: SeverityMatrix | np.ndarray) -> np.ndarray:
-    """``(N, K)``: the expected clinical cost ``Σ_i p_i M[i, j]`` of deciding each ``j``."""
-    p = np.asarray(probs, dtype=np.float64)
-    m = _matrix(severity)
-    if p.ndim != 2 or p.shape[1] != m.shape[0]:
-        raise ValueError(f"probs must be (N, {m.shape[0]}), got shape {p.shape}")
-    return p @ m
 
 
 def blend_decision(probs: np.ndarray, severity: SeverityMatrix | np.ndarray, w: float) -> np.ndarray:

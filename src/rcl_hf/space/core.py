@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..crash_safety import atomic_write_bytes
 from ..inference import check_threshold, forward_images, risk_summary
+from ..metrics.functional import expected_costs
 from .inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, load_input_image
 
 logger = logging.getLogger("rcl_hf.space")
@@ -139,7 +140,7 @@ def score(space_model: SpaceModel, probabilities: Sequence[float], threshold: fl
         argmax_expected_cost=float(pred.argmax_expected_cost[0]),
         critical_classes=[label for label, pos in zip(sev.labels, sev.positive_rows) if pos],
         critical_error_risk={"argmax": float(crit_risk[a]), "bayes_decision": float(crit_risk[b])},
-        decision_costs={label: float(c) for label, c in zip(sev.labels, p @ sev.matrix)},
+        decision_costs={label: float(c) for label, c in zip(sev.labels, expected_costs(p[None], sev)[0])},
         threshold=float(threshold),
         ood_score=None if ood_score is None else float(ood_score),
         ood_threshold=None if guard is None else float(guard.threshold),
