@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from ..crash_safety import publish_new_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["split_cache_paths", "seed_split_cache"]
+__all__ = ["split_cache_paths", "seed_split_cache", "load_split_embeddings"]
 
 _ID_COLUMNS = ("image_id", "image", "path", "file_name", "filename")
 
@@ -37,6 +37,29 @@ def _id_column(ds: Any) -> str:
 
 def split_cache_paths(model_args: Any, data_args: Any) -> Dict[str, Any]:
     """``{split: (cache path, raw split)}`` that the frozen-backbone run of these arguments reads."""
+    return _split_cache(model_args, data_args)[0]
+
+
+def load_split_embeddings(model_args: Any, data_args: Any) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], Any]:
+    """``({split: (embeddings (N, D), labels (N,))}, severity)`` from the cache a frozen-backbone cell of these
+    arguments wrote (or :func:`seed_split_cache` seeded). Raises ``FileNotFoundError`` when a split is not cached."""
+    import datasets
+
+    paths, severity = _split_cache(model_args, data_args)
+    out = {}
+    for s, (path, raw) in paths.items():
+        if not os.path.exists(os.path.join(path, "dataset_info.json")):
+            raise FileNotFoundError(f"split {s!r} has no cached embeddings at {path}: run a frozen-backbone cell "
+                                    "of this split seed first")
+        ds = datasets.load_from_disk(path).with_format("numpy")
+        labels = np.asarray(ds["labels"], dtype=np.int64)
+        if not np.array_equal(labels, np.asarray(raw["label"], dtype=np.int64)):
+            raise ValueError(f"cached embeddings of split {s!r} at {path} do not match the split's labels")
+        out[s] = (np.asarray(ds["embeddings"], dtype=np.float32), labels)
+    return out, severity
+
+
+def _split_cache(model_args: Any, data_args: Any) -> Tuple[Dict[str, Any], Any]:
     from ..data.splits import subsample
     from ..frozen import _cache_key
     from ..models import build_model
@@ -61,7 +84,7 @@ def split_cache_paths(model_args: Any, data_args: Any) -> Dict[str, Any]:
     for s, raw in splits.items():
         k = _cache_key({**key, "split": s, "fingerprint": getattr(raw, "_fingerprint", None), "n": len(raw)})
         out[s] = (os.path.join(cache_dir, "embeddings", k), raw)
-    return out
+    return out, severity
 
 
 def seed_split_cache(model_args: Any, source_data_args: Any, target_data_args: Any) -> Optional[Dict[str, str]]:
