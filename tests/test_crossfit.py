@@ -98,6 +98,40 @@ def test_crossfit_risk_weights_by_hand():
         crossfit_risk_weights(p[:, :3], y, SEV, beta=1.0)
 
 
+def test_crossfit_risk_weights_within_class_keep_each_class_total():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), 40)
+    y = rng.integers(0, 4, 40)
+    w = crossfit_risk_weights(p, y, SEV, beta=2.0, within_class=True)
+    g = crossfit_risk_weights(p, y, SEV, beta=2.0)
+    for c in np.unique(y):
+        assert w[y == c].mean() == pytest.approx(1.0, rel=1e-5)  # the class keeps its total weight
+        np.testing.assert_allclose(w[y == c] / w[y == c].sum(), g[y == c] / g[y == c].sum(), rtol=1e-5)  # same order
+    assert not np.allclose(w, g)
+
+
+def test_trainer_defers_sample_weights_until_their_epoch(tmp_path):
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    model = _Linear()
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
+    trainer = RiskCalibratedTrainer(model=model, args=args, risk_args=RiskArguments(loss="rcl", lam=1.0), severity=SEV,
+                                    sample_weight_start_epoch=2.0)
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 1, 2])
+    w = torch.tensor([0.0, 2.0, 1.0, 1.0, 0.5, 1.5])
+    fn = build_loss("rcl", SEV, lam=1.0)
+    model.train()
+    for epoch, weighted in ((0.0, False), (1.99, False), (2.0, True), (3.5, True)):
+        trainer.state.epoch = epoch
+        got = trainer.compute_loss(model, {"x": x, "labels": y, "sample_weight": w})
+        per = fn.per_sample(model(x)["logits"], y)
+        torch.testing.assert_close(got, (per * w).mean() if weighted else per.mean())
+    with pytest.raises(ValueError, match="sample_weight_start_epoch"):
+        RiskCalibratedTrainer(model=model, args=args, risk_args=RiskArguments(loss="rcl"), severity=SEV,
+                              sample_weight_start_epoch=-1.0)
+
+
 class _Linear(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -139,7 +173,10 @@ def test_experiment_arguments_validate_crossfit_options():
     assert isinstance(args.build(SEV), RiskCalibratedLoss)
     assert ExperimentRiskArguments(loss="rcl").train_sample_weights(np.zeros((4, 2)), [0, 1, 2, 3], None, SEV, 0) is None
     for kw, msg in (({"crossfit_weight": -1.0}, "crossfit_weight"), ({"crossfit_folds": 1}, "crossfit_folds"),
-                    ({"crossfit_weight": 1.0, "severity_margin": 1.0}, "combine")):
+                    ({"crossfit_weight": 1.0, "severity_margin": 1.0}, "combine"),
+                    ({"crossfit_start_epoch": 5.0}, "set crossfit_weight"),
+                    ({"crossfit_within_class": True}, "set crossfit_weight"),
+                    ({"crossfit_weight": 1.0, "crossfit_start_epoch": -1.0}, "crossfit_start_epoch")):
         with pytest.raises(ValueError, match=msg):
             ExperimentRiskArguments(loss="rcl", **kw)
 
@@ -187,3 +224,22 @@ def test_crossfit_refused_under_full_fine_tuning(tmp_path):
     with pytest.raises(ValueError, match="frozen-backbone mode"):
         run_training(ModelArguments(backbone="resnet18", image_size=32), DataArguments(dataset="synthetic"),
                      ExperimentRiskArguments(loss="rcl", crossfit_weight=1.0), default_training_args(str(tmp_path)))
+
+
+def test_deferred_within_class_crossfit_cell_passes_its_start_epoch_to_the_trainer(tmp_path, monkeypatch):
+    starts = []
+    real = RiskCalibratedTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **k):
+        if model.training:
+            starts.append((self.sample_weight_start_epoch, inputs.get("sample_weight") is not None))
+        return real(self, model, inputs, *a, **k)
+
+    monkeypatch.setattr(RiskCalibratedTrainer, "compute_loss", spy)
+    g = load_grid({**GRID, "methods": [{"name": "rcl_cf_drw", "loss": "rcl", "lam": 1.0, "crossfit_weight": 4.0,
+                                        "crossfit_folds": 3, "crossfit_within_class": True,
+                                        "crossfit_start_epoch": 1.0}], "selection": {"reference": "rcl_cf_drw"}},
+                  output_dir=str(tmp_path))
+    res = run_grid(g, progress=False)
+    assert res["failed"] == {} and len(res["ran"]) == 1
+    assert starts and set(starts) == {(1.0, True)}

@@ -345,6 +345,6 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
         model=head, args=training_args, train_dataset=emb["train"],
         eval_dataset=emb.get(eval_split) if eval_split else None,
         compute_metrics=compute_metrics, risk_args=risk_args, severity=severity, class_counts=counts.tolist(),
-        callbacks=[_CopyHeadIntoModel()],
+        callbacks=[_CopyHeadIntoModel()], sample_weight_start_epoch=getattr(risk_args, "crossfit_start_epoch", 0.0),
     )
     return trainer, emb

@@ -140,6 +140,8 @@ class RiskCalibratedTrainer(Trainer):
     A ``sample_weight`` column in the training set weights each sample's loss while
     training: ``mean_i(w_i · ℓ_i)`` (weights normalised to mean 1 keep the loss scale;
     gradient accumulation stays exact). Evaluation losses ignore it.
+    ``sample_weight_start_epoch > 0`` defers the weights (deferred re-weighting, cf. LDAM-DRW,
+    Cao et al. 2019): before that epoch (``state.epoch``) every sample weighs 1.
     """
 
     loss_is_scaled_for_ga = False
@@ -151,9 +153,13 @@ class RiskCalibratedTrainer(Trainer):
         risk_args: Optional[RiskArguments] = None,
         severity: Optional[Union[SeverityMatrix, str]] = None,
         class_counts: Optional[Sequence[int]] = None,
+        sample_weight_start_epoch: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if not sample_weight_start_epoch >= 0 or sample_weight_start_epoch == float("inf"):
+            raise ValueError(f"sample_weight_start_epoch must be finite and >= 0, got {sample_weight_start_epoch}")
+        self.sample_weight_start_epoch = float(sample_weight_start_epoch)
         self.risk_args = risk_args or RiskArguments()
         if severity is None and risk_args is not None and risk_args.severity:
             severity = risk_args.severity  # --severity PRESET_OR_JSON from the command line / config
@@ -205,10 +211,10 @@ class RiskCalibratedTrainer(Trainer):
         weight = inputs.pop("sample_weight", None)
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        if weight is not None and model.training:
+        if weight is not None and model.training and (self.state.epoch or 0.0) >= self.sample_weight_start_epoch:
             weight = torch.as_tensor(weight, device=logits.device, dtype=torch.float32)
         else:
-            weight = None  # evaluation losses stay unweighted, so they compare across runs
+            weight = None  # evaluation losses stay unweighted (they compare across runs); deferred weights too
         parts = None
         if isinstance(self.loss_fn, RiskCalibratedLoss):
             parts = self.loss_fn.per_sample_parts(logits, labels)

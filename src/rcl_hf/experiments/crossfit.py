@@ -90,9 +90,12 @@ def out_of_fold_probabilities(
 
 
 def crossfit_risk_weights(
-    probabilities: np.ndarray, labels: Sequence[int], severity: SeverityMatrix, beta: float
+    probabilities: np.ndarray, labels: Sequence[int], severity: SeverityMatrix, beta: float,
+    within_class: bool = False,
 ) -> np.ndarray:
-    """``w_i ∝ 1 + β · c_i / mean(c)`` with ``c_i = Σ_j M[y_i, j] p̂_ij``, normalised to mean 1."""
+    """``w_i ∝ 1 + β · c_i / mean(c)`` with ``c_i = Σ_j M[y_i, j] p̂_ij``, normalised to mean 1 (over all
+    samples, or with ``within_class`` within each class, so that every class keeps its total weight and only
+    the risky images of a class gain at the expense of its easy ones: the renormalisation of LDAM-DRW)."""
     if beta < 0 or not np.isfinite(beta):
         raise ValueError(f"crossfit_weight must be finite and >= 0, got {beta}")
     p = np.asarray(probabilities, dtype=np.float64)
@@ -103,4 +106,8 @@ def crossfit_risk_weights(
     cost = (m[y] * p).sum(1)
     mean = cost.mean()
     w = 1.0 + beta * (cost / mean if mean > 0 else np.zeros_like(cost))
+    if within_class:
+        for c in np.unique(y):
+            w[y == c] /= w[y == c].mean()
+        return w.astype(np.float32)
     return (w / w.mean()).astype(np.float32)

@@ -116,6 +116,11 @@ class ExperimentRiskArguments(RiskArguments):
                           "frozen-backbone mode only (rcl_hf.experiments.crossfit; 0 = off)."},
     )
     crossfit_folds: int = field(default=5, metadata={"help": "Grouped folds of the cross-fitted risk weights."})
+    crossfit_within_class: bool = field(
+        default=False, metadata={"help": "Normalise the cross-fitted weights to mean 1 within each class (DRW-style)."})
+    crossfit_start_epoch: float = field(
+        default=0.0, metadata={"help": "Apply the cross-fitted weights only from this epoch on (deferred "
+                                       "re-weighting, cf. LDAM-DRW; 0 = from the start)."})
     la_tau: float = field(default=1.0, metadata={"help": "τ of the logit-adjusted loss (loss 'logit_adjusted')."})
     soft_label_beta: float = field(
         default=1.0, metadata={"help": "β > 0 of the soft labels q_j ∝ exp(-β·M[y, j]) (losses 'soft_label', 'rcl_soft')."}
@@ -134,6 +139,11 @@ class ExperimentRiskArguments(RiskArguments):
             value = getattr(self, name)
             if value < 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        if self.crossfit_start_epoch < 0 or not np.isfinite(self.crossfit_start_epoch):
+            raise ValueError(f"crossfit_start_epoch must be finite and >= 0, got {self.crossfit_start_epoch}")
+        if (self.crossfit_start_epoch > 0 or self.crossfit_within_class) and self.crossfit_weight == 0:
+            raise ValueError("crossfit_start_epoch / crossfit_within_class shape the cross-fitted weights: set "
+                             "crossfit_weight > 0")
         if self.crossfit_folds < 2:
             raise ValueError(f"crossfit_folds must be >= 2, got {self.crossfit_folds}")
         if self.risk_start_epoch > 0 and self.logit_mixup_alpha > 0:
@@ -150,7 +160,7 @@ class ExperimentRiskArguments(RiskArguments):
         from .crossfit import crossfit_risk_weights, out_of_fold_probabilities
 
         p = out_of_fold_probabilities(embeddings, labels, groups, n_folds=self.crossfit_folds, seed=seed)
-        return crossfit_risk_weights(p, labels, severity, self.crossfit_weight)
+        return crossfit_risk_weights(p, labels, severity, self.crossfit_weight, within_class=self.crossfit_within_class)
 
     def build(self, severity: Optional[SeverityMatrix], class_counts: Optional[Sequence[int]] = None) -> nn.Module:
         from ..losses import build_loss
