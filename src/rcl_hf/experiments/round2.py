@@ -191,9 +191,7 @@ def analyse(runs: Sequence[Run], blend_weights: Sequence[float], reference: str 
                                 "p_value": c["p_value"]})
     cov = []
     for _, f in families.iterrows():
-        if f["rule"] in ("argmax", "blend", "crm", "bayes") and f["method"] in ("ce", "focal", "rcl", "label_smoothing",
-                                                                               "logit_adjusted", "rcl_mixup",
-                                                                               "rcl_margin", "rcl_soft", "rcl_aucm"):
+        if f["rule"] in ("argmax", "blend", "crm", "bayes"):  # every trained method under each referral-ready rule
             group = (f["dataset"], f["backbone"])
             c = coverage_cer(rows_of[(*group, f["family"])], by_key)
             cov.append({"dataset": f["dataset"], "backbone": f["backbone"], "family": f["family"], "point": f["point"],

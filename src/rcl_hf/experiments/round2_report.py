@@ -59,7 +59,8 @@ def _ranking(result: Round2, runs, n_boot: int) -> pd.DataFrame:
     rows = []
     for (ds, bb), fam in result.families.groupby(["dataset", "backbone"], sort=False):
         pipes, labels, sev = {}, {}, None
-        for method in ("rcl", "ce", "focal", "label_smoothing", "logit_adjusted", "ce_aucm", "soft_label"):
+        methods = ["rcl"] + [m for m in dict.fromkeys(fam["method"]) if m != "rcl"]  # every trained method, vs rcl
+        for method in methods:
             f = fam[fam["family"] == method]
             if f.empty:
                 continue
