@@ -219,3 +219,23 @@ def test_checkpoint_selection_never_reads_test(tmp_path, monkeypatch):
     assert outs[0][0] == outs[1][0]
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     assert not np.array_equal(outs[0][2], outs[1][2])  # the test split did differ
+
+
+def test_write_round2_report_files_and_side_by_side_table(tmp_path):
+    """The report writer: every table file, the generated verdicts, and the side-by-side table of two groups."""
+    from dataclasses import replace
+
+    from rcl_hf.experiments.round2_report import write_round2
+
+    runs = _runs(seeds=(0,), n=120)
+    runs = runs + [replace(r, dataset="d2") for r in runs]
+    result = analyse(runs, WEIGHTS, n_boot=50)
+    write_round2(result, runs, str(tmp_path), "the command", "Title", n_boot_ranking=20, notes="notes", plots=False)
+    for name in ("operating_points.csv", "selection.csv", "families.csv", "rule_vs_rule.csv", "coverage.csv",
+                 "ranking.csv", "summary.json", "README.md"):
+        assert (tmp_path / name).exists(), name
+    text = (tmp_path / "README.md").read_text()
+    assert "## Side by side" in text and "| family | d / b | d2 / b |" in text
+    assert text.count("best RCL pipeline vs best non-RCL pipeline:") == 2  # one generated verdict per group
+    cov = pd.read_csv(tmp_path / "coverage.csv")
+    assert {"soft_label", "rcl", "ce"} <= set(cov["family"])  # every trained method, not a fixed list

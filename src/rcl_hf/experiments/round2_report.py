@@ -148,6 +148,20 @@ def write_round2(result: Round2, runs, out_dir: str, command: str, title: str, n
                        for h in result.headlines])
     if len(hd):
         lines += _table(hd, {c: (lambda r, c=c: r[c]) for c in hd.columns})
+    groups = list(dict.fromkeys(zip(f["dataset"], f["backbone"]))) if len(f) else []
+    if len(groups) > 1:  # e.g. one dataset under two groupings: how accuracy and CER move between them
+        lines += ["## Side by side", "", "Test accuracy / test CER of each family (chosen on validation in each "
+                  "group; the groups are scored on their own test splits).", ""]
+        wide = []
+        for fam in dict.fromkeys(f["family"]):
+            row = {"family": fam}
+            for ds, bb in groups:
+                g = f[(f["family"] == fam) & (f["dataset"] == ds) & (f["backbone"] == bb)]
+                row[f"{ds} / {bb}"] = "" if g.empty else (f"{_pct(g['test_accuracy'].iloc[0])} / "
+                                                           f"{_pct(g['test_cer'].iloc[0])}")
+            wide.append(row)
+        wide_df = pd.DataFrame(wide)
+        lines += _table(wide_df, {c: (lambda r, c=c: r[c]) for c in wide_df.columns})
     lines += ["## Every family, chosen on validation (test: once)", "",
               "side: `rcl`; `baseline` = a loss that does not read M while training; `cost_training` = another loss "
               "that reads M. Critical errors: seed-mean count per split, summed over splits, out of the test images "
