@@ -191,3 +191,37 @@ def test_abstention_report_end_to_end_on_a_tiny_frozen_grid(tmp_path):
     summary = json.loads((out / "abstention.json").read_text())
     assert summary["splits"] == [0, 1] and len(summary["rows"]) == 3 * 2
     assert "| selectivenet_cost | 90% |" in (out / "README.md").read_text()
+
+
+def test_a_split_seed_grid_runs_the_backbone_once_per_group_of_images(tmp_path, monkeypatch):
+    """The first frozen cell embeds; every other split seed, and a second entry of the same images under
+    another split setting, reuse its embeddings (rcl_hf.experiments.grid._embedding_seeds / _share_embeddings,
+    images matched by content id when the dataset has no id column)."""
+    import datasets
+
+    import rcl_hf.frozen as frozen
+    from rcl_hf.data.synthetic import load_synthetic
+    from rcl_hf.experiments.grid import load_grid, run_grid
+
+    folder = tmp_path / "train_only"  # one pool of images; the grid carves validation / test per split seed
+    datasets.DatasetDict({"train": load_synthetic(seed=0, n_train=160, n_validation=8, n_test=8)["train"]}).save_to_disk(
+        str(folder))
+    calls = []
+    real = frozen.extract_embeddings
+
+    def counting(model, dataset, *a, **k):
+        calls.append(len(dataset))
+        return real(model, dataset, *a, **k)
+
+    monkeypatch.setattr(frozen, "extract_embeddings", counting)
+    grid = load_grid({
+        "name": "tiny_share", "output_dir": str(tmp_path / "runs"), "seeds": [0], "split_seeds": [0, 1, 2],
+        "data": {"cache_dir": str(tmp_path / "cache")},
+        "training": {"num_train_epochs": 1, "per_device_train_batch_size": 64},
+        "datasets": [{"name": "a", "dataset": str(folder), "val_size": 0.2, "test_size": 0.2},
+                     {"name": "b", "dataset": str(folder), "val_size": 0.25, "test_size": 0.2}],
+        "backbones": [{"name": "r18", "backbone": "resnet18", "image_size": 32, "freeze_backbone": True}],
+        "methods": [{"name": "ce", "loss": "ce"}]})
+    res = run_grid(grid, progress=False)
+    assert res["failed"] == {} and len(res["ran"]) == 6
+    assert sum(calls) == 160, f"the backbone embedded {sum(calls)} images in {len(calls)} passes; 160 images once expected"

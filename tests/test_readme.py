@@ -99,6 +99,25 @@ def test_readme_main_job_table_is_the_recorded_output_of_the_command():
         assert row in recorded, f"README row not in benchmarks/results/main_job.md (the command's output): {row}"
 
 
+ROUND2_REPORTS = ("round2/README.md", "round2_finetune/README.md", "round2_brain_mri/README.md",
+                  "round2/abstention/README.md")
+
+
+def test_readme_real_data_figures_come_from_the_round2_reports():
+    """Every 'estimate [low, high]' figure and every verdict of README's "Results on real data" is in a
+    report that a command of the repository wrote (benchmarks/results/experiments/round2*)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Results on real data", 1)[1].split("\n## ", 1)[0]
+    reports = "\n".join((ROOT / "benchmarks" / "results" / "experiments" / r).read_text(encoding="utf-8")
+                        for r in ROUND2_REPORTS if (ROOT / "benchmarks" / "results" / "experiments" / r).exists())
+    figures = re.findall(r"[−+-]?\d+\.\d+ \[[−+-]?\d+\.\d+, [−+-]?\d+\.\d+\]", section)
+    assert len(figures) >= 5, "README's real-data section quotes too few figures with CIs"
+    missing = [f for f in figures if f not in reports]
+    assert not missing, f"README figures not found in the round-2 reports: {missing}"
+    for verdict in re.findall(r"\*\*(no win shown|win|no difference shown)\*\*", section):
+        assert f"**{verdict}**" in reports
+
+
 @pytest.fixture(scope="module")
 def tiny_main_runs(tmp_path_factory):
     """A folder holding runs/main/{ce,rcl,...} from a tiny main job (what README's snippets load)."""

@@ -25,14 +25,32 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["split_cache_paths", "seed_split_cache", "load_split_embeddings"]
 
-_ID_COLUMNS = ("image_id", "image", "path", "file_name", "filename")
+_ID_COLUMNS = ("image_id", "source_file", "path", "file_name", "filename")
 
 
-def _id_column(ds: Any) -> str:
+def _image_ids(ds: Any) -> list:
+    """One id per row: the first string id column of :data:`_ID_COLUMNS`, else the SHA-1 of the encoded image
+    (identical bytes embed identically, so a content id is as good as a name)."""
+    import hashlib
+
     for c in _ID_COLUMNS:
         if c in ds.column_names and ds.features[c].dtype == "string":
-            return c
-    raise ValueError(f"no string image-id column among {ds.column_names}; tried {_ID_COLUMNS}")
+            return list(ds[c])
+    if "image" not in ds.column_names:
+        raise ValueError(f"no image-id column among {ds.column_names} (tried {_ID_COLUMNS}) and no 'image' column")
+    import datasets
+
+    raw = ds.cast_column("image", datasets.Image(decode=False))["image"]
+    out = []
+    for r in raw:
+        data = r.get("bytes") if isinstance(r, dict) else None
+        if data is None and isinstance(r, dict) and r.get("path"):
+            with open(r["path"], "rb") as fh:
+                data = fh.read()
+        if data is None:
+            raise ValueError("an image has neither bytes nor a path to read its content id from")
+        out.append("sha1:" + hashlib.sha1(data).hexdigest())
+    return out
 
 
 def split_cache_paths(model_args: Any, data_args: Any) -> Dict[str, Any]:
@@ -104,14 +122,13 @@ def seed_split_cache(model_args: Any, source_data_args: Any, target_data_args: A
         return {}
     pool: Dict[str, np.ndarray] = {}
     for path, raw in src.values():
-        col = _id_column(raw)
         emb = np.asarray(datasets.load_from_disk(path).with_format("numpy")["embeddings"], dtype=np.float32)
-        pool.update(zip(raw[col], emb))
+        pool.update(zip(_image_ids(raw), emb))
     written = {}
     for s, (path, raw) in dst.items():
         if os.path.exists(os.path.join(path, "dataset_info.json")):
             continue
-        ids = raw[_id_column(raw)]
+        ids = _image_ids(raw)
         missing = [i for i in ids if i not in pool]
         if missing:
             raise ValueError(f"{len(missing)} image(s) of split {s!r} have no source embedding, e.g. {missing[:3]}")
