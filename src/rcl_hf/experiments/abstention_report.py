@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -153,7 +154,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     grid = load_grid(args.grid)
     table, summary = run_abstention(grid, args.coverages, AbstentionConfig(epochs=args.epochs), n_boot=args.n_boot)
     summary["wall_time_s"] = round(time.time() - t0, 1)
-    command = "python -m rcl_hf.experiments.abstention_report " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "PYTHONPATH=src python -m rcl_hf.experiments.abstention_report " + shlex.join(argv if argv is not None else sys.argv[1:])
     _write(args.out, table, summary, command)
     print(open(os.path.join(args.out, "README.md"), encoding="utf-8").read())
     return 0

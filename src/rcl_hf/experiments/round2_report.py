@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -234,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Round2:
     notes = open(args.notes, encoding="utf-8").read() if args.notes else ""
     notes += (f"\n\nSplit seeds: {splits}; methods: {sorted({c.method for c in cells})}"
               + (f"; left out (not finished on every split): {left_out}" if left_out else "") + ".")
-    cmd = "PYTHONPATH=src python -m rcl_hf.experiments.round2_report " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "PYTHONPATH=src python -m rcl_hf.experiments.round2_report " + shlex.join(sys.argv[1:] if argv is None else argv)
     write_round2(result, runs, args.out, cmd, args.title, args.n_boot_ranking, notes)
     print(f"round 2 report: {args.out}/README.md (splits {splits}, {len(runs)} runs, {time.time() - t0:.0f} s)")
     return result
