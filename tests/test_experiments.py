@@ -420,3 +420,23 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--workers", "2"])
     assert e.value.code == 2
+
+
+def test_grid_cells_fit_no_ood_guard_unless_asked(tmp_path, monkeypatch):
+    """Grid cells are scored from logits: the OOD guard (on by default for the medical datasets, and costly:
+    it re-embeds images) is off in a cell unless the grid's model entry asks for it; the spec is unchanged."""
+    import rcl_hf.ood_fit as ood_fit
+    from rcl_hf.train_args import ModelArguments
+
+    monkeypatch.setattr(ModelArguments, "wants_ood_guard",
+                        lambda self, dataset: True if self.ood_guard is None else self.ood_guard)  # default on
+    fitted = []
+    monkeypatch.setattr(ood_fit, "fit_ood_guard", lambda *a, **k: fitted.append(1))
+    g = load_grid({**GRID, "seeds": [0], "methods": [{"name": "ce"}]}, output_dir=str(tmp_path))
+    res = run_grid(g, progress=False)
+    assert res["failed"] == {} and fitted == []
+    assert "ood_guard" not in g.cells[0].spec()["model"]
+    g2 = load_grid({**GRID, "seeds": [0], "methods": [{"name": "ce"}],
+                    "backbones": [{**GRID["backbones"][0], "ood_guard": True}]}, output_dir=str(tmp_path / "b"))
+    res2 = run_grid(g2, progress=False)
+    assert res2["failed"] == {} and fitted == [1]

@@ -353,7 +353,10 @@ def run_cell(cell: Cell, keep_models: bool = False) -> Dict[str, Any]:
     # The Trainer's per-epoch logs go to the cell's train.log, not the grid's console.
     with open(os.path.join(cell.output_dir, "train.log"), "w", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        result = run_training(ModelArguments(**cell.model), DataArguments(**cell.data),
+        # a grid cell is scored from its logits: no out-of-distribution guard unless the grid asks for one
+        # (fitting it re-embeds 1,000 images, most of a frozen cell's time); not part of the cell's spec
+        model_args = {"ood_guard": False, **cell.model}
+        result = run_training(ModelArguments(**model_args), DataArguments(**cell.data),
                               ExperimentRiskArguments(**cell.risk), training_args)
     for entry in os.listdir(cell.output_dir):
         full = os.path.join(cell.output_dir, entry)
