@@ -485,6 +485,7 @@ def run_grid(
             bar.set_description(f"{grid.name}: {cell.cell_id} (embeds)")
             done(*runner(cell, grid.keep_models))
         todo = [c for c in todo if c not in first]
+        bar.set_description(f"{grid.name} cells")
         _share_embeddings(grid, todo)
     if workers == 1 or len(todo) <= 1:
         for cell in todo:
