@@ -236,6 +236,7 @@ def test_write_round2_report_files_and_side_by_side_table(tmp_path):
         assert (tmp_path / name).exists(), name
     text = (tmp_path / "README.md").read_text()
     assert "## Side by side" in text and "| family | d / b | d2 / b |" in text
+    assert "| dataset | family | side |" in text  # the family table says which group each row is
     assert text.count("best RCL pipeline vs best non-RCL pipeline:") == 2  # one generated verdict per group
     cov = pd.read_csv(tmp_path / "coverage.csv")
     assert {"soft_label", "rcl", "ce"} <= set(cov["family"])  # every trained method, not a fixed list

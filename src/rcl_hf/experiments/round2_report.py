@@ -167,8 +167,9 @@ def write_round2(result: Round2, runs, out_dir: str, command: str, title: str, n
               "side: `rcl`; `baseline` = a loss that does not read M while training; `cost_training` = another loss "
               "that reads M. Critical errors: seed-mean count per split, summed over splits, out of the test images "
               "(Clopper–Pearson counts images).", ""]
-    lines += _table(f.sort_values(["side", "test_cer"]), {
-        "family": lambda r: r["family"], "side": lambda r: r["side"], "chosen point": lambda r: r["point"],
+    lead = {"dataset": lambda r: r["dataset"]} if len(groups) > 1 else {}
+    lines += _table(f.sort_values(["dataset", "side", "test_cer"]), {
+        **lead, "family": lambda r: r["family"], "side": lambda r: r["side"], "chosen point": lambda r: r["point"],
         "matched": lambda r: "yes" if r["matched"] else "**no**", "val. acc.": lambda r: _pct(r["val_accuracy"]),
         "val. CER": lambda r: _pct(r["val_cer"]), "test acc.": lambda r: _pct(r["test_accuracy"]),
         "test CER [95% CI]": lambda r: _pct(r["test_cer"]) + _ci(r["test_cer_ci"]),
