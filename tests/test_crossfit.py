@@ -176,9 +176,33 @@ def test_experiment_arguments_validate_crossfit_options():
                     ({"crossfit_weight": 1.0, "severity_margin": 1.0}, "combine"),
                     ({"crossfit_start_epoch": 5.0}, "set crossfit_weight"),
                     ({"crossfit_within_class": True}, "set crossfit_weight"),
-                    ({"crossfit_weight": 1.0, "crossfit_start_epoch": -1.0}, "crossfit_start_epoch")):
+                    ({"crossfit_weight": 1.0, "crossfit_start_epoch": -1.0}, "crossfit_start_epoch"),
+                    ({"crossfit_weight": 1.0, "crossfit_max_iter": 0}, "crossfit_max_iter")):
         with pytest.raises(ValueError, match=msg):
             ExperimentRiskArguments(loss="rcl", **kw)
+
+
+def test_crossfit_max_iter_reaches_the_out_of_fold_models(monkeypatch):
+    from rcl_hf.experiments import crossfit
+
+    seen = {}
+    real = crossfit.out_of_fold_probabilities
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crossfit, "out_of_fold_probabilities", spy)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 6)
+    x = rng.normal(size=(24, 3)) + y[:, None]
+    w = ExperimentRiskArguments(loss="rcl", crossfit_weight=1.0, crossfit_folds=3, crossfit_max_iter=7) \
+        .train_sample_weights(x, y, None, SEV, 0)
+    assert seen["max_iter"] == 7 and w.shape == (24,) and np.isclose(w.mean(), 1.0)
+    # fewer iterations leave the nuisance model less converged: the probabilities differ
+    few = crossfit.out_of_fold_probabilities(x, y, None, n_folds=3, seed=0, max_iter=1)
+    many = crossfit.out_of_fold_probabilities(x, y, None, n_folds=3, seed=0, max_iter=1000)
+    assert not np.allclose(few, many)
 
 
 GRID = {

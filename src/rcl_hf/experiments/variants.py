@@ -116,6 +116,9 @@ class ExperimentRiskArguments(RiskArguments):
                           "frozen-backbone mode only (rcl_hf.experiments.crossfit; 0 = off)."},
     )
     crossfit_folds: int = field(default=5, metadata={"help": "Grouped folds of the cross-fitted risk weights."})
+    crossfit_max_iter: int = field(
+        default=1000, metadata={"help": "L-BFGS iterations of each out-of-fold logistic regression (fewer: faster "
+                                        "weights from a less converged nuisance model)."})
     crossfit_within_class: bool = field(
         default=False, metadata={"help": "Normalise the cross-fitted weights to mean 1 within each class (DRW-style)."})
     crossfit_start_epoch: float = field(
@@ -144,6 +147,8 @@ class ExperimentRiskArguments(RiskArguments):
         if (self.crossfit_start_epoch > 0 or self.crossfit_within_class) and self.crossfit_weight == 0:
             raise ValueError("crossfit_start_epoch / crossfit_within_class shape the cross-fitted weights: set "
                              "crossfit_weight > 0")
+        if self.crossfit_max_iter < 1:
+            raise ValueError(f"crossfit_max_iter must be >= 1, got {self.crossfit_max_iter}")
         if self.crossfit_folds < 2:
             raise ValueError(f"crossfit_folds must be >= 2, got {self.crossfit_folds}")
         if self.risk_start_epoch > 0 and self.logit_mixup_alpha > 0:
@@ -159,7 +164,8 @@ class ExperimentRiskArguments(RiskArguments):
             return None
         from .crossfit import crossfit_risk_weights, out_of_fold_probabilities
 
-        p = out_of_fold_probabilities(embeddings, labels, groups, n_folds=self.crossfit_folds, seed=seed)
+        p = out_of_fold_probabilities(embeddings, labels, groups, n_folds=self.crossfit_folds, seed=seed,
+                                      max_iter=self.crossfit_max_iter)
         return crossfit_risk_weights(p, labels, severity, self.crossfit_weight, within_class=self.crossfit_within_class)
 
     def build(self, severity: Optional[SeverityMatrix], class_counts: Optional[Sequence[int]] = None) -> nn.Module:
