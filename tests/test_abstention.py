@@ -195,8 +195,8 @@ def test_abstention_report_end_to_end_on_a_tiny_frozen_grid(tmp_path):
 
 def test_a_split_seed_grid_runs_the_backbone_once_per_group_of_images(tmp_path, monkeypatch):
     """The first frozen cell embeds; every other split seed, and a second entry of the same images under
-    another split setting, reuse its embeddings (rcl_hf.experiments.grid._embedding_seeds / _share_embeddings,
-    images matched by content id when the dataset has no id column)."""
+    another split setting, reuse its embeddings (rcl_hf.experiments.embed_pool.embedding_seed_cells /
+    share_embeddings, images matched by content id when the dataset has no id column)."""
     import datasets
 
     import rcl_hf.frozen as frozen

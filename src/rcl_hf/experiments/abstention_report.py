@@ -56,21 +56,24 @@ def run_abstention(grid, coverages: Sequence[float] = (0.9, 0.8), config: Absten
     seeds = sorted({c.seed for c in grid.cells}) if seeds is None else list(seeds)
     # outcomes[(family, coverage, option)][split] -> {"validation": [...], "test": [...]} over seeds
     outcomes: Dict[Tuple, Dict[int, Dict[str, List[Dict[str, np.ndarray]]]]] = {}
-    todo = [(s, seed) for s in splits for seed in seeds]
-    bar = tqdm(todo, desc="abstention heads", disable=not progress)
-    for split, seed in bar:
+    bar = tqdm(total=len(splits) * len(seeds), desc="abstention heads", disable=not progress)
+    for split in splits:
         cell = refs[split]
         emb, severity = load_split_embeddings(ModelArguments(**cell.model), DataArguments(**cell.data))
         x_tr, y_tr = emb["train"]
-        for family, selective in FAMILIES:
-            ce_head = train_head(x_tr, y_tr, severity, None, seed=seed, config=config) if selective is None else None
-            for cov in coverages:  # the CE head is one model for every coverage; SelectiveNet trains per coverage
-                predict = ce_head or train_head(x_tr, y_tr, severity, selective, coverage=cov, seed=seed, config=config)
-                for opt in options(family):
-                    per = outcomes.setdefault((family, cov, opt), {}).setdefault(split, {"validation": [], "test": []})
-                    for part in ("validation", "test"):
-                        z, g = predict(emb[part][0])
-                        per[part].append(selective_outcomes(z, g, emb[part][1], severity, cov, *opt))
+        for seed in seeds:
+            for family, selective in FAMILIES:
+                for i, cov in enumerate(coverages):
+                    if selective is not None or i == 0:  # the CE head is one model for every coverage
+                        predict = train_head(x_tr, y_tr, severity, selective, coverage=cov, seed=seed, config=config)
+                        preds = {part: predict(emb[part][0]) for part in ("validation", "test")}
+                    for opt in options(family):
+                        per = outcomes.setdefault((family, cov, opt), {}).setdefault(
+                            split, {"validation": [], "test": []})
+                        for part, (z, g) in preds.items():
+                            per[part].append(selective_outcomes(z, g, emb[part][1], severity, cov, *opt))
+            bar.update(1)
+    bar.close()
     rows, summary = [], {"coverages": list(coverages), "splits": splits, "seeds": seeds,
                          "config": config.__dict__, "comparisons": []}
     chosen: Dict[Tuple[str, float], Tuple[str, str]] = {}

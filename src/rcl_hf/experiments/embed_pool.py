@@ -9,13 +9,18 @@ was already embedded, matched image by image (``image_id`` / path column). Eval-
 each image independently, so the result equals a fresh pass up to float rounding of batched
 convolutions (checked by :func:`seed_split_cache` on the source split: the key it computes must be
 the one the Trainer wrote, or it refuses).
+
+For a grid (:func:`rcl_hf.experiments.grid.run_grid`): :func:`embedding_seed_cells` picks the one cell per
+group of identical images and backbone that embeds first, and :func:`share_embeddings` seeds every other
+split's cache from a finished cell of its group.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +28,8 @@ from ..crash_safety import publish_new_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["split_cache_paths", "seed_split_cache", "load_split_embeddings"]
+__all__ = ["split_cache_paths", "seed_split_cache", "load_split_embeddings", "embedding_group", "embedding_seed_cells",
+           "share_embeddings"]
 
 _ID_COLUMNS = ("image_id", "source_file", "path", "file_name", "filename")
 
@@ -140,3 +146,53 @@ def seed_split_cache(model_args: Any, source_data_args: Any, target_data_args: A
         publish_new_dir(path, ds.save_to_disk)
         written[s] = path
     return written
+
+
+def embedding_group(cell: Any) -> Tuple[Any, ...]:
+    """Cells of one group embed the same images with the same frozen backbone (whatever their split)."""
+    return (cell.data.get("dataset"), cell.data.get("data_dir"), json.dumps(cell.model, sort_keys=True, default=str))
+
+
+def embedding_seed_cells(todo: Sequence[Any]) -> List[Any]:
+    """The first frozen-backbone grid cell of each embedding group of a split-seed grid: run before the others,
+    so that its backbone pass is the only one and every other split reuses it (:func:`share_embeddings`)."""
+    seeds, seen = [], set()
+    for c in todo:
+        if c.split_seed is not None and c.model.get("freeze_backbone") and embedding_group(c) not in seen:
+            seen.add(embedding_group(c))
+            seeds.append(c)
+    return seeds
+
+
+def share_embeddings(cells: Sequence[Any], todo: Sequence[Any], is_done: Callable[[Any], bool]) -> None:
+    """Frozen-backbone grid cells of ``todo`` (of a new split seed) reuse the embeddings of a finished cell of
+    ``cells`` (``is_done``) over the same images; a failure only means that the cell embeds itself."""
+    from ..train_job import DataArguments, ModelArguments
+
+    seen = set()
+    for cell in todo:
+        group = (cell.dataset, cell.backbone, cell.split_seed)
+        if cell.split_seed is None or not cell.model.get("freeze_backbone") or group in seen:
+            continue
+        seen.add(group)
+        # a finished split of the same images under the same backbone (its cache exists): another split seed of
+        # this dataset entry first, then other entries of the same data (e.g. one dataset under two groupings)
+        sources, keys = [], set()
+        for c in sorted(cells, key=lambda c: (c.dataset != cell.dataset, c.dataset, c.split_seed)):
+            key = (c.dataset, c.split_seed)
+            if (embedding_group(c) == embedding_group(cell) and key != (cell.dataset, cell.split_seed)
+                    and key not in keys and is_done(c)):
+                keys.add(key)
+                sources.append(c)
+        for source in sources:
+            src = f"{source.dataset} split {source.split_seed}"
+            try:
+                written = seed_split_cache(ModelArguments(**cell.model), DataArguments(**source.data),
+                                           DataArguments(**cell.data))
+            except Exception as err:  # noqa: BLE001 - the cell then embeds its split itself
+                logger.warning("embeddings of %s not shared from split %s: %s", group, src, err)
+                continue
+            if written is not None:
+                logger.warning("split %s of %s/%s: embeddings from split %s (%d split(s) written)",
+                               cell.split_seed, cell.dataset, cell.backbone, src, len(written))
+                break

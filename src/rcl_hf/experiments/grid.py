@@ -392,57 +392,6 @@ def _run_cell_safe(cell: Cell, keep_models: bool) -> Tuple[str, Optional[Dict[st
         return cell.cell_id, None, err
 
 
-def _embedding_group(cell: Cell) -> Tuple[Any, ...]:
-    """Cells of one group embed the same images with the same frozen backbone (whatever their split)."""
-    return (cell.data.get("dataset"), cell.data.get("data_dir"), json.dumps(cell.model, sort_keys=True, default=str))
-
-
-def _embedding_seeds(todo: Sequence[Cell]) -> List[Cell]:
-    """The first frozen-backbone cell of each embedding group of a split-seed grid: run before the others, so
-    that its backbone pass is the only one and every other split reuses it (:func:`_share_embeddings`)."""
-    seeds, seen = [], set()
-    for c in todo:
-        if c.split_seed is not None and c.model.get("freeze_backbone") and _embedding_group(c) not in seen:
-            seen.add(_embedding_group(c))
-            seeds.append(c)
-    return seeds
-
-
-def _share_embeddings(grid: Grid, todo: Sequence[Cell]) -> None:
-    """Frozen-backbone cells of a new split seed reuse the embeddings of an embedded one
-    (:mod:`rcl_hf.experiments.embed_pool`); a failure only means that the cell embeds itself."""
-    from ..train_job import DataArguments, ModelArguments
-    from .embed_pool import seed_split_cache
-
-    seen = set()
-    for cell in todo:
-        group = (cell.dataset, cell.backbone, cell.split_seed)
-        if cell.split_seed is None or not cell.model.get("freeze_backbone") or group in seen:
-            continue
-        seen.add(group)
-        # a finished split of the same images under the same backbone (its cache exists): another split seed of
-        # this dataset entry first, then other entries of the same data (e.g. one dataset under two groupings)
-        sources, keys = [], set()
-        for c in sorted(grid.cells, key=lambda c: (c.dataset != cell.dataset, c.dataset, c.split_seed)):
-            key = (c.dataset, c.split_seed)
-            if (_embedding_group(c) == _embedding_group(cell) and key != (cell.dataset, cell.split_seed)
-                    and key not in keys and is_done(c)):
-                keys.add(key)
-                sources.append(c)
-        for source in sources:
-            src = f"{source.dataset} split {source.split_seed}"
-            try:
-                written = seed_split_cache(ModelArguments(**cell.model), DataArguments(**source.data),
-                                           DataArguments(**cell.data))
-            except Exception as err:  # noqa: BLE001 - the cell then embeds its split itself
-                logger.warning("embeddings of %s not shared from split %s: %s", group, src, err)
-                continue
-            if written is not None:
-                logger.warning("split %s of %s/%s: embeddings from split %s (%d split(s) written)",
-                               cell.split_seed, cell.dataset, cell.backbone, src, len(written))
-                break
-
-
 def run_grid(
     grid: Grid,
     workers: int = 1,
@@ -480,13 +429,15 @@ def run_grid(
         bar.update(1)
 
     if cell_runner is None:  # one backbone pass per embedding group, in this process, before the rest
-        first = _embedding_seeds(todo)
+        from .embed_pool import embedding_seed_cells, share_embeddings
+
+        first = embedding_seed_cells(todo)
         for cell in first:
             bar.set_description(f"{grid.name}: {cell.cell_id} (embeds)")
             done(*runner(cell, grid.keep_models))
         todo = [c for c in todo if c not in first]
         bar.set_description(f"{grid.name} cells")
-        _share_embeddings(grid, todo)
+        share_embeddings(grid.cells, todo, is_done)
     if workers == 1 or len(todo) <= 1:
         for cell in todo:
             bar.set_description(f"{grid.name}: {cell.cell_id}")
