@@ -149,6 +149,39 @@ def test_run_abstention_chooses_on_validation_only(monkeypatch):
     assert all("coverage" in c["verdict"] for c in summary["comparisons"])
 
 
+def test_run_abstention_trains_with_the_thread_count_it_records(monkeypatch):
+    """The heads train under ``threads`` torch threads (their float sums depend on it), the caller's count is
+    restored afterwards, even on an error, and the summary names it."""
+    import torch
+
+    x, y, _ = _noisy_blobs(3, 64)
+    seen = []
+
+    def load(model_args, data_args):
+        return {part: (x, y) for part in ("train", "validation", "test")}, SEV
+
+    def head(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return train_head(*args, **kwargs)
+
+    monkeypatch.setattr("rcl_hf.experiments.embed_pool.load_split_embeddings", load)
+    monkeypatch.setattr("rcl_hf.train_job.ModelArguments", lambda **kw: kw)
+    monkeypatch.setattr("rcl_hf.train_job.DataArguments", lambda **kw: kw)
+    monkeypatch.setattr(abstention_report, "train_head", head)
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    _, summary = abstention_report.run_abstention(_fake_grid((0,), (0,)), (0.9,), AbstentionConfig(epochs=1),
+                                                  n_boot=20, progress=False, threads=target)
+    assert seen and set(seen) == {target}
+    assert summary["torch_threads"] == target and torch.get_num_threads() == before
+    monkeypatch.setattr(abstention_report, "train_head", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        abstention_report.run_abstention(_fake_grid((0,), (0,)), (0.9,), threads=target, progress=False)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        abstention_report.run_abstention(_fake_grid(), threads=0)
+
+
 def test_verdict_follows_the_ci():
     row = {"family": "selectivenet_cost", "coverage": 0.9, "test_selective_cer": 0.02, "cer_diff_vs_ce": -0.01}
     assert "beats" in abstention_report.verdict({**row, "cer_diff_vs_ce_ci": (-0.02, -0.001)})

@@ -43,9 +43,27 @@ def _reference_cells(grid, method: str) -> Dict[int, Any]:
 
 def run_abstention(grid, coverages: Sequence[float] = (0.9, 0.8), config: AbstentionConfig = AbstentionConfig(),
                    splits: Optional[Sequence[int]] = None, seeds: Optional[Sequence[int]] = None,
-                   n_boot: int = 2000, progress: bool = True) -> Tuple[pd.DataFrame, Dict[str, Any]]:
+                   n_boot: int = 2000, progress: bool = True, threads: int = 1) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """Train every family on every (split seed, training seed), choose each family's (ranking, decision) on
-    validation, score test once; compare each family with ``ce`` at each coverage (module docstring)."""
+    validation, score test once; compare each family with ``ce`` at each coverage (module docstring).
+
+    ``threads``: torch's intra-op threads while the heads train (restored afterwards). The order of float sums,
+    and with it the SelectiveNet heads at 80% coverage, depends on it; the summary records it."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        table, summary = _run_abstention(grid, coverages, config, splits, seeds, n_boot, progress)
+    finally:
+        torch.set_num_threads(before)
+    summary["torch_threads"] = threads
+    return table, summary
+
+
+def _run_abstention(grid, coverages, config, splits, seeds, n_boot, progress) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from ..train_job import DataArguments, ModelArguments
@@ -126,7 +144,8 @@ def _write(out: str, table: pd.DataFrame, summary: Dict[str, Any], command: str)
              "method). Every family's ranking (expected cost of the decision, or SelectiveNet's selector g) and "
              "decision rule (argmax / Bayes) is chosen on validation; test is read once. Selective CER = critical "
              "errors among the decided images; CIs: paired bootstrap over split seeds × training seeds × images.",
-             "", f"Splits {summary['splits']} × training seeds {summary['seeds']}. Command:", "",
+             "", f"Splits {summary['splits']} × training seeds {summary['seeds']}, heads trained with "
+             f"{summary['torch_threads']} torch thread(s). Command:", "",
              f"    {command}", "",
              "| family | coverage | ranking | decision | val sel. CER | test sel. CER [95% CI] | test sel. accuracy "
              "| vs ce: difference [95% CI] | relative [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
@@ -152,10 +171,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--coverages", type=float, nargs="+", default=[0.9, 0.8])
     ap.add_argument("--n_boot", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=AbstentionConfig.epochs)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads while the heads train (the SelectiveNet heads' float sums depend on it)")
     args = ap.parse_args(argv)
     t0 = time.time()
     grid = load_grid(args.grid)
-    table, summary = run_abstention(grid, args.coverages, AbstentionConfig(epochs=args.epochs), n_boot=args.n_boot)
+    table, summary = run_abstention(grid, args.coverages, AbstentionConfig(epochs=args.epochs), n_boot=args.n_boot,
+                                    threads=args.threads)
     summary["wall_time_s"] = round(time.time() - t0, 1)
     command = "PYTHONPATH=src python -m rcl_hf.experiments.abstention_report " + shlex.join(argv if argv is not None else sys.argv[1:])
     _write(args.out, table, summary, command)
