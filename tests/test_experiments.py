@@ -16,14 +16,10 @@ from rcl_hf.experiments import grid as grid_mod
 from rcl_hf.experiments.grid import Cell, is_done, load_grid, run_grid
 from rcl_hf.experiments.variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
 from rcl_hf.experiments.report import Run, compare_pipelines, operating_points, write_results
-from rcl_hf.experiments.rules import (
-    blend_cost_matrix,
-    blend_decision,
-    expected_calibration_error,
-    risk_coverage,
-    softmax,
-)
-from rcl_hf.experiments.selection import select_operating_points
+from rcl_hf.decision import blend_cost_matrix, blend_decision
+from rcl_hf.experiments.rules import expected_calibration_error, risk_coverage
+from rcl_hf.metrics.functional import softmax
+from rcl_hf.selection import select_operating_points
 from rcl_hf.experiments.stats import (
     PipelineSample,
     bootstrap_replicates,

@@ -185,7 +185,7 @@ def test_predict_accepts_paths_bytes_arrays_and_refuses_bad_inputs_clearly(check
         predict(model, [{"not": "an image"}])
     with pytest.raises(ValueError, match="numpy image must be"):
         predict(model, np.zeros((2, 3, 4, 5)))
-    for bad in ("abc", None, float("nan"), -1):
+    for bad in ("abc", float("nan"), -1, True):  # None is the default: the certified threshold
         with pytest.raises(ValueError, match="referral threshold must be"):
             predict(model, img, threshold=bad)
 

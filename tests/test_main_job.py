@@ -68,8 +68,8 @@ def test_quiet_mode_sends_prints_and_library_logs_to_the_file(tmp_path, capsys):
 
 def test_tiny_job_selects_with_the_grid_code_writes_everything_and_prints_only_table_and_verdict(tmp_path, capsys):
     from rcl_hf.experiments.report import operating_points
-    from rcl_hf.experiments.rules import DEFAULT_BLEND_WEIGHTS
-    from rcl_hf.experiments.selection import select_operating_points
+    from rcl_hf.decision import DEFAULT_BLEND_WEIGHTS
+    from rcl_hf.selection import select_operating_points
 
     out = tmp_path / "runs" / "main"
     summary = main([

@@ -12,7 +12,8 @@ from rcl_hf.experiments.grid import load_grid
 from rcl_hf.experiments.ranking import critical_score, ranking_metrics
 from rcl_hf.experiments.report import Run
 from rcl_hf.experiments.round2 import analyse, headline_checks, verdict_text
-from rcl_hf.experiments.rules import fit_temperature, softmax
+from rcl_hf.decision import fit_temperature
+from rcl_hf.metrics.functional import softmax
 from rcl_hf.experiments.symmetric import all_operating_points, cer_at_accuracy, pick_best, select_families, side_of
 from rcl_hf.severity import SeverityMatrix
 

@@ -220,7 +220,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import TrainingArguments
 
     from .train_args import first_run_defaults
-    from .train_job import DataArguments, ModelArguments, format_table, multiprocess_cpu_launch, run_training
+    from .train_job import (DataArguments, ModelArguments, format_risk_control, format_table, multiprocess_cpu_launch,
+                            run_training)
     from .trainer import RiskArguments
 
     types = (ModelArguments, DataArguments, RiskArguments, TrainingArguments)
@@ -260,6 +261,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
         if training_args.process_index == 0:
             rows = {f"{split} ({risk_args.loss})": results[split] for split in ("validation", "test") if split in results}
             print("\n" + format_table(rows))
+            if "risk_control" in results:
+                print("\n" + format_risk_control(results["risk_control"]))
             print(f"\nSaved to {results['output_dir']}")
         return results
 

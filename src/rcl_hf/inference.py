@@ -7,7 +7,15 @@ For probabilities ``p`` over K classes and the model's severity matrix ``M``:
   ``r = min_j Σ_i p_i M[i, j]`` (SPEC.md section 1);
 * critical mass ``Σ_{i positive} p_i``: the probability that the case belongs to
   a class whose miss would be critical;
-* referral: ``refer = r > τ`` ("refer to a specialist");
+* the **decision layer**: when the model folder carries ``risk_calibration.json``
+  (:mod:`rcl_hf.calibration`), the decision is the calibrated one — temperature ``T``, the
+  decision rule chosen on validation, and the referral threshold certified there
+  (``refer = r > τ̂``, with ``r`` the expected cost of the decision taken); without a calibration,
+  the Bayes decision with a hand-set ``τ`` (:data:`DEFAULT_REFERRAL_THRESHOLD`), and no guarantee.
+  An explicit ``threshold`` overrides the certified one, and the prediction then says that the
+  guarantee no longer holds;
+* drift: for a batch of at least 20 images, :func:`rcl_hf.calibration.check_drift` tells whether it
+  still looks like the calibration data (share of OOD flags, shift of the referral scores);
 * out-of-distribution guard (:mod:`rcl_hf.ood`, when the model folder has
   ``ood_guard.safetensors``): ``ood_score`` (Mahalanobis distance of the penultimate
   embedding) and ``out_of_distribution = ood_score > τ_ood``; ``None`` without a guard.
@@ -28,15 +36,20 @@ from typing import Any, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .calibration.drift import DriftReport, check_drift
+from .calibration.record import RISK_CALIBRATION_FILE, RiskCalibration
 from .hub.errors import offline_error
 from .ood import OOD_GUARD_FILE, OODGuard
 from .models import severity_from_config
 from .severity import SeverityMatrix
 
 __all__ = ["Prediction", "load_model", "predict", "predict_proba", "risk_summary", "check_threshold", "as_rgb_image",
-           "forward_images", "DEFAULT_REFERRAL_THRESHOLD"]
+           "forward_images", "attach_decision_layer", "DEFAULT_REFERRAL_THRESHOLD", "UNCERTIFIED_NOTE", "OVERRIDE_NOTE"]
 
 DEFAULT_REFERRAL_THRESHOLD = 0.1
+UNCERTIFIED_NOTE = ("this model carries no risk calibration: the referral threshold is hand-set and nothing is "
+                    "certified (calibrate it with rcl-calibrate)")
+OVERRIDE_NOTE = "an explicit referral threshold overrides the certified one: the guarantee no longer holds"
 
 
 @dataclass
@@ -44,10 +57,10 @@ class Prediction:
     """Risk-aware prediction for a batch of N images (arrays have N rows)."""
 
     labels: List[str]
-    probabilities: np.ndarray  # (N, K)
+    probabilities: np.ndarray  # (N, K), calibrated (softmax(z / T)) when the model carries a calibration
     argmax: np.ndarray  # (N,)
     bayes_decision: np.ndarray  # (N,)
-    expected_cost: np.ndarray  # (N,) expected cost of the Bayes decision
+    expected_cost: np.ndarray  # (N,) expected cost of the decision taken (the referral score)
     argmax_expected_cost: np.ndarray  # (N,) expected cost of the argmax decision
     critical_mass: np.ndarray  # (N,)
     refer: np.ndarray  # (N,) bool
@@ -55,6 +68,15 @@ class Prediction:
     ood_score: Optional[np.ndarray] = None  # (N,) Mahalanobis score; None when the model has no OOD guard
     out_of_distribution: Optional[np.ndarray] = None  # (N,) bool; None when the model has no OOD guard
     ood_threshold: Optional[float] = None
+    decision: Optional[np.ndarray] = None  # (N,) the decision layer's decision (calibrated rule, else Bayes)
+    certified: bool = False  # the referral follows a certified threshold
+    calibration: Optional[RiskCalibration] = None
+    note: Optional[str] = None  # why the answer is not certified, when it is not
+    drift: Optional[DriftReport] = None
+
+    def __post_init__(self) -> None:
+        if self.decision is None:
+            self.decision = self.bayes_decision
 
     def as_records(self) -> List[dict]:
         """One plain dict per image (JSON-ready)."""
@@ -63,11 +85,13 @@ class Prediction:
             out.append(
                 {
                     "probabilities": {label: float(p) for label, p in zip(self.labels, self.probabilities[n])},
+                    "decision": self.labels[int(self.decision[n])],
                     "argmax": self.labels[int(self.argmax[n])],
                     "bayes_decision": self.labels[int(self.bayes_decision[n])],
                     "expected_cost": float(self.expected_cost[n]),
                     "critical_mass": float(self.critical_mass[n]),
                     "refer": bool(self.refer[n]),
+                    "certified": bool(self.certified),
                     "ood_score": None if self.ood_score is None else float(self.ood_score[n]),
                     "out_of_distribution": None if self.out_of_distribution is None else bool(self.out_of_distribution[n]),
                 }
@@ -75,11 +99,14 @@ class Prediction:
         return out
 
 
-def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: float = DEFAULT_REFERRAL_THRESHOLD) -> Prediction:
+def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: Optional[float] = None,
+                 calibration: Optional[RiskCalibration] = None) -> Prediction:
     """Decisions, costs and referral flags from probabilities ``(N, K)``.
 
-    The Bayes decision and its cost come from
-    :func:`rcl_hf.metrics.functional.bayes_risk_decision` (the project's one Bayes rule).
+    With a ``calibration``, its temperature, rule and certified threshold decide (an explicit
+    ``threshold`` overrides the last, and the result is then not certified); without one, the Bayes
+    decision (:func:`rcl_hf.metrics.functional.bayes_risk_decision`, the project's one Bayes rule)
+    and ``threshold`` (default :data:`DEFAULT_REFERRAL_THRESHOLD`).
     """
     from .metrics.functional import bayes_risk_decision, expected_costs
 
@@ -88,8 +115,17 @@ def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: float =
         p = p[None]
     if p.shape[1] != severity.num_labels:
         raise ValueError(f"probabilities have {p.shape[1]} classes, the severity matrix {severity.num_labels}")
-    threshold = check_threshold(threshold)
-    bayes, cost = bayes_risk_decision(p, severity)
+    t = None if threshold is None else check_threshold(threshold)
+    if calibration is not None:
+        p, decision, cost, refer = calibration.decide(p, severity, t)
+        certified = t is None and not calibration.refers_everything
+        note = OVERRIDE_NOTE if t is not None else (calibration.notes[0] if calibration.notes else None)
+        t = calibration.threshold if t is None else t
+    else:
+        t = DEFAULT_REFERRAL_THRESHOLD if t is None else t
+        decision, cost = bayes_risk_decision(p, severity)
+        refer, certified, note = cost > t, False, UNCERTIFIED_NOTE
+    bayes = bayes_risk_decision(p, severity)[0]
     arg = p.argmax(1)
     return Prediction(
         labels=list(severity.labels),
@@ -99,8 +135,12 @@ def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: float =
         expected_cost=cost,
         argmax_expected_cost=expected_costs(p, severity)[np.arange(len(arg)), arg],  # cost of acting on argmax
         critical_mass=p[:, severity.positive_rows].sum(1),
-        refer=cost > threshold,
-        threshold=float(threshold),
+        refer=refer,
+        threshold=float(t),
+        decision=decision,
+        certified=certified,
+        calibration=calibration,
+        note=note,
     )
 
 
@@ -117,7 +157,7 @@ def check_threshold(threshold: Any) -> float:
     return t
 
 
-def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
+def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", severity: Any = None):
     """Load a classifier saved by rcl_hf from a folder, a Hub id, or the local Hub cache.
 
     Works offline (``HF_HUB_OFFLINE=1``) when the id is in the cache; raises
@@ -125,6 +165,10 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
     The returned model is in eval mode and has ``.severity`` (a
     :class:`SeverityMatrix`), ``.image_processor`` and ``.ood_guard`` (an
     :class:`rcl_hf.ood.OODGuard`, or ``None`` when the folder has none) attributes.
+    ``.risk_calibration`` is the folder's :class:`rcl_hf.calibration.RiskCalibration` (``None``
+    without ``risk_calibration.json``). ``severity`` (a preset, JSON path or :class:`SeverityMatrix`,
+    matched to the model's labels by name) is for models trained without rcl_hf, whose config
+    carries none.
     The image processor is the class named in ``preprocessor_config.json``
     (``image_processor_type``, e.g. the ``ViTImageProcessor`` that training saved), not
     the one ``AutoImageProcessor`` picks from the model type: for timm models that is
@@ -144,10 +188,26 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu"):
         processor = _load_processor(name_or_path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{name_or_path!r} has no usable image processor (preprocessor_config.json): {err}") from None
-    model.severity = severity_from_config(model.config)
     model.image_processor = processor
-    model.ood_guard = OODGuard.load(name) if os.path.isdir(name) else _hub_guard(name)
+    attach_decision_layer(model, name, severity)
     return model.to(device).eval()
+
+
+def attach_decision_layer(model: Any, name: str, severity: Any = None) -> Any:
+    """Set ``model.severity``, ``model.ood_guard`` and ``model.risk_calibration`` from the model folder
+    (or the local Hub cache for an id); shared by :func:`load_model` and the pipeline task."""
+    if severity is not None:
+        from .calibration.model_folder import severity_for_model
+
+        model.severity = severity_for_model([model.config.id2label[i] for i in range(model.config.num_labels)], severity)
+    else:
+        model.severity = severity_from_config(model.config)
+    model.ood_guard = OODGuard.load(name) if os.path.isdir(name) else _hub_guard(name, OOD_GUARD_FILE, OODGuard.load)
+    model.risk_calibration = (RiskCalibration.load(name) if os.path.isdir(name)
+                              else _hub_guard(name, RISK_CALIBRATION_FILE, RiskCalibration.load))
+    if model.risk_calibration is not None:
+        model.risk_calibration.check_severity(model.severity)
+    return model
 
 
 def _load_processor(name_or_path: str) -> Any:
@@ -162,15 +222,16 @@ def _load_processor(name_or_path: str) -> Any:
     return transformers.AutoImageProcessor.from_pretrained(name_or_path)
 
 
-def _hub_guard(name: str) -> Optional[OODGuard]:
-    """The OOD guard of a Hub model from the local cache (never downloads at run time beyond the model itself)."""
+def _hub_guard(name: str, filename: str, load: Any) -> Any:
+    """A side file of a Hub model (OOD guard, risk calibration) from the local cache, loaded with ``load``
+    (never downloads at run time beyond the model itself); ``None`` when the cache has none."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        path = try_to_load_from_cache(name, OOD_GUARD_FILE)
-    except Exception:  # noqa: BLE001 - a malformed id simply has no guard
+        path = try_to_load_from_cache(name, filename)
+    except Exception:  # noqa: BLE001 - a malformed id simply has no such file
         return None
-    return OODGuard.load(path) if isinstance(path, str) else None
+    return load(path) if isinstance(path, str) else None
 
 
 def as_rgb_image(image: Any, max_pixels: Optional[int] = None) -> Any:
@@ -243,31 +304,38 @@ def predict_proba(model: Any, images: Sequence[Any], image_processor: Any = None
 def predict(
     model: Any,
     images: Union[Any, Sequence[Any]],
-    threshold: float = DEFAULT_REFERRAL_THRESHOLD,
+    threshold: Optional[float] = None,
     severity: Optional[SeverityMatrix] = None,
     image_processor: Any = None,
     ood_guard: Optional[OODGuard] = None,
+    calibration: Optional[RiskCalibration] = None,
 ) -> Prediction:
-    """Probabilities, argmax and Bayes-risk decisions, expected cost, referral and OOD flags.
+    """The decision layer's answer: decisions, expected cost, referral, OOD flags and drift.
 
     Args:
         model: from :func:`load_model` (or any image classifier plus ``severity``
             and ``image_processor``).
         images: one image or a list/tuple of them: PIL images, paths, bytes, numpy
             arrays or http(s) URLs.
-        threshold: referral threshold τ on the Bayes decision's expected cost.
-        ood_guard: overrides ``model.ood_guard``. With a guard, ``ood_score`` and
-            ``out_of_distribution`` are filled; without one they are ``None``.
+        threshold: ``None`` (default) uses the model's certified referral threshold
+            (``risk_calibration.json``), or the hand-set :data:`DEFAULT_REFERRAL_THRESHOLD` when it
+            has none; a number overrides it, and the prediction is then not certified.
+        ood_guard, calibration: override ``model.ood_guard`` / ``model.risk_calibration``.
     """
-    t = check_threshold(threshold)
+    t = None if threshold is None else check_threshold(threshold)
     if not isinstance(images, (list, tuple)):
         images = [images]
     sev = severity or getattr(model, "severity", None) or severity_from_config(model.config)
     guard = ood_guard if ood_guard is not None else getattr(model, "ood_guard", None)
+    cal = calibration if calibration is not None else getattr(model, "risk_calibration", None)
     probs, z = forward_images(model, images, image_processor, embeddings=guard is not None)
-    pred = risk_summary(probs, sev, t)
+    pred = risk_summary(probs, sev, t, cal)
     if guard is not None:
         pred.ood_score = guard.score(z)
         pred.out_of_distribution = pred.ood_score > guard.threshold
         pred.ood_threshold = float(guard.threshold)
+    if cal is not None or guard is not None:
+        pred.drift = check_drift(pred.expected_cost if cal is not None else None,
+                                 cal.score_quantiles if cal is not None else None, pred.out_of_distribution,
+                                 guard.false_alarm_rate if guard is not None else None)
     return pred

@@ -9,7 +9,7 @@ synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed
    cell of the experiment grid;
 2. turns the saved validation/test logits into :class:`rcl_hf.experiments.report.Run` objects and calls
    :func:`rcl_hf.experiments.report.compare_pipelines`, i.e. the grid's own selection
-   (:func:`rcl_hf.experiments.selection.select_operating_points`): for each pipeline family (``ce``,
+   (:func:`rcl_hf.selection.select_operating_points`): for each pipeline family (``ce``,
    ``ce + Bayes``, ``ce + blend``, ``rcl``, ...) the operating point (blend weight ``w``) with the
    lowest *validation* CER among those within ``tolerance`` of cross-entropy's validation accuracy,
    then one evaluation on test;
@@ -317,7 +317,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
 
     from .experiments.figures import plot_fronts
     from .experiments.report import compare_pipelines
-    from .experiments.rules import DEFAULT_BLEND_WEIGHTS
+    from .decision import DEFAULT_BLEND_WEIGHTS
 
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds must be distinct integers, got {args.seeds}")

@@ -56,6 +56,21 @@ class ModelArguments:
                           "splits (on as many processes as launched) and write the results to output_dir."},
     )
 
+    calibrate: bool = field(
+        default=True,
+        metadata={"help": "At the end, calibrate the decision layer on the validation split (temperature, decision "
+                          "rule, certified referral threshold: rcl_hf.calibration) and save risk_calibration.json "
+                          "with the model; the test split is then scored once with it."},
+    )
+    risk_kind: str = field(
+        default="critical_miss",
+        metadata={"help": "Risk to certify: 'critical_miss' (share of critical cases neither diagnosed safely nor "
+                          "referred) or 'cer_accepted' (critical error rate among the cases the model decides).",
+                  "choices": ["critical_miss", "cer_accepted"]},
+    )
+    risk_alpha: float = field(default=0.1, metadata={"help": "Certify risk <= risk_alpha ..."})
+    risk_delta: float = field(default=0.1, metadata={"help": "... with probability >= 1 - risk_delta (Learn then Test)."})
+
     def wants_ood_guard(self, dataset: str) -> bool:
         """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets."""
         return self.ood_guard if self.ood_guard is not None else dataset in ("brain_tumor_mri", "isic2018", "breakhis", "sicapv2")

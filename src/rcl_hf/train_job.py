@@ -102,6 +102,24 @@ def format_table(rows: Dict[str, Dict[str, float]], keys: Tuple[str, ...] = TABL
     return "\n".join(lines)
 
 
+RISK_TABLE_KEYS = ("coverage", "critical_miss", "cer_accepted", "accuracy_accepted", "accuracy", "cer")
+
+
+def format_risk_control(risk_control: Dict[str, Any]) -> str:
+    """The certified decision layer on test beside the argmax (markdown), or why there is none."""
+    if "error" in risk_control:
+        return f"Risk calibration skipped: {risk_control['error']}"
+    cal = risk_control["calibration"]
+    lines = [cal["certificate"], f"(rule {cal['rule']}, temperature {cal['temperature']:.2f}, referral threshold "
+                                 f"{cal['threshold']:.4g}; saved as risk_calibration.json)"]
+    if "test" in risk_control:
+        rows = {"argmax, no referral": risk_control["test_argmax"], "certified decision layer": risk_control["test"]}
+        lines += ["", "On the test split:", format_table(rows, RISK_TABLE_KEYS),
+                  f"{cal['risk_kind']} <= {cal['alpha']:.0%} on test: "
+                  f"{'held' if risk_control['test']['guarantee_held'] else 'NOT held'}"]
+    return "\n".join(lines)
+
+
 def collapse_warning(predictions: Sequence[int], labels: Sequence[str], split: str = "validation") -> Optional[str]:
     """A warning when every prediction on ``split`` is one class (a collapsed, one-class predictor), else ``None``."""
     predictions = np.asarray(predictions)
@@ -298,6 +316,9 @@ def run_training(
 
             fit_ood_guard(out_dir, splits["train"], splits["validation"], max_samples=model_args.ood_guard_samples,
                           seed=training_args.seed)
+        if model_args.calibrate and not model_args.eval_only and "validation" in results:
+            results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
+                                                 training_args.seed)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
 
@@ -306,6 +327,23 @@ def run_training(
     results["split_sizes"] = {s: len(d) for s, d in splits.items()}
     results["wall_time_s"] = time.time() - t0
     return results
+
+
+def _calibrate(out_dir: str, splits: Any, severity: SeverityMatrix, model_args: ModelArguments,
+               dataset: Optional[str], seed: int) -> Dict[str, Any]:
+    """Calibrate the saved model's decision layer on its validation logits (:func:`rcl_hf.calibration.
+    model_folder.calibrate_run`); a validation split too small to certify is a warning, not a lost run."""
+    from .calibration.model_folder import calibrate_run
+
+    grouped = all("group_id" in splits[s].column_names for s in ("train", "validation"))
+    try:
+        return calibrate_run(out_dir, severity, risk_kind=model_args.risk_kind, alpha=model_args.risk_alpha,
+                             delta=model_args.risk_delta, dataset=dataset, seed=seed,
+                             groups=splits["validation"]["group_id"] if grouped else None,
+                             train_groups=splits["train"]["group_id"] if grouped else None)
+    except ValueError as err:
+        logger.warning("risk calibration skipped: %s", err)
+        return {"error": str(err)}
 
 
 def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args, training_args, severity, counts,

@@ -3,8 +3,8 @@ methods × operating points × seeds, post-hoc decision rules, operating-point s
 only, statistics (seed × test-image bootstrap CIs, exact McNemar, Clopper–Pearson), results and plots.
 
 Modules: :mod:`.grid` (YAML -> cells over split seeds × seeds, resumable runner), :mod:`.embed_pool`
-(frozen embeddings shared across split seeds), :mod:`.rules` (argmax / Bayes / blend rules, temperature
-scaling, ECE, risk–coverage), :mod:`.selection`, :mod:`.stats`, :mod:`.report` (results.csv / results.md),
+(frozen embeddings shared across split seeds), :mod:`.rules` (ECE, risk–coverage; the decision rules and
+the selection are the library's :mod:`rcl_hf.decision` and :mod:`rcl_hf.selection`), :mod:`.stats`, :mod:`.report` (results.csv / results.md),
 :mod:`.figures`, :mod:`.variants` (severity margin, logit mixup and the issue-13 loss options),
 :mod:`.crossfit`, :mod:`.command`; round 2 (issue 13): :mod:`.symmetric` (every family selected the same
 way, post-hoc logit adjustment and CRM), :mod:`.clustered` (split × seed × image bootstrap, Clopper–Pearson
@@ -14,8 +14,7 @@ equal-accuracy check, generated verdicts), :mod:`.round2_report` (README, tables
 
 from .grid import Cell, Grid, is_done, load_grid, run_cell, run_grid
 from .variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
-from .rules import DEFAULT_BLEND_WEIGHTS, blend_decision, expected_calibration_error, risk_coverage
-from .selection import select_operating_points
+from .rules import expected_calibration_error, risk_coverage
 from .stats import clopper_pearson, combined_mcnemar, exact_mcnemar, summarize
 
 __all__ = [
@@ -28,11 +27,8 @@ __all__ = [
     "ExperimentRiskArguments",
     "SeverityMarginLoss",
     "LogitMixupLoss",
-    "DEFAULT_BLEND_WEIGHTS",
-    "blend_decision",
     "expected_calibration_error",
     "risk_coverage",
-    "select_operating_points",
     "clopper_pearson",
     "exact_mcnemar",
     "combined_mcnemar",

@@ -59,7 +59,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .rules import DEFAULT_BLEND_WEIGHTS
+from ..decision import DEFAULT_BLEND_WEIGHTS
 
 logger = logging.getLogger(__name__)
 

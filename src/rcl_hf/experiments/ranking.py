@@ -13,7 +13,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 
 from ..severity import SeverityMatrix
-from .rules import softmax
+from ..metrics.functional import softmax
 
 __all__ = ["critical_score", "ranking_metrics", "paired_ranking_bootstrap"]
 

@@ -6,10 +6,10 @@ operating points such as λ):
 
 * ``m``: the argmax decision; operating points = the method's points;
 * ``m + Bayes``: the Bayes-risk rule (blend weight ``w = 1``);
-* ``m + blend``: the blend rule of :mod:`rcl_hf.experiments.rules`; operating
+* ``m + blend``: the blend rule of :mod:`rcl_hf.decision`; operating
   points = (method point, ``w``) for every ``w`` of the grid.
 
-Selection (:func:`rcl_hf.experiments.selection.select_operating_points`) reads
+Selection (:func:`rcl_hf.selection.select_operating_points`) reads
 validation metrics only; the chosen point of each family is then scored once on
 the test split, with the statistics of :mod:`rcl_hf.experiments.stats`.
 """
@@ -28,8 +28,10 @@ import pandas as pd
 from ..metrics import metrics_from_confusion
 from ..severity import SeverityMatrix
 from .grid import DONE_FILE, Cell, Grid, is_done
-from .rules import blend_decision, expected_calibration_error, risk_coverage, softmax
-from .selection import select_operating_points
+from ..decision import blend_decision
+from ..metrics.functional import softmax
+from ..selection import select_operating_points
+from .rules import expected_calibration_error, risk_coverage
 from .stats import (
     METRICS,
     PipelineSample,

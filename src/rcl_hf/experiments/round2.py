@@ -20,7 +20,7 @@ import pandas as pd
 
 from .clustered import images_clopper_pearson, paired_clustered_bootstrap
 from .report import Run
-from .rules import expected_costs, softmax
+from ..metrics.functional import expected_costs, softmax
 from .symmetric import (
     DEFAULT_LA_TAUS,
     _decisions,

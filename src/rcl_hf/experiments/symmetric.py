@@ -28,8 +28,9 @@ import pandas as pd
 
 from ..severity import SeverityMatrix
 from .report import POINT_METRICS, Run, _metrics_for_decisions
-from .rules import blend_decision, fit_temperature, softmax
-from .selection import select_operating_points
+from ..decision import blend_decision, fit_temperature
+from ..metrics.functional import softmax
+from ..selection import select_operating_points
 
 __all__ = ["DEFAULT_LA_TAUS", "side_of", "all_operating_points", "pick_best", "select_families"]
 

@@ -1,0 +1,187 @@
+"""``risk_calibration.json``: the decision layer a model folder carries.
+
+A :class:`RiskCalibration` holds everything :func:`rcl_hf.predict` needs to turn
+probabilities into the certified decision: the temperature ``T``, the decision rule
+(blend weight ``w``: 0 = argmax, 1 = Bayes-risk rule), the certified referral threshold
+``τ`` on the decision's expected cost, and the certificate itself (risk kind, ``α``, ``δ``,
+method, sample sizes, what the calibration split showed, which dataset and split). It is
+versioned (:data:`SCHEMA_VERSION`), validated when read, and written atomically
+(:func:`rcl_hf.crash_safety.atomic_write_json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..crash_safety import atomic_write_json
+from ..decision import blend_decision, decision_scores
+from ..metrics.functional import softmax
+from ..severity import SeverityMatrix
+from .risk_control import METHODS, P_VALUES, REFER_ALL, RISK_KINDS
+
+__all__ = ["RiskCalibration", "RISK_CALIBRATION_FILE", "SCHEMA_VERSION", "RISK_DESCRIPTIONS"]
+
+RISK_CALIBRATION_FILE = "risk_calibration.json"
+SCHEMA_VERSION = 1
+#: What each risk means, in a clinician's words (the card and the Space use these).
+RISK_DESCRIPTIONS = {
+    "critical_miss": "critical cases missed (neither diagnosed safely nor referred)",
+    "cer_accepted": "critical errors among the cases the model decides itself",
+}
+
+
+@dataclass
+class RiskCalibration:
+    """The calibrated, certified decision layer of one model (see the module docstring)."""
+
+    risk_kind: str
+    alpha: float
+    delta: float
+    method: str
+    p_value: str
+    temperature: float
+    blend_weight: float
+    threshold: float
+    labels: List[str]
+    n_calibration: int
+    n_tune: int
+    n_certify: int
+    n_risk: int  # cases the certified risk was averaged over (critical-capable cases, or all certify cases)
+    calibration: Dict[str, float]  # coverage, risk, accuracy_accepted, ... on the certification part
+    score_quantiles: List[float]  # 101 quantiles of the referral score on the certification part (drift test)
+    dataset: Optional[str] = None
+    split: str = "validation"
+    tolerance: float = 0.01
+    schema_version: int = SCHEMA_VERSION
+    notes: List[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- applying it
+    @property
+    def rule(self) -> str:
+        """``argmax``, ``bayes`` or ``blend(w=…)``."""
+        return {0.0: "argmax", 1.0: "bayes"}.get(float(self.blend_weight), f"blend(w={self.blend_weight:g})")
+
+    @property
+    def refers_everything(self) -> bool:
+        return self.threshold <= REFER_ALL
+
+    def calibrated_probabilities(self, probs: Any) -> np.ndarray:
+        """``softmax(log p / T)`` = ``softmax(z / T)`` for probabilities ``p = softmax(z)``."""
+        p = np.asarray(probs, dtype=np.float64)
+        if p.ndim != 2 or p.shape[1] != len(self.labels):
+            raise ValueError(f"probabilities must be (N, {len(self.labels)}), got shape {p.shape}")
+        return softmax(np.log(np.maximum(p, 1e-300)) / self.temperature, axis=1)
+
+    def decide(self, probs: Any, severity: SeverityMatrix, threshold: Optional[float] = None) -> Tuple[np.ndarray, ...]:
+        """``(calibrated probabilities, decisions, referral scores, refer)`` for probabilities ``(N, K)``;
+        ``threshold`` overrides the certified one (then the guarantee no longer holds)."""
+        self.check_severity(severity)
+        p = self.calibrated_probabilities(probs)
+        d = blend_decision(p, severity, float(self.blend_weight))
+        s = decision_scores(p, d, severity)
+        tau = self.threshold if threshold is None else float(threshold)
+        return p, d, s, s > tau
+
+    def check_severity(self, severity: SeverityMatrix) -> None:
+        if list(severity.labels) != list(self.labels):
+            raise ValueError(f"the risk calibration was made for labels {self.labels}, the model's severity has "
+                             f"{list(severity.labels)}: recalibrate (rcl-calibrate) for this model")
+
+    # ---------------------------------------------------------------- words
+    def certificate(self) -> str:
+        """One sentence that says what is certified, for cards, logs and the Space."""
+        what = RISK_DESCRIPTIONS[self.risk_kind]
+        conf = f"{1 - self.delta:.0%} confidence" if self.method == "ltt" else "on average (conformal risk control)"
+        cov = self.calibration.get("coverage", float("nan"))
+        if self.refers_everything:
+            return (f"No threshold could be certified for at most {self.alpha:.0%} {what} on {self.n_certify:,} "
+                    f"{self.split} images: every case is referred.")
+        return (f"Decides {cov:.0%} of cases itself; at most {self.alpha:.0%} {what}, certified on "
+                f"{self.n_certify:,} {self.split} images{f' of {self.dataset}' if self.dataset else ''} at {conf}.")
+
+    # ---------------------------------------------------------------- storage
+    def to_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out["rule"] = self.rule
+        out["certificate"] = self.certificate()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], where: str = "risk calibration") -> "RiskCalibration":
+        """Validate and build; every problem is one ``ValueError`` that names the field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"{where}: schema_version {version!r} is not supported (this rcl_hf reads {SCHEMA_VERSION}); "
+                             "recalibrate with rcl-calibrate")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(f.name for f in fields(cls)
+                         if f.name not in data and f.default is MISSING and f.default_factory is MISSING)
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        cal = cls(**{k: v for k, v in data.items() if k in names})
+        cal.validate(where)
+        return cal
+
+    def validate(self, where: str = "risk calibration") -> None:
+        def bad(msg: str) -> None:
+            raise ValueError(f"{where}: {msg}")
+
+        if self.risk_kind not in RISK_KINDS:
+            bad(f"risk_kind must be one of {RISK_KINDS}, got {self.risk_kind!r}")
+        if self.method not in METHODS:
+            bad(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.p_value not in P_VALUES:
+            bad(f"p_value must be one of {P_VALUES}, got {self.p_value!r}")
+        for name in ("alpha", "delta"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 < v < 1:
+                bad(f"{name} must be a number in (0, 1), got {v!r}")
+        if not isinstance(self.temperature, (int, float)) or not (math.isfinite(self.temperature) and self.temperature > 0):
+            bad(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not isinstance(self.blend_weight, (int, float)) or not 0 <= self.blend_weight <= 1:
+            bad(f"blend_weight must be in [0, 1], got {self.blend_weight!r}")
+        if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold) or self.threshold < REFER_ALL:
+            bad(f"threshold must be a finite number >= {REFER_ALL}, got {self.threshold!r}")
+        if not isinstance(self.labels, list) or len(self.labels) < 2 or not all(isinstance(x, str) for x in self.labels):
+            bad(f"labels must be a list of >= 2 class names, got {self.labels!r}")
+        for name in ("n_calibration", "n_tune", "n_certify", "n_risk"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                bad(f"{name} must be an integer >= 0, got {v!r}")
+        if self.n_tune + self.n_certify != self.n_calibration:
+            bad(f"n_tune + n_certify ({self.n_tune} + {self.n_certify}) must equal n_calibration ({self.n_calibration})")
+        q = self.score_quantiles
+        if not isinstance(q, list) or len(q) < 2 or any(not isinstance(x, (int, float)) for x in q) or np.any(np.diff(q) < 0):
+            bad("score_quantiles must be a non-decreasing list of numbers")
+
+    def save(self, folder: Union[str, os.PathLike]) -> Path:
+        """Write ``risk_calibration.json`` into ``folder`` (atomically); returns its path."""
+        self.validate()
+        path = Path(folder) / RISK_CALIBRATION_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, folder: Union[str, os.PathLike]) -> Optional["RiskCalibration"]:
+        """The calibration in ``folder`` (a model folder or the file), ``None`` when there is none;
+        a damaged or invalid file raises one ``ValueError`` naming it."""
+        path = Path(folder)
+        if path.is_dir():
+            path = path / RISK_CALIBRATION_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable risk calibration ({err}); recalibrate with rcl-calibrate") from None
+        data = {k: v for k, v in data.items() if k not in ("rule", "certificate")}  # derived on write
+        return cls.from_dict(data, where=str(path))
