@@ -7,7 +7,9 @@ Public API (see README.md):
 * :mod:`rcl_hf.metrics` — Critical Error Rate and companions (functional + `evaluate`);
 * :class:`RiskCalibratedTrainer`, :class:`RiskArguments` — the Trainer;
 * :mod:`rcl_hf.data` — the four datasets and the embedded synthetic default;
-* :mod:`rcl_hf.models`, :mod:`rcl_hf.inference`, :mod:`rcl_hf.hub` — models, prediction, the Hub.
+* :mod:`rcl_hf.calibration` — the certified decision layer (``risk_calibration.json``);
+* :mod:`rcl_hf.models`, :mod:`rcl_hf.inference`, :mod:`rcl_hf.hub` — models, prediction, the Hub;
+* the ``risk-aware-image-classification`` task of ``transformers.pipeline`` (:mod:`rcl_hf.pipeline`).
 """
 
 from . import metrics
@@ -16,10 +18,14 @@ from .severity import SeverityMatrix
 
 __version__ = "0.1.0"
 
+from .pipeline_registration import install as _install_pipeline_task
+
+_install_pipeline_task()  # pipeline("risk-aware-image-classification", ...) once transformers.pipelines loads
+
 
 _LAZY = {"load_model": "inference", "predict": "inference",
          "RiskArguments": "trainer", "RiskCalibratedTrainer": "trainer"}
-_LAZY_MODULES = ("data", "experiments", "hub", "inference", "models")
+_LAZY_MODULES = ("calibration", "data", "experiments", "hub", "inference", "models")
 
 
 def __getattr__(name):  # lazy: `import rcl_hf` stays light (no transformers.Trainer) for the Space and metric

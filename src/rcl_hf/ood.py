@@ -9,10 +9,12 @@ Gaussians with one shared covariance on the TRAINING images,
     score(z) = min_k (z - μ_k)^T Σ^{-1} (z - μ_k),
 
 with ``Σ`` estimated by Ledoit–Wolf shrinkage (``sklearn.covariance.LedoitWolf``;
-embeddings are often wider than the number of images). The threshold ``τ_ood`` is
-the ``1 - false_alarm_rate`` quantile of the scores of the VALIDATION images, so
-about ``false_alarm_rate`` (default 5%) of in-distribution inputs are flagged;
-an input is *outside what the model was trained on* when ``score > τ_ood``.
+embeddings are often wider than the number of images). The threshold ``τ_ood`` is set by
+the split-conformal rule on ``n`` held-out calibration (VALIDATION) images (Vovk et al. 2005;
+Angelopoulos & Bates 2021, "A Gentle Introduction to Conformal Prediction"): the
+``k = ⌈(n + 1)(1 − ε)⌉``-th smallest calibration score, so that a new in-distribution image
+is flagged with probability at most ``ε`` (``false_alarm_rate``, default 5%), for any ``n``
+with ``k ≤ n``. An input is *outside what the model was trained on* when ``score > τ_ood``.
 
 The guard is stored beside the weights as ``ood_guard.safetensors`` (tensors
 ``means``, ``precision``; threshold and provenance in the safetensors metadata):
@@ -33,7 +35,7 @@ import numpy as np
 
 from .crash_safety import atomic_write_bytes
 
-__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_guard_from_embeddings"]
+__all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "fit_guard_from_embeddings", "conformal_threshold"]
 
 OOD_GUARD_FILE = "ood_guard.safetensors"
 DEFAULT_FALSE_ALARM_RATE = 0.05
@@ -93,6 +95,17 @@ class OODGuard:
                    false_alarm_rate=float(meta["false_alarm_rate"]), meta=json.loads(meta.get("meta", "{}")))
 
 
+def conformal_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
+    """The split-conformal threshold: the ``⌈(n + 1)(1 − ε)⌉``-th smallest of ``n`` calibration scores
+    (P(new in-distribution score > threshold) ≤ ε); ``ValueError`` when ``n`` is too small for ``ε``."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    k = int(np.ceil((len(s) + 1) * (1.0 - false_alarm_rate)))
+    if k > len(s):
+        raise ValueError(f"{len(s)} calibration scores cannot certify a false-alarm rate of {false_alarm_rate:g} "
+                         f"(need at least {int(np.ceil(1 / false_alarm_rate)) - 1})")
+    return float(s[k - 1])
+
+
 def fit_guard_from_embeddings(
     train_embeddings: np.ndarray,
     train_labels: Sequence[int],
@@ -102,7 +115,7 @@ def fit_guard_from_embeddings(
     labels: Optional[Sequence[str]] = None,
 ) -> OODGuard:
     """The guard from penultimate embeddings: class means + Ledoit–Wolf shared covariance on the training
-    embeddings, threshold at the ``1 - false_alarm_rate`` quantile of the validation scores.
+    embeddings, threshold by the split-conformal rule on the validation scores (:func:`conformal_threshold`).
 
     The embeddings must come from the same preprocessing as :func:`rcl_hf.inference.predict`
     (its image processor), or the threshold will not hold at inference.
@@ -118,16 +131,20 @@ def fit_guard_from_embeddings(
         raise ValueError(f"need (N, D) training embeddings with N labels, N >= 2; got {z_train.shape} and {y.shape}")
     if z_val.ndim != 2 or z_val.shape[1] != z_train.shape[1] or len(z_val) < 20:
         raise ValueError(f"need (M >= 20, {z_train.shape[1]}) validation embeddings, got {z_val.shape}")
+    min_n = int(np.ceil(1.0 / false_alarm_rate)) - 1
+    if len(z_val) < min_n:
+        raise ValueError(f"{len(z_val)} calibration images cannot place a {false_alarm_rate:.0%} false-alarm threshold "
+                         f"(the split-conformal rule needs at least {min_n})")
     present = np.unique(y)
     means = np.stack([z_train[y == c].mean(0) for c in present])
     lw = LedoitWolf(assume_centered=True).fit(z_train - means[np.searchsorted(present, y)])
     guard = OODGuard(means=means, precision=lw.precision_, threshold=0.0, false_alarm_rate=false_alarm_rate, meta={})
     val_scores = guard.score(z_val)
-    guard.threshold = float(np.quantile(val_scores, 1.0 - false_alarm_rate, method="higher"))
+    guard.threshold = conformal_threshold(val_scores, false_alarm_rate)
     guard.meta = {
         "classes": [labels[int(c)] if labels else int(c) for c in present], "n_fit": int(len(z_train)),
         "n_calibration": int(len(z_val)), "shrinkage": float(lw.shrinkage_),
         "validation_flagged": float((val_scores > guard.threshold).mean()), "embedding_dim": int(z_train.shape[1]),
-        "reference": "Lee et al. 2018, Mahalanobis distance on penultimate features",
+        "reference": "Lee et al. 2018, Mahalanobis distance on penultimate features; split-conformal threshold",
     }
     return guard

@@ -43,6 +43,7 @@ def fit_ood_guard(
     *,
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
     max_samples: Optional[int] = 2000,
+    max_calibration_samples: Optional[int] = 5000,
     batch_size: int = 32,
     seed: int = 0,
 ) -> Path:
@@ -55,7 +56,9 @@ def fit_ood_guard(
         validation: the validation split (``image`` column): the threshold, at
             the ``1 - false_alarm_rate`` quantile of its scores.
         false_alarm_rate: target share of in-distribution images flagged, in (0, 0.5].
-        max_samples: at most this many rows of each split are embedded (a seeded sample).
+        max_samples: at most this many training rows are embedded (a seeded sample).
+        max_calibration_samples: at most this many validation rows place the threshold (all of a
+            typical validation split: the more, the closer held-out false alarms stay to the target).
 
     Returns:
         The path of the written file.
@@ -64,7 +67,7 @@ def fit_ood_guard(
         raise ValueError(f"the validation split has {len(validation)} rows: at least 20 are needed to place the threshold")
     model = load_model(os.fspath(model_dir))
     tr_images, tr_labels = _column_images(train, max_samples, seed)
-    va_images, _ = _column_images(validation, max_samples, seed)
+    va_images, _ = _column_images(validation, max_calibration_samples, seed)
     guard = fit_guard_from_embeddings(
         embed_images(model, tr_images, batch_size=batch_size), tr_labels,
         embed_images(model, va_images, batch_size=batch_size), false_alarm_rate=false_alarm_rate,

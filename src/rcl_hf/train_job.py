@@ -309,7 +309,6 @@ def run_training(
             "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
         }
         atomic_write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
-        atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
         if (model_args.wants_ood_guard(data_args.dataset) and not model_args.eval_only
                 and "validation" in splits and len(splits["validation"]) >= 20):
             from .ood_fit import fit_ood_guard
@@ -319,6 +318,7 @@ def run_training(
         if model_args.calibrate and not model_args.eval_only and "validation" in results:
             results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
                                                  training_args.seed)
+        atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
 

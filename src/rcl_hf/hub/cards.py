@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from ..severity import SeverityMatrix
 from .card_checks import LIBRARY_NAME, PIPELINE_TAG, check_repo_id, validate_model_card
 from .errors import TOKEN_PATTERN
-from .run_folder import BAYES_METRICS, MODEL_CARD_METRICS, PLOT_SUFFIXES, collect_results, load_run_info, model_files, severity_of
+from .run_folder import (BAYES_METRICS, MODEL_CARD_METRICS, PLOT_SUFFIXES, collect_results, load_run_info, model_files,
+                         read_json, severity_of)
 
 __all__ = ["BASE_TAGS", "DEFAULT_LICENSE", "build_model_card", "model_card_template_path", "usage_snippets", "write_model_card"]
 
@@ -147,9 +148,9 @@ def usage_snippets(repo_id: str, threshold: float = 0.1, image: str = "case.png"
     rcl = (
         "from PIL import Image\nimport rcl_hf\n\n"
         f"model = rcl_hf.load_model({repo_id!r})  # knows its labels and severity matrix\n"
-        f"pred = rcl_hf.predict(model, Image.open({image!r}), threshold={threshold!r})\n"
+        f"pred = rcl_hf.predict(model, Image.open({image!r}))  # the certified decision layer, when the model has one\n"
         "record = pred.as_records()[0]\n"
-        "print(record['argmax'], record['bayes_decision'], round(record['expected_cost'], 4), record['refer'])"
+        "print(record['decision'], record['refer'], record['certified'], round(record['expected_cost'], 4))"
     )
     plain = (
         "import numpy as np\nfrom transformers import pipeline\n\n"
@@ -164,6 +165,36 @@ def usage_snippets(repo_id: str, threshold: float = 0.1, image: str = "case.png"
         "print(labels[int(p.argmax())], decision, round(float(risk.min()), 4), refer)"
     )
     return {"rcl_hf": rcl, "transformers": plain}
+
+
+def _risk_control(folder: Path) -> Optional[Dict[str, Any]]:
+    """The card's "Risk control" section from ``risk_calibration.json`` (and the test figures that
+    ``rcl_results.json`` recorded after it), or ``None`` when the folder has no calibration."""
+    from ..calibration import RISK_DESCRIPTIONS, RiskCalibration
+
+    cal = RiskCalibration.load(folder)
+    if cal is None:
+        return None
+    rows = [("risk controlled", f"`{cal.risk_kind}`: {RISK_DESCRIPTIONS[cal.risk_kind]}"),
+            ("target α / δ", f"{cal.alpha:.0%} / {cal.delta:.0%}" if cal.method == "ltt" else f"{cal.alpha:.0%} (in expectation)"),
+            ("method", {"ltt": "Learn then Test, fixed-sequence testing", "crc": "conformal risk control"}[cal.method]
+             + (f", {cal.p_value.replace('_', '–')} p-values" if cal.method == "ltt" else "")),
+            ("calibration split", f"{cal.split} of {cal.dataset or 'the training data'}: {cal.n_calibration:,} images "
+                                  f"({cal.n_tune:,} to tune, {cal.n_certify:,} to certify)"),
+            ("temperature", f"{cal.temperature:.3f}"), ("decision rule", cal.rule),
+            ("referral threshold (expected cost)", "refer every case" if cal.refers_everything else f"{cal.threshold:.4g}"),
+            ("on the certification part", f"coverage {_pct(cal.calibration, 'coverage')}, "
+                                          f"{cal.risk_kind} {_pct(cal.calibration, cal.risk_kind)}")]
+    test = None
+    results = read_json(folder / "rcl_results.json") or {}
+    rc = results.get("risk_control") if isinstance(results, dict) else None
+    if isinstance(rc, dict) and isinstance(rc.get("test"), dict) and rc.get("calibration", {}).get("threshold") == cal.threshold:
+        t, a = rc["test"], rc.get("test_argmax", {})
+        test = (f"coverage {_pct(t, 'coverage')}, {cal.risk_kind} {_pct(t, cal.risk_kind)} (target ≤ {cal.alpha:.0%}: "
+                f"{'held' if t[cal.risk_kind] <= cal.alpha else 'not held'}), accuracy among the accepted cases "
+                f"{_pct(t, 'accuracy_accepted')}; the argmax without referral: accuracy {_pct(a, 'accuracy')}, "
+                f"{cal.risk_kind} {_pct(a, cal.risk_kind)} ({t['n']:,} test images).")
+    return {"certificate": cal.certificate(), "rows": [{"name": n, "value": v} for n, v in rows], "test": test}
 
 
 def _eval_results(results: Dict[str, Dict[str, float]], dataset_type: str, dataset_title: str) -> List[Any]:
@@ -311,6 +342,7 @@ def build_model_card(
         threshold=threshold,
         dataset_title=dataset_title,
         files=list(files),
+        risk_control=_risk_control(folder),
         plots=[{"path": f, "title": Path(f).stem.replace("_", " ").capitalize()}
                for f in files if f.lower().endswith(PLOT_SUFFIXES)],
         **_summary(run, severity, dataset_title),

@@ -53,7 +53,7 @@ _SPLIT_ORDER = ("validation", "test")
 RESULT_FILES = ("all_results.json", "eval_results.json", "validation_results.json", "test_results.json")
 RUN_FILE = "rcl_run.json"
 #: Other JSON files of a training run that travel with the model.
-EXTRA_JSON_FILES = ("train_results.json", "trainer_state.json", "severity.json")
+EXTRA_JSON_FILES = ("train_results.json", "trainer_state.json", "severity.json", "risk_calibration.json", "rcl_results.json")
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
 _MODEL_JSON = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json", RUN_FILE)
 
