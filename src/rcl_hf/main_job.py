@@ -17,7 +17,10 @@ synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed
    ``ce + blend``? — from the 95% CI of the paired test-CER difference (two-level bootstrap over
    seeds and test images, :func:`rcl_hf.experiments.stats.bootstrap_replicates`, same draws for both
    pipelines) and writes the verdict paragraph from those numbers (:func:`verdict`);
-4. writes ``comparison.md`` (the table and verdict it prints), ``comparison.json``,
+4. beside it, the certified decision layer that each run calibrated on its validation split
+   (:mod:`rcl_hf.calibration`), scored once on test (:func:`certified_table`): coverage, realised risk,
+   accuracy among the accepted cases, and whether the certified bound held;
+5. writes ``comparison.md`` (the table and verdict it prints), ``comparison.json``,
    ``cer_accuracy.png`` (the CER–accuracy fronts, :func:`rcl_hf.experiments.figures.plot_fronts`)
    and one model folder per run: ``ce`` and ``rcl`` (first seed; loadable with
    ``rcl_hf.load_model``), ``ce_seed1``, ``rcl_seed1``, ... Each run folder has ``train.log``
@@ -45,7 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["CompareArguments", "run_comparison", "verdict", "matched_table", "run_folder", "main"]
+__all__ = ["CompareArguments", "run_comparison", "verdict", "matched_table", "certified_table", "run_folder", "main"]
 
 DATASET_NAME = "synthetic"
 METHODS = ("ce", "rcl")
@@ -76,6 +79,10 @@ class CompareArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate training data (tests)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate evaluation data (tests)."})
     tolerance: float = field(default=0.01, metadata={"help": "Matched = validation accuracy ≥ CE's − tolerance."})
+    risk_kind: str = field(default="critical_miss", metadata={"help": "Risk each run's decision layer certifies on validation.",
+                                                               "choices": ["critical_miss", "cer_accepted"]})
+    risk_alpha: float = field(default=0.1, metadata={"help": "Certified level α of that risk."})
+    risk_delta: float = field(default=0.1, metadata={"help": "Confidence 1 − δ of the certificate."})
     n_boot: int = field(default=1000, metadata={"help": "Bootstrap replicates of the CIs."})
     threads: int = field(default=1, metadata={"help": "torch intra-op threads, pinned (the numbers depend on it); 1 is the fastest on a busy machine."})
     parallel_runs: int = field(default=2, metadata={"help": "Training runs side by side, each in its own process with `threads` threads (the results do not depend on it)."})
@@ -252,7 +259,8 @@ def _train_one(args: CompareArguments, data_args: Any, method: str, seed: int, r
     with _quiet(os.path.join(run_dir, "train.log"), args.verbose):
         result = run_training(
             ModelArguments(backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
-                           freeze_backbone=args.freeze_backbone),
+                           freeze_backbone=args.freeze_backbone, risk_kind=args.risk_kind, risk_alpha=args.risk_alpha,
+                           risk_delta=args.risk_delta),
             data_args, risk, training_args)
     for entry in os.listdir(run_dir):  # the best model sits at the folder's root; checkpoints are not needed
         if entry.startswith("checkpoint-"):
@@ -287,6 +295,32 @@ def _load_run(run_dir: str, method: str, seed: int, backbone: str, point: str):
     return Run(DATASET_NAME, backbone, method, point, seed, SeverityMatrix.from_dict(recipe["severity"]), logits, labels,
                loss=recipe["risk"]["loss"], wall_time_s=float(recipe.get("wall_time_s", float("nan"))),
                params=recipe["risk"])
+
+
+def certified_table(output_dir: str, seeds: Sequence[int], kind: str, alpha: float, delta: float) -> Tuple[str, Dict[str, Any]]:
+    """The certified decision layer of every run (calibrated on its validation split by ``run_training``),
+    scored once on test: mean coverage, realised risk and accuracy among the accepted cases per loss,
+    and in how many runs the certified bound held on test."""
+    rows: Dict[str, Any] = {}
+    for method in METHODS:
+        tests = []
+        for seed in seeds:
+            with open(os.path.join(run_folder(output_dir, method, seed, seeds[0]), "rcl_results.json"), encoding="utf-8") as fh:
+                rc = json.load(fh).get("risk_control", {})
+            if "test" not in rc:
+                raise ValueError(f"run {method} seed {seed} has no certified decision layer: {rc.get('error', 'not calibrated')}")
+            tests.append(rc["test"])
+        rows[method] = {k: float(np.mean([t[k] for t in tests])) for k in ("coverage", kind, "accuracy_accepted", "accuracy")}
+        rows[method]["held"] = int(sum(t[kind] <= alpha for t in tests))
+    lines = [f"Certified decision layer ({kind} ≤ {alpha:.0%} at {1 - delta:.0%} confidence, calibrated on each run's "
+             f"validation split: temperature, rule, Learn-then-Test referral threshold), scored once on test; means over "
+             f"{len(seeds)} seeds:", "",
+             f"| loss | coverage % | test {kind} % | accuracy among accepted % | accuracy of all decisions % | bound held on test |",
+             "|---|---|---|---|---|---|"]
+    for method, r in rows.items():
+        lines.append(f"| {method} | {100 * r['coverage']:.2f} | {100 * r[kind]:.2f} | {100 * r['accuracy_accepted']:.2f} | "
+                     f"{100 * r['accuracy']:.2f} | {r['held']} of {len(seeds)} runs |")
+    return "\n".join(lines), rows
 
 
 def _headline(comparison: Any, n_boot: int) -> Dict[str, Any]:
@@ -370,9 +404,12 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
               f"validation (lowest CER within {100 * args.tolerance:g} point of CE's accuracy; blend rule "
               f"w ∈ [0, 1], w = 0 argmax, w = 1 Bayes-risk rule), then scored once on test; means over seeds, 95% CIs "
               f"from a bootstrap over seeds and test images. Wall time {elapsed:.0f} s.\n\n")
+    certified, certified_rows = certified_table(args.output_dir, args.seeds, args.risk_kind, args.risk_alpha, args.risk_delta)
+    text = text + "\n\n" + certified
     with open(os.path.join(args.output_dir, "comparison.md"), "w", encoding="utf-8") as fh:
         fh.write(header + table + "\n\n" + text + "\n")
     summary = {"arguments": asdict(args), "verdict": label, "verdict_text": text, "headline": head,
+               "certified": certified_rows,
                "rows": {f: {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool))}
                         for f, r in ((r["family"], r) for r in comparison.summary.to_dict(orient="records"))},
                "wall_time_s": round(elapsed, 1), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
