@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..decision import DEFAULT_BLEND_WEIGHTS, blend_decision, decision_scores, fit_temperature
-from ..metrics.functional import softmax
+from ..metrics.functional import metrics_of_decisions, softmax
 from ..selection import select_operating_points
 from ..severity import SeverityMatrix
 from .record import RiskCalibration
@@ -120,15 +120,13 @@ def _choose_rule(probs: np.ndarray, labels: np.ndarray, severity: SeverityMatrix
                  weights: Sequence[float]) -> float:
     """The blend weight of lowest CER among those within ``tolerance`` of the argmax's accuracy
     (the comparisons' selection, :func:`rcl_hf.selection.select_operating_points`)."""
-    from ..metrics import critical_error_rate
-
-    rows = []
-    for family, ws in (("argmax", [0.0]), ("blend", sorted(set(map(float, weights)) | {0.0}))):
-        for w in ws:
-            m = critical_error_rate(blend_decision(probs, severity, w), labels, severity)
-            rows.append({"family": family, "point": w, "val_accuracy": m["accuracy"], "val_cer": m["cer"],
-                         "val_expected_cost": m["expected_cost"]})
-    chosen = select_operating_points(pd.DataFrame(rows), reference_family="argmax", tolerance=tolerance, group_columns=())
+    ws = sorted(set(map(float, weights)) | {0.0})
+    m = metrics_of_decisions(np.stack([blend_decision(probs, severity, w) for w in ws]), labels, severity)
+    rows = [{"family": "blend", "point": w, "val_accuracy": m["accuracy"][i], "val_cer": m["cer"][i],
+             "val_expected_cost": m["expected_cost"][i]} for i, w in enumerate(ws)]
+    ref = {**rows[ws.index(0.0)], "family": "argmax"}
+    chosen = select_operating_points(pd.DataFrame([ref, *rows]), reference_family="argmax", tolerance=tolerance,
+                                     group_columns=())
     return float(chosen.set_index("family").loc["blend", "point"])
 
 

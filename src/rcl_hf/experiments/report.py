@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ..metrics import metrics_from_confusion
+from ..metrics.functional import metrics_of_decisions
 from ..severity import SeverityMatrix
 from .grid import DONE_FILE, Cell, Grid, is_done
 from ..decision import blend_decision
@@ -101,15 +101,6 @@ def load_runs(grid: Grid, cells: Optional[Sequence[Cell]] = None) -> List[Run]:
     return runs
 
 
-def _metrics_for_decisions(decisions: np.ndarray, labels: np.ndarray, severity: SeverityMatrix) -> Dict[str, np.ndarray]:
-    """Metrics of a stack of decision vectors ``(W, N)`` against ``labels`` (N,)."""
-    k = severity.num_labels
-    cells = labels[None, :] * k + decisions
-    offs = (np.arange(cells.shape[0]) * k * k)[:, None]
-    cms = np.bincount((cells + offs).ravel(), minlength=cells.shape[0] * k * k).reshape(-1, k, k)
-    return metrics_from_confusion(cms, severity.matrix, severity.critical)
-
-
 def operating_points(runs: Sequence[Run], blend_weights: Sequence[float]) -> pd.DataFrame:
     """One row per (run, family, operating point) with ``val_*`` and ``test_*`` metrics.
 
@@ -123,7 +114,7 @@ def operating_points(runs: Sequence[Run], blend_weights: Sequence[float]) -> pd.
         for split in SPLITS:
             p = run.probs(split)
             dec = np.stack([blend_decision(p, run.severity, w) for w in weights])
-            per_split[split] = _metrics_for_decisions(dec, run.labels[split], run.severity)
+            per_split[split] = metrics_of_decisions(dec, run.labels[split], run.severity)
             ece[split] = expected_calibration_error(p, run.labels[split])
         for i, w in enumerate(weights):
             metrics = {}

@@ -23,6 +23,7 @@ __all__ = [
     "critical_error_rate",
     "expected_costs",
     "metrics_from_confusion",
+    "metrics_of_decisions",
     "relative_safety_improvement",
     "softmax",
 ]
@@ -81,6 +82,17 @@ def critical_error_rate(
     return clinical_scores(predictions, references, matrix, critical, labels if labels is not None else sev_labels,
                            return_confusion=return_confusion, per_class=per_class, n_bootstrap=n_bootstrap,
                            confidence=confidence, seed=seed)
+
+
+def metrics_of_decisions(decisions: Any, labels: Any, severity: SeverityMatrix) -> Dict[str, np.ndarray]:
+    """Metrics of a stack of decision vectors ``(W, N)`` against ``labels`` ``(N,)`` in one pass
+    (one confusion matrix per row by ``bincount``, then :func:`metrics_from_confusion`)."""
+    d = np.atleast_2d(np.asarray(decisions, dtype=np.int64))
+    y = np.asarray(labels, dtype=np.int64)
+    k = severity.num_labels
+    cells = y[None, :] * k + d + (np.arange(d.shape[0]) * k * k)[:, None]
+    cms = np.bincount(cells.ravel(), minlength=d.shape[0] * k * k).reshape(-1, k, k)
+    return metrics_from_confusion(cms, severity.matrix, severity.critical)
 
 
 def softmax(logits: Any, axis: int = -1) -> np.ndarray:
