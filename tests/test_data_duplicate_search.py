@@ -73,8 +73,10 @@ def test_groups_equal_the_all_pairs_search(max_distance):
     assert any(len(g) > 100 for g in expected)  # the blank copies (and, at d > 0, the dark ones) form big groups
 
 
+@pytest.mark.parametrize("bucket_limit", [4, duplicates._BUCKET_LIMIT])
 @pytest.mark.parametrize("max_distance", [0, 1, 2, 4])
-def test_close_pairs_equal_all_pairs_on_distinct_hashes(max_distance):
+def test_close_pairs_equal_all_pairs_on_distinct_hashes(max_distance, bucket_limit, monkeypatch):
+    monkeypatch.setattr(duplicates, "_BUCKET_LIMIT", bucket_limit)  # 4: most buckets are searched again on their rest
     values = np.unique(np.array([h for h in planted(max_distance, seed=10 + max_distance) if h is not None], np.uint64))
     r, c = _close_pairs(values, max_distance)
     got = set(zip(r.tolist(), c.tolist()))

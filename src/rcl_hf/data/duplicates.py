@@ -138,7 +138,7 @@ class DuplicateReport:
 
 
 #: A band bucket larger than this is split again on its remaining bits instead of being paired out.
-_BUCKET_LIMIT = 64
+_BUCKET_LIMIT = 256
 
 
 def _has_bit(bits: np.ndarray, mask: np.uint64) -> np.ndarray:
