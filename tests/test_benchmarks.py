@@ -250,3 +250,32 @@ def test_gpu_check_refuses_cpu_without_flag():
     with pytest.raises(SystemExit) as err:
         main([])
     assert err.value.code == 2
+
+
+# ----------------------------------------------------------------------------- data scaling
+def test_data_scaling_exponent_and_generated_folder(tmp_path):
+    from benchmarks.data_scaling import exponent, link_subset, make_folder
+
+    ns = [1000, 4000, 16000]
+    assert exponent(ns, [2e-6 * n ** 1.5 for n in ns]) == pytest.approx(1.5)
+    assert exponent(ns, [3.0, 3.0, 3.0]) == pytest.approx(0.0, abs=1e-12)
+    assert exponent(ns, [1.0, None, 0.0]) is None  # fewer than two positive values
+    make_folder(200, 32, tmp_path / "full", workers=1)
+    files = sorted((tmp_path / "full" / "Training").glob("*/*.jpg"))
+    assert len(files) == 200 and len({f.read_bytes() for f in files}) == 200
+    link_subset(tmp_path / "full", 50, tmp_path / "n50")
+    linked = sorted((tmp_path / "n50" / "Training").glob("*/*.jpg"))
+    assert len(linked) == 50 and all(f.stat().st_nlink == 2 for f in linked)
+
+
+@pytest.mark.slow
+def test_data_scaling_quick_run(tmp_path):
+    from benchmarks.data_scaling import STAGES, main
+
+    result = main(["--quick", "--output_dir", str(tmp_path)])
+    _check_result(result)
+    assert [r["n"] for r in result["raw"]] == [60, 120]
+    assert set(result["exponents"]) == set(STAGES)
+    assert all(r["stages"]["one epoch"]["s"] > 0 and r["epoch_images"] == r["splits"]["train"] for r in result["raw"])
+    md = (tmp_path / "data_scaling.md").read_text()
+    assert "python benchmarks/data_scaling.py --quick" in md and "| one epoch | exponent |" in md

@@ -16,14 +16,15 @@ split grouped by patient (or, for Brain MRI which has no patient ids, by
 content hash alone) never puts byte-identical files on both sides;
 :func:`content_groups` adds the perceptual clusters.  Groups are the connected
 components of a sparse "same id / same key / close hash" graph
-(``scipy.sparse.csgraph.connected_components``).
+(``scipy.sparse.csgraph.connected_components``); the close hash pairs come from
+multi-index hashing (:func:`_close_pairs`), not from comparing all pairs.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -136,23 +137,105 @@ class DuplicateReport:
         return out
 
 
-def _perceptual_components(hashes: Sequence[Optional[int]], max_distance: int, chunk: int = 1024) -> List[List[int]]:
+#: A band bucket larger than this is split again on its remaining bits instead of being paired out.
+_BUCKET_LIMIT = 256
+
+
+def _has_bit(bits: np.ndarray, mask: np.uint64) -> np.ndarray:
+    """Whether each bit position in ``bits`` is set in ``mask``."""
+    return ((np.uint64(1) << bits.astype(np.uint64)) & mask) != 0
+
+
+def _bands(bits: np.ndarray, parts: int) -> List[np.uint64]:
+    """Masks of ``parts`` contiguous, non-empty chunks of the bit positions ``bits``."""
+    return [np.uint64(sum(1 << int(b) for b in chunk)) for chunk in np.array_split(bits, parts)]
+
+
+def _run_pairs(run_of: np.ndarray, members: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(members[p], members[p + k])`` inside one run, for runs (labels ``run_of``, sorted) starting
+    at ``positions``: step ``k`` keeps the positions still inside their run, so the cost is the pair count."""
+    rows, cols = [], []
+    pos, k = positions, 1
+    while pos.size:
+        pos = pos[pos + k < len(run_of)]
+        pos = pos[run_of[pos] == run_of[pos + k]]
+        rows.append(members[pos])
+        cols.append(members[pos + k])
+        k += 1
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _close_pairs(values: np.ndarray, max_distance: int) -> Tuple[np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` of distinct ``values`` (``uint64``) with ``popcount(values[i] ^ values[j]) <= max_distance``.
+
+    Multi-index hashing (M. Norouzi, A. Punjani, D. J. Fleet, "Fast Search in Hamming
+    Space with Multi-Index Hashing", CVPR 2012): cut the 64 bits into ``d + 1``
+    bands (``d = max_distance``); two codes within distance ``d`` agree exactly on at
+    least one band (pigeonhole: ``d`` differing bits cannot touch ``d + 1`` bands).
+    Codes are bucketed by each band's value (a sort), pairs inside a bucket are the
+    candidates, and each candidate is verified on the full code.  A bucket of more
+    than :data:`_BUCKET_LIMIT` codes (a band shared by many, e.g. black background
+    rows) is searched the same way on its remaining bits: its members agree on the
+    band, so their distance is the distance on the other bits.  A bucket that cannot
+    be cut again (fewer than ``d + 1`` bits left) is paired out; it holds at most
+    ``2**d`` distinct codes.  Time about ``n (d + 1) log n`` plus the candidates,
+    against ``n**2 / 2`` for all pairs.
+    """
+    if not isinstance(max_distance, (int, np.integer)) or not 0 <= max_distance <= 64:
+        raise ValueError(f"max_distance must be an int in [0, 64] (dHash bits), got {max_distance!r}")
+    d = int(max_distance)
+    if len(values) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    stack = [(np.arange(len(values)), np.arange(64))]  # (members, bit positions on which they may differ)
+    rows, cols = [], []
+    while stack:
+        members, free = stack.pop()
+        varying = np.bitwise_or.reduce(values[members] ^ values[members[0]])  # bits that agree everywhere cannot differ
+        free = free[_has_bit(free, varying)]
+        if len(free) <= d:  # no pigeonhole left: every pair is a candidate
+            r, c = _run_pairs(np.zeros(len(members), np.int64), members, np.arange(len(members)))
+            rows.append(r)
+            cols.append(c)
+            continue
+        for mask in _bands(free, d + 1):
+            keys = values[members] & mask
+            order = np.argsort(keys, kind="stable")
+            sorted_keys, sorted_members = keys[order], members[order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            sizes = np.diff(np.r_[starts, len(sorted_keys)])
+            run_of = np.repeat(np.arange(len(starts)), sizes)
+            rest = free[~_has_bit(free, mask)]
+            for s, size in zip(starts[sizes > _BUCKET_LIMIT], sizes[sizes > _BUCKET_LIMIT]):
+                stack.append((sorted_members[s : s + size], rest))
+            r, c = _run_pairs(run_of, sorted_members, np.flatnonzero(((sizes > 1) & (sizes <= _BUCKET_LIMIT))[run_of]))
+            rows.append(r)
+            cols.append(c)
+    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    c = np.concatenate(cols) if cols else np.empty(0, np.int64)
+    r, c = np.minimum(r, c), np.maximum(r, c)
+    close = np.bitwise_count(values[r] ^ values[c]) <= d
+    pairs = np.unique(r[close].astype(np.int64) * len(values) + c[close])
+    return pairs // len(values), pairs % len(values)
+
+
+def _perceptual_components(hashes: Sequence[Optional[int]], max_distance: int) -> List[List[int]]:
     """Connected components (of two or more) of ``hamming(h_i, h_j) <= max_distance``, by smallest member.
 
-    Pairs are found vectorised, ``chunk`` rows at a time (``np.bitwise_count`` of the XOR).
+    Identical hashes are joined directly (each file to the first file with its hash);
+    the distinct hashes are paired by :func:`_close_pairs` (multi-index hashing), so
+    the groups are those of the all-pairs search without its ``n**2`` comparisons.
     """
     valid = [i for i, h in enumerate(hashes) if h is not None]
     if len(valid) < 2:
         return []
     arr = np.array([hashes[i] for i in valid], dtype=np.uint64)
-    rows, cols = [], []
-    for start in range(0, len(arr), chunk):
-        block = arr[start : start + chunk]
-        ii, jj = np.nonzero(np.bitwise_count(block[:, None] ^ arr[None, :]) <= max_distance)
-        keep = ii + start < jj
-        rows.append(ii[keep] + start)
-        cols.append(jj[keep])
-    labels = _components(len(valid), np.concatenate(rows), np.concatenate(cols))
+    distinct, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
+    r, c = _close_pairs(distinct, max_distance)
+    rows = np.concatenate([np.arange(len(arr)), first[r]])
+    cols = np.concatenate([first[inverse.ravel()], first[c]])
+    labels = _components(len(valid), rows, cols)
     comps: Dict[int, List[int]] = {}
     for k, lab in enumerate(labels):
         comps.setdefault(int(lab), []).append(valid[k])

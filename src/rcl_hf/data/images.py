@@ -11,8 +11,9 @@ integrity: PNG CRCs, JPEG markers), then decoded with ``Image.load`` (catches
 truncation) at a reduced JPEG draft scale (DCT scaling still reads every
 entropy-coded block, so truncation is still caught, at a fraction of the cost),
 and fingerprinted with a difference hash (:func:`dhash`).  Results are cached on
-disk keyed by ``(relative path, size, mtime_ns)`` so a second load only
-``stat``s the files.
+disk (``<cache_dir>/image_checks/<hash of the data root>.json``, written
+atomically) keyed by ``(path, size, mtime_ns)`` so a second load only ``stat``s
+the files and reads the SHA-1, size and dHash back.
 
 Pixel modes (:func:`to_rgb`): ``RGB`` passes, ``L`` is replicated to three
 channels; the unusual ones are converted and reported with action
@@ -313,7 +314,13 @@ def inspect_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: Optional
 
 
 class _CheckCache:
-    """``{relative_path: [size, mtime_ns, ImageCheck fields]}`` in one JSON file per data root."""
+    """``{relative_path: [size, mtime_ns, ImageCheck fields]}`` in one JSON file per data root.
+
+    The file's name is a hash of the root's real path, so a key is in effect the
+    file's absolute path; an entry counts only while the file's size and
+    ``mtime_ns`` are unchanged.  A cache that cannot be read or has the wrong shape
+    is ignored with a warning and rebuilt; a malformed entry is a miss.
+    """
 
     def __init__(self, path: Optional[Path], max_pixels: Optional[int]) -> None:
         self.path = path
@@ -324,15 +331,22 @@ class _CheckCache:
             try:
                 with open(path, encoding="utf-8") as fh:
                     blob = json.load(fh)
+                if not isinstance(blob, dict) or not isinstance(blob.get("entries"), dict):
+                    raise ValueError(f"expected an object with 'header' and 'entries', got {type(blob).__name__}")
                 if blob.get("header") == self.header:
-                    self.entries = blob.get("entries", {})
+                    self.entries = blob["entries"]
             except (OSError, ValueError) as err:
-                logger.warning("Ignoring unreadable image-check cache %s: %s", path, err)
+                logger.warning("Ignoring unreadable image-check cache %s (rebuilding it): %s", path, err)
 
     def get(self, key: str, stat: os.stat_result) -> Optional[ImageCheck]:
         hit = self.entries.get(key)
-        if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
-            return ImageCheck(**hit[2])
+        if not (isinstance(hit, list) and len(hit) == 3 and isinstance(hit[2], dict)):
+            return None
+        if hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
+            try:
+                return ImageCheck(**hit[2])
+            except TypeError:  # fields of another layout
+                return None
         return None
 
     def put(self, key: str, stat: os.stat_result, check: ImageCheck) -> None:
