@@ -131,9 +131,9 @@ def test_slurm_parameters_and_the_sbatch_script(tmp_path, monkeypatch):
 
     array = _make_sbatch_string(command="x", folder=str(tmp_path), map_count=300, **ex._executor.parameters)
     assert "#SBATCH --array=0-299%16" in array
-    # the local test engine runs the same jobs without Slurm: no slurm-only parameter, no GPU asked for
-    local = executor_parameters(SubmititOptions(executor="submitit_local", partition="gpu"), "g")
-    assert not any(k.startswith("slurm_") for k in local) and "gpus_per_node" not in local
+    # the local test engine runs the same jobs without Slurm: no slurm-only parameter
+    local = executor_parameters(SubmititOptions(executor="submitit_local", partition="gpu", mem_gb=8), "g")
+    assert not any(k.startswith("slurm_") for k in local) and "mem_gb" not in local and local["gpus_per_node"] == 1
 
 
 def test_options_and_cli_errors(tmp_path, capsys):

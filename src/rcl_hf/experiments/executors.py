@@ -71,10 +71,11 @@ class SubmititOptions:
 
 def executor_parameters(options: SubmititOptions, name: str) -> Dict[str, Any]:
     """``AutoExecutor.update_parameters`` keywords: the generic ones, plus ``slurm_*`` ones (ignored locally)."""
+    # (submitit_local gives every job CUDA_VISIBLE_DEVICES=0..gpus_per_node-1: 0 would hide the GPUs of this machine)
     params: Dict[str, Any] = {"name": name, "timeout_min": int(options.time_min),
-                              "cpus_per_task": int(options.cpus_per_task), "tasks_per_node": 1, "nodes": 1}
+                              "gpus_per_node": int(options.gpus_per_node), "cpus_per_task": int(options.cpus_per_task),
+                              "tasks_per_node": 1, "nodes": 1}
     if options.executor == "slurm":
-        params["gpus_per_node"] = int(options.gpus_per_node)
         params["slurm_array_parallelism"] = int(options.array_parallelism)
         if options.partition:
             params["slurm_partition"] = options.partition
