@@ -6,7 +6,7 @@ Modules: :mod:`.grid` (YAML -> cells over split seeds × seeds, resumable runner
 (frozen embeddings shared across split seeds), :mod:`.rules` (ECE, risk–coverage; the decision rules and
 the selection are the library's :mod:`rcl_hf.decision` and :mod:`rcl_hf.selection`), :mod:`.stats`, :mod:`.report` (results.csv / results.md),
 :mod:`.figures`, :mod:`.variants` (severity margin, logit mixup and the issue-13 loss options),
-:mod:`.crossfit`, :mod:`.command`; round 2 (issue 13): :mod:`.symmetric` (every family selected the same
+:mod:`.crossfit`, :mod:`.command`, :mod:`.executors` (cells as Slurm / submitit jobs); round 2 (issue 13): :mod:`.symmetric` (every family selected the same
 way, post-hoc logit adjustment and CRM), :mod:`.clustered` (split × seed × image bootstrap, Clopper–Pearson
 over images), :mod:`.ranking` (AUROC / AUPRC of the critical-class score), :mod:`.round2` (comparisons,
 equal-accuracy check, generated verdicts), :mod:`.round2_report` (README, tables, plots).

@@ -5,6 +5,7 @@ test and write ``results.csv`` / ``results.md`` / plots.
     python scripts/run_experiments.py configs/experiments/frozen_effnet_lite0.yaml --workers 2 \\
         --report_dir benchmarks/results/experiments/frozen_effnet_lite0
     python scripts/run_experiments.py GRID.yaml --skip_run     # report from the finished cells only
+    python scripts/run_experiments.py GRID.yaml --executor slurm --slurm_partition gpu   # one Slurm job per cell
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ class ExperimentCLIArguments:
     title: Optional[str] = field(default=None, metadata={"help": "Title of results.md."})
     notes: Optional[str] = field(default=None, metadata={"help": "A markdown file whose text goes under the title."})
     dry_run: bool = field(default=False, metadata={"help": "List the cells (done or to do) and exit."})
+    executor: str = field(default="local", metadata={
+        "help": "Where cells run: local (the worker pool of --workers on this machine), slurm (one Slurm job per "
+                "cell, submitted as job arrays through submitit), submitit_local (the same jobs as processes on "
+                "this machine, without Slurm).", "choices": ["local", "slurm", "submitit_local"]})
+    slurm_partition: Optional[str] = field(default=None, metadata={"help": "Slurm partition of the cell jobs."})
+    slurm_time_min: int = field(default=240, metadata={"help": "Time limit of one cell job, in minutes."})
+    slurm_gpus_per_node: int = field(default=1, metadata={"help": "GPUs of one cell job (slurm)."})
+    slurm_cpus_per_task: int = field(default=8, metadata={"help": "CPUs of one cell job (also its torch threads)."})
+    slurm_array_parallelism: int = field(default=64, metadata={"help": "Cell jobs of an array running at once."})
+    slurm_mem_gb: Optional[float] = field(default=None, metadata={"help": "Memory of one cell job (GB)."})
+    slurm_log_dir: Optional[str] = field(default=None, metadata={
+        "help": "Job scripts and logs of the submitit engines (default: <output_dir>/submitit_logs)."})
+    cell_processes: int = field(default=1, metadata={
+        "help": "Processes of one cell job: 1 = a plain python call; N > 1 = accelerate launch on N GPUs."})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -66,12 +81,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         return out
     t0 = time.time()
     if not args.skip_run:
-        res = run_grid(grid, workers=args.workers, only=args.only)
+        res = run_grid(grid, workers=args.workers, only=args.only, engine=_engine(args, grid))
         out.update(res)
         print(f"{grid.name}: ran {len(res['ran'])}, skipped {len(res['skipped'])} (done), failed {len(res['failed'])} "
               f"cells in {res['wall_time_s']:.0f} s", file=sys.stderr)
         for cid, err in res["failed"].items():
-            print(f"FAILED {cid}: {err.strip().splitlines()[-1]}", file=sys.stderr)
+            print(f"FAILED {cid}: {err.strip().splitlines()[-1]} (log: {res['logs'][cid]})", file=sys.stderr)
     if not args.no_report:
         runs = load_runs(grid)
         if not runs:
@@ -92,3 +107,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if out.get("failed"):
         raise SystemExit(1)
     return out
+
+
+def _engine(args: ExperimentCLIArguments, grid):
+    """The submitit engine of ``--executor slurm`` / ``submitit_local``; ``None`` for the local pool."""
+    if args.executor == "local":
+        if args.cell_processes > 1:
+            print("error: --cell_processes > 1 launches each cell as a job: give --executor slurm or submitit_local",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        return None
+    from .executors import SubmititEngine, SubmititOptions
+
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        print(f"error: --executor {args.executor} needs submitit: pip install 'rcl_hf[cluster]'", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        options = SubmititOptions(
+            executor=args.executor, partition=args.slurm_partition, time_min=args.slurm_time_min,
+            gpus_per_node=args.slurm_gpus_per_node, cpus_per_task=args.slurm_cpus_per_task,
+            array_parallelism=args.slurm_array_parallelism, mem_gb=args.slurm_mem_gb,
+            cell_processes=args.cell_processes, log_dir=args.slurm_log_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return SubmititEngine(options, grid.output_dir, name=f"rcl_{grid.name}")

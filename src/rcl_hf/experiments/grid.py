@@ -40,7 +40,8 @@ refused when the grid is loaded: selection reads validation only, and nothing ma
 A cell is *done* when its folder holds ``cell.json`` with status ``done`` and the
 same resolved arguments, plus both prediction files; :func:`run_grid` skips done
 cells, so an interrupted grid resumes where it stopped, and a cell whose
-arguments changed is run again.
+arguments changed is run again. Cells run in a local worker pool, or, given an engine of
+:mod:`rcl_hf.experiments.executors`, each as a Slurm (submitit) job calling the same cell function.
 """
 
 from __future__ import annotations
@@ -341,23 +342,31 @@ def run_cell(cell: Cell, keep_models: bool = False) -> Dict[str, Any]:
     """Train one cell with :func:`rcl_hf.train_job.run_training`; write its done-marker; return a summary."""
     import transformers
 
+    from ..train_args import multiprocess_cpu_launch
     from ..train_job import DataArguments, ModelArguments, default_training_args, run_training
     from .variants import ExperimentRiskArguments
 
     transformers.logging.set_verbosity_error()
     t0 = time.time()
-    if os.path.isdir(cell.output_dir):  # a half-finished earlier attempt: start clean
-        shutil.rmtree(cell.output_dir)
+    rank, launched = _launch_rank()
+    if launched == 1 and os.path.isdir(cell.output_dir):  # a half-finished earlier attempt: start clean
+        shutil.rmtree(cell.output_dir)  # (under accelerate launch the launcher cleaned it, before any rank started)
     os.makedirs(cell.output_dir, exist_ok=True)
-    training_args = default_training_args(cell.output_dir, seed=cell.seed, **cell.training)
-    # The Trainer's per-epoch logs go to the cell's train.log, not the grid's console.
-    with open(os.path.join(cell.output_dir, "train.log"), "w", encoding="utf-8") as log, \
+    training = dict(cell.training)
+    if multiprocess_cpu_launch():  # several launched processes without CUDA: one gloo DDP job (as scripts/train.py)
+        training["use_cpu"] = True
+    training_args = default_training_args(cell.output_dir, seed=cell.seed, **training)
+    # The Trainer's per-epoch logs go to the cell's train.log (train.rank<k>.log for the other launched ranks).
+    log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
+    with open(os.path.join(cell.output_dir, log_name), "w", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         # a grid cell is scored from its logits: no out-of-distribution guard unless the grid asks for one
         # (fitting it re-embeds 1,000 images, most of a frozen cell's time); not part of the cell's spec
         model_args = {"ood_guard": False, **cell.model}
         result = run_training(ModelArguments(**model_args), DataArguments(**cell.data),
                               ExperimentRiskArguments(**cell.risk), training_args)
+    if rank != 0:  # the main process cleans up and writes the done-marker
+        return {"status": "done", "rank": rank}
     for entry in os.listdir(cell.output_dir):
         full = os.path.join(cell.output_dir, entry)
         if entry.startswith("checkpoint-") and os.path.isdir(full):
@@ -373,6 +382,11 @@ def run_cell(cell: Cell, keep_models: bool = False) -> Dict[str, Any]:
     return info
 
 
+def _launch_rank() -> Tuple[int, int]:
+    """``(rank, processes)`` of this process under ``accelerate launch`` / ``torchrun``; ``(0, 1)`` otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
@@ -385,6 +399,8 @@ def _run_cell_safe(cell: Cell, keep_models: bool) -> Tuple[str, Optional[Dict[st
         return cell.cell_id, run_cell(cell, keep_models), None
     except Exception:  # one failed cell must not stop the grid; its error is reported
         err = traceback.format_exc()
+        if _launch_rank()[0] != 0:  # one marker per cell: the main process writes it
+            return cell.cell_id, None, err
         try:
             _write_marker(cell, {"status": "failed", "error": err[-4000:]})
         except OSError:
@@ -398,12 +414,16 @@ def run_grid(
     only: Optional[Sequence[str]] = None,
     progress: bool = True,
     cell_runner: Optional[Callable[[Cell, bool], Tuple[str, Optional[Dict[str, Any]], Optional[str]]]] = None,
+    engine: Optional[Any] = None,
 ) -> Dict[str, Any]:
-    """Run every cell that is not done; returns ``{"ran", "skipped", "failed": {id: error}, "wall_time_s"}``.
+    """Run every cell that is not done; returns ``{"ran", "skipped", "failed": {id: error}, "logs": {id: log
+    path of each failed cell}, "wall_time_s"}``.
 
     ``workers > 1`` runs cells in that many spawned processes (each with
     ``cpu_count // workers`` torch threads); ``workers = 1`` runs them in this
-    process. A tqdm bar counts cells (skipped ones included).
+    process. ``engine`` (a :class:`rcl_hf.experiments.executors.SubmititEngine`) runs each cell
+    as a job instead (Slurm job arrays); ``workers`` is then unused. A tqdm bar counts cells
+    (skipped ones included).
     """
     from tqdm.auto import tqdm
 
@@ -413,9 +433,11 @@ def run_grid(
     cells = expand_cells(grid, only)
     todo = [c for c in cells if not is_done(c)]
     skipped = [c.cell_id for c in cells if c not in todo]
+    by_id = {c.cell_id: c for c in cells}
     t0 = time.time()
     ran: List[str] = []
     failed: Dict[str, str] = {}
+    logs: Dict[str, str] = {}
     bar = tqdm(total=len(cells), desc=f"{grid.name} cells", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     bar.update(len(skipped))
 
@@ -424,33 +446,39 @@ def run_grid(
             ran.append(cell_id)
         else:
             failed[cell_id] = err
-            logger.error("cell %s failed:\n%s", cell_id, err)
+            logs[cell_id] = (engine.logs.get(cell_id) if engine is not None else None) or \
+                os.path.join(by_id[cell_id].output_dir, "train.log")
+            logger.error("cell %s failed (log: %s):\n%s", cell_id, logs[cell_id], err)
         bar.set_postfix(ran=len(ran), skipped=len(skipped), failed=len(failed), refresh=False)
         bar.update(1)
 
-    if cell_runner is None:  # one backbone pass per embedding group, in this process, before the rest
+    def run(batch: Sequence[Cell], serial: bool = False) -> None:
+        if engine is not None:  # one job per cell (one job array per batch)
+            for result in engine.map(batch, grid.keep_models):
+                done(*result)
+        elif serial or workers == 1 or len(batch) <= 1:
+            for cell in batch:
+                bar.set_description(f"{grid.name}: {cell.cell_id}")
+                done(*runner(cell, grid.keep_models))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(threads,)) as pool:
+                futures = [pool.submit(runner, cell, grid.keep_models) for cell in batch]
+                for fut in as_completed(futures):
+                    done(*fut.result())
+
+    if cell_runner is None:  # one backbone pass per embedding group, before the rest (locally: in this process)
         from .embed_pool import embedding_seed_cells, share_embeddings
 
         first = embedding_seed_cells(todo)
-        for cell in first:
-            bar.set_description(f"{grid.name}: {cell.cell_id} (embeds)")
-            done(*runner(cell, grid.keep_models))
+        run(first, serial=True)
         todo = [c for c in todo if c not in first]
         bar.set_description(f"{grid.name} cells")
         share_embeddings(grid.cells, todo, is_done)
-    if workers == 1 or len(todo) <= 1:
-        for cell in todo:
-            bar.set_description(f"{grid.name}: {cell.cell_id}")
-            done(*runner(cell, grid.keep_models))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(runner, cell, grid.keep_models) for cell in todo]
-            for fut in as_completed(futures):
-                done(*fut.result())
+    run(todo)
     bar.close()
-    return {"ran": ran, "skipped": skipped, "failed": failed, "wall_time_s": round(time.time() - t0, 2)}
+    return {"ran": ran, "skipped": skipped, "failed": failed, "logs": logs, "wall_time_s": round(time.time() - t0, 2)}
