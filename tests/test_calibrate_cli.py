@@ -116,3 +116,28 @@ def test_training_run_calibration_ignores_the_test_split(tmp_path):
     second = calibrate_run(str(tmp_path), sev, risk_kind="critical_miss", alpha=0.1, delta=0.1)
     assert (tmp_path / "risk_calibration.json").read_text() == saved
     assert first["test"] != second["test"]
+
+
+def test_train_py_calibrates_on_validation_and_the_card_says_so(tmp_path, synthetic_dataset_dir, capsys):
+    """scripts/train.py ends with a certified decision layer: risk_calibration.json beside the weights, the
+    certified layer on test printed beside the argmax, load_model/predict apply it, the card describes it."""
+    import rcl_hf
+    from rcl_hf import cli
+    from rcl_hf.hub.cards import build_model_card
+
+    data = synthetic_dataset_dir(seed=5, n_train=128, n_validation=500, n_test=100)
+    out = tmp_path / "run"
+    result = cli.train_main(["--dataset", str(data), "--backbone", "hf-resnet", "--num_train_epochs", "1",
+                             "--output_dir", str(out), "--risk_alpha", "0.2", "--save_strategy", "no",
+                             "--eval_strategy", "no", "--load_best_model_at_end", "false"])
+    printed = capsys.readouterr().out
+    assert "certified decision layer" in printed and "argmax, no referral" in printed and "on test:" in printed
+    cal = json.loads((out / "risk_calibration.json").read_text())
+    assert cal["alpha"] == 0.2 and cal["split"] == "validation" and cal["n_calibration"] == 500
+    assert result["risk_control"]["test"]["n"] == 100
+    assert json.loads((out / "rcl_results.json").read_text())["risk_control"]["calibration"]["threshold"] == cal["threshold"]
+    model = rcl_hf.load_model(str(out))
+    assert model.risk_calibration.threshold == cal["threshold"]
+    assert rcl_hf.predict(model, np.zeros((32, 32, 3), np.uint8)).certified != model.risk_calibration.refers_everything
+    card = str(build_model_card(out))
+    assert "## Risk control" in card and cal["certificate"] in card and "On the test split" in card

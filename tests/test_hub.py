@@ -790,9 +790,9 @@ def test_load_model_from_hub_cache_offline(loading_runs):
     assert SeverityMatrix.from_dict(result["severity"]) == SEVERITY
     assert result["labels"]["0"] == "normal"
     assert "owner/not-cached" in result["missing"] and "HF_HUB_OFFLINE" in result["missing"]
-    argmax, decision, cost, refer = lines[-1].split()  # the card's rcl_hf snippet
-    assert argmax in SEVERITY.labels and decision in SEVERITY.labels
-    assert float(cost) >= 0 and refer in ("True", "False")
+    decision, refer, certified, cost = lines[-1].split()  # the card's rcl_hf snippet
+    assert decision in SEVERITY.labels and refer in ("True", "False")
+    assert certified == "False" and float(cost) >= 0  # this cached model carries no risk calibration
 
 
 def test_plain_pipeline_in_a_fresh_process_without_rcl_hf(loading_runs):

@@ -125,7 +125,7 @@ def tiny_main_runs(tmp_path_factory):
 
     cwd = tmp_path_factory.mktemp("readme")
     main(["--output_dir", str(cwd / "runs" / "main"), "--epochs", "1", "--seeds", "0", "--n_train", "96",
-          "--n_validation", "64", "--n_test", "64", "--n_boot", "20", "--disable_tqdm", "true"])
+          "--n_validation", "400", "--n_test", "64", "--n_boot", "20", "--disable_tqdm", "true"])
     return cwd
 
 
