@@ -50,7 +50,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "InputImageError", "In
 _examples_root = examples_root  # the one folder served besides uploads (tests/test_security.py checks it)
 DISCLAIMER = "Research demo of rcl_hf, **not a medical device**: do not use it for diagnosis."
 #: Analyses run at once (one torch thread each) and requests allowed to wait for one; see benchmarks/space_load.py.
-WORKERS, MAX_WAITING = 2, 16
+WORKERS, MAX_WAITING = 2, 48
 _HOW = """The model gives each image a probability for every class and weighs them by what each mistake would cost
 a patient (calling a tumour "no tumour" is the worst). It decides the case itself only when the expected cost of
 its decision is low enough; otherwise it refers the case to a specialist. How low is "low enough" was set on
@@ -252,11 +252,12 @@ def launch_demo(demo: Any, host: Optional[str] = None, port: Optional[int] = Non
     """Queue and launch ``demo`` (no share link, upload size capped); host/port default to
     ``$GRADIO_SERVER_NAME`` (else 127.0.0.1) and ``$GRADIO_SERVER_PORT`` (else 7860)."""
     host, port = _host_port(host, port)
-    # every admitted request reaches its handler at once; the handlers' Admission runs `workers` of them and refuses
-    # the rest with BUSY_MESSAGE; Gradio's own bound is a backstop far beyond it
+    # Gradio hands every request to its handler at once (no concurrency limit of its own): the handlers' Admission
+    # runs `workers` analyses, lets `max_waiting` wait and answers the rest BUSY_MESSAGE at once. Gradio's queue
+    # bound is only a backstop far beyond that (its own "queue full" text is not ours)
     admission = getattr(demo, "rcl_admission", None)
     admit = admission.workers + admission.max_waiting if admission is not None else 2
-    demo.queue(default_concurrency_limit=admit, max_size=4 * admit)
+    demo.queue(default_concurrency_limit=None, max_size=4 * admit)
     return demo.launch(server_name=host, server_port=port, share=False, max_file_size=int(max_upload_mb * 1024 * 1024),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, footer_links=["api"],
                        allowed_paths=[str(examples_root())], ssr_mode=False)
