@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import io
-import json
 import os
 import shlex
 import socket
@@ -39,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
-from benchmarks import machine_info, versions  # noqa: E402
+from benchmarks import machine_info, versions, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SPEEDUP, GOAL_P95_S = 3.0, 2.0
@@ -247,11 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "goal": {"speedup_8_vs_1": GOAL_SPEEDUP, "p95_s": GOAL_P95_S,
                  "met": bool(speedup is not None and speedup >= GOAL_SPEEDUP and at8["p95_s"] <= GOAL_P95_S)},
     }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "space_load.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     md = _markdown(result)
-    (out / "space_load.md").write_text(md, encoding="utf-8")
+    write_result(result, Path(args.output_dir), markdown=md, name="space_load")
     print(md)
     return result
 
