@@ -255,8 +255,8 @@ def test_risk_control_changes_the_threshold_and_the_coverage(client, inputs_dir,
     from rcl_hf.space.render import certificate_markdown
 
     text = {r: certificate_markdown([models["rcl"]], r) for r in ("5%", "20%")}
-    assert f"decides **{cals['5%'].calibration['coverage']:.0%}**" in text["5%"] and "at most 5%" in text["5%"]
-    assert f"decides **{cals['20%'].calibration['coverage']:.0%}**" in text["20%"] and "at most 20%" in text["20%"]
+    assert f"Decides {cals['5%'].calibration['coverage']:.0%} of cases itself" in text["5%"] and "at most 5%" in text["5%"]
+    assert f"Decides {cals['20%'].calibration['coverage']:.0%} of cases itself" in text["20%"] and "at most 20%" in text["20%"]
     with pytest.raises(gradio_client.exceptions.AppError):  # not one of the radio's values
         client.predict(handle_file(str(inputs_dir / "normal.png")), "42%", api_name="/analyze")
     with pytest.raises(ValueError, match="offers 5%, 10%, 20%"):

@@ -25,7 +25,7 @@ DECIDE_COLOUR, REFER_COLOUR, OUTSIDE_COLOUR = "#0b4f8a", "#b42318", "#6e40c9"
 
 def _banner(colour: str, headline: str, sub: str, css_class: str) -> str:
     return (f'<div class="{css_class}" style="background:{colour};color:#ffffff;padding:12px 14px;border-radius:8px;'
-            f'margin-bottom:10px"><div class="rcl-headline" style="font-weight:800;font-size:24px;letter-spacing:0.01em">'
+            f'margin-bottom:10px"><div class="rcl-headline" style="font-weight:800;font-size:24px;letter-spacing:0.01em;color:#ffffff;text-transform:capitalize">'
             f'{html.escape(headline)}</div><div style="font-weight:500;font-size:14px;color:#ffffff">{html.escape(sub)}</div></div>')
 
 
@@ -118,8 +118,7 @@ def certificate_markdown(models: Sequence[Any], risk_target: Optional[str]) -> s
         if cal is None:
             out.append(f"**{_esc(m.name)}: not certified.** It carries no risk calibration; referrals follow a hand-set threshold.")
         else:
-            cov = cal.calibration.get("coverage", float("nan"))
-            out.append(f"**{_esc(m.name)}** decides **{cov:.0%}** of cases itself. {cal.certificate()}")
+            out.append(f"**{_esc(m.name)}**: {cal.certificate()}")
     return "\n\n".join(out)
 
 
