@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import importlib.util
-import json
 import os
 import shlex
 import socket
@@ -44,7 +43,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
-from benchmarks import machine_info, versions  # noqa: E402
+from benchmarks import machine_info, versions, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 100.0
@@ -209,11 +208,8 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Any]:
         "meets_target": bool(end_to_end < TARGET_MS),
     }
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "space_latency.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     md = _markdown(result)
-    (out_dir / "space_latency.md").write_text(md, encoding="utf-8")
+    write_result(result, Path(args.output_dir), markdown=md, name="space_latency")
     print(md)
     return result
 

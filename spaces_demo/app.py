@@ -1,12 +1,12 @@
 """Risk-aware medical image classification: the rcl_hf Gradio Space (layout and command line only).
 
-For each loaded model the Space shows the class probabilities, the argmax and
-Bayes-risk decisions ``argmin_j Σ_i p_i M[i, j]``, expected costs, the critical
-mass, a **REFER TO A SPECIALIST** flag when the Bayes decision's expected cost
-exceeds τ, and the severity matrix. When the model carries an out-of-distribution
-guard (``ood_guard.safetensors``, :mod:`rcl_hf.ood`) and the image lies outside its
-training data, no diagnosis is shown: "Outside what this model was trained on — refer".
-The computation lives in :mod:`rcl_hf.space` (tested there); this file is the layout.
+The page leads with the **certified decision** of each model: a diagnosis, or "Refer to a specialist" with
+the reason in plain words (uncertain, outside what the model knows, image unusable). The control is the
+target risk — the share of critical cases the model may miss — among the values the model folder carries a
+calibration for (``risk_calibration.json`` and ``risk_calibrations/``, :mod:`rcl_hf.space.certified`); the
+page shows what each buys (the certificate). A model without a calibration says "not certified". The most
+probable class and the probabilities are in collapsed details. A batch tab says when a batch drifts away from
+the calibration data. The computation lives in :mod:`rcl_hf.space` (tested there); this file is the layout.
 
 Run::
 
@@ -31,31 +31,32 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from rcl_hf.inference import DEFAULT_REFERRAL_THRESHOLD, check_threshold
 from rcl_hf.plots import plot_severity_matrix
-from rcl_hf.space.core import (OOD_MESSAGE, SpaceModel, SpaceStartupError, analyze, as_space_model, check_port_free,
-                               examples_root, forward, load_space_model, make_examples, model_input_side,
-                               model_outputs, resolve_model_ids, score)
-from rcl_hf.space.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, InputInfo,
+from rcl_hf.space.certified import UNCERTIFIED_CHOICE, resolve_choice
+from rcl_hf.space.core import (BUSY_MESSAGE, OOD_MESSAGE, Admission, ServiceBusy, SpaceModel, SpaceStartupError, analyze,
+                               analyze_batch, as_space_model, check_port_free, examples_root, forward, load_space_model,
+                               make_examples, model_input_side, model_outputs, resolve_model_ids, score)
+from rcl_hf.space.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, InputInfo, check_usable,
                                  load_input_image)
-from rcl_hf.space.render import comparison_markdown, decision_card_html, input_markdown
+from rcl_hf.space.render import (batch_markdown, certificate_markdown, comparison_markdown, decision_card_html,
+                                 input_markdown, refusal_card_html)
 
 logger = logging.getLogger("rcl_hf.space")
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "InputImageError", "InputInfo", "SpaceModel", "SpaceStartupError",
            "analyze", "build_demo", "launch_demo", "load_input_image", "load_space_model", "main", "make_examples",
-           "resolve_model_ids", "score", "OOD_MESSAGE"]
+           "resolve_model_ids", "score", "OOD_MESSAGE", "BUSY_MESSAGE"]
 
 _examples_root = examples_root  # the one folder served besides uploads (tests/test_security.py checks it)
 DISCLAIMER = "Research demo of rcl_hf, **not a medical device**: do not use it for diagnosis."
-_INTRO = """# Risk-aware medical image classification
-**rcl_hf** puts a clinical *severity matrix* into the training loss, so that a model avoids the
-mistakes that matter: a tumour called "no tumour", a malignant lesion called benign. Upload an
-image: besides the class probabilities you see the **Bayes-risk decision** (the class with the lowest
-expected clinical cost), the **critical mass** (probability on classes whose miss would be critical),
-and a **referral flag** when the expected cost of the best decision exceeds the threshold below.
-An image unlike the model's training data gets **no diagnosis** but a referral.
-"""
+#: Analyses run at once (one torch thread each) and requests allowed to wait for one; see benchmarks/space_load.py.
+WORKERS, MAX_WAITING = 2, 48
+_HOW = """The model gives each image a probability for every class and weighs them by what each mistake would cost
+a patient (calling a tumour "no tumour" is the worst). It decides the case itself only when the expected cost of
+its decision is low enough; otherwise it refers the case to a specialist. How low is "low enough" was set on
+held-out validation images so that, with 90% confidence, at most the chosen share of patients with a critical
+condition is missed (neither diagnosed correctly nor referred) — on images like the validation images. An image
+that does not look like the training images gets no diagnosis. Method: Risk-Calibrated Learning (arXiv:2604.12693)."""
 
 
 def build_demo(
@@ -66,13 +67,17 @@ def build_demo(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     threshold: Optional[float] = None,
+    workers: int = WORKERS,
+    max_waiting: int = MAX_WAITING,
 ):
-    """The Space's ``gr.Blocks``.
+    """The Space's ``gr.Blocks`` (``demo.rcl_admission``: the :class:`Admission` that bounds the work in flight).
 
-    The public API endpoint ``/analyze`` takes ``(image, threshold)`` and returns, per
-    model, ``(label, decision_html, result_json)``, then the comparison markdown, the
-    input description and the converted input. A bad threshold or image gives a
-    ``gr.Error`` with one clear message, never a server traceback.
+    The public API endpoint ``/analyze`` takes ``(image, risk)`` — ``risk`` the target share of critical cases
+    missed, one of the offered values (``"10%"``) — and returns, per model, ``(probabilities, card_html,
+    result_json)``, then the comparison markdown, the input description and the converted input. ``/analyze_batch``
+    takes ``(files, risk)`` and returns a markdown table with the drift verdict. A bad input gets a ``gr.Error`` with one
+    clear message; a blank or tiny image gets a "refer: image unusable" card; a full service
+    :data:`BUSY_MESSAGE`. ``threshold``: the hand-set referral threshold of a model without a calibration.
     """
     import gradio as gr
 
@@ -80,7 +85,9 @@ def build_demo(
     if len(models) == 2 and models[0].name == models[1].name:
         models[1] = replace(models[1], name=models[1].name + " (compare)")
     max_bytes = int(max_upload_mb * 1024 * 1024)
-    tau0 = DEFAULT_REFERRAL_THRESHOLD if threshold is None else check_threshold(threshold)
+    admission = Admission(workers, max_waiting)
+    choices = list(models[0].calibrations) or [UNCERTIFIED_CHOICE]
+    choice0 = resolve_choice(None, models[0].calibrations) or UNCERTIFIED_CHOICE
 
     def preprocess_upload(payload: Any) -> Optional[str]:
         """Hand over the uploaded file's path unopened (``load_input_image`` decodes); only Gradio's upload folder."""
@@ -97,21 +104,34 @@ def build_demo(
         except InputImageError as err:
             raise gr.Error(str(err), title="Refused", print_exception=False) from None
 
-    def outputs_for(probs: Sequence[Any], ood: Sequence[Optional[float]], t: float) -> tuple:
-        recs = model_outputs(models, probs, ood, t)
+    def outputs_for(probs: Sequence[Any], ood: Sequence[Optional[float]], risk: Any) -> tuple:
+        recs = model_outputs(models, probs, ood, _risk(risk), threshold)
         out: List[Any] = []
         for rec in recs:
             out += [None if rec["out_of_distribution"] else rec["probabilities"], decision_card_html(rec), rec]
         out.append(comparison_markdown(recs) if len(models) > 1 else "")
         return tuple(out)
 
-    def run(image: Any, tau: Any, clear_on_empty: bool = False):
+    def _risk(risk: Any) -> Any:
+        return None if risk in (None, "", UNCERTIFIED_CHOICE) or not models[0].calibrations else risk
+
+    def run(image: Any, risk: Any, clear_on_empty: bool = False):
         if image is None and clear_on_empty:
             return (*([None, "", None] * len(models)), "", "", None, None)
         try:
-            t = check_threshold(tau)
-            rgb, info = load_input_image(image, max_pixels=max_pixels, max_bytes=max_bytes)
-            results = [forward(m, rgb) for m in models]
+            with admission.slot():
+                for m in models:
+                    resolve_choice(_risk(risk), m.calibrations or {})
+                rgb, info = load_input_image(image, max_pixels=max_pixels, max_bytes=max_bytes)
+                try:
+                    check_usable(rgb, info)
+                except InputImageError as err:  # an answer, not an error: refer, image unusable
+                    refusal = {"refused": True, "reason_kind": "unusable", "reason": str(err), "refer": True, "diagnosis": None}
+                    cards = [[None, refusal_card_html(str(err), m.expects), {**refusal, "model": m.name}] for m in models]
+                    return (*[x for c in cards for x in c], "", input_markdown(info.as_dict()), None, None)
+                results = [forward(m, rgb) for m in models]
+        except ServiceBusy:
+            raise gr.Error(BUSY_MESSAGE, title="Service busy", print_exception=False) from None
         except (InputImageError, ValueError) as err:
             raise gr.Error(str(err), title="Cannot analyse this input", print_exception=False) from None
         except Exception as err:  # never crash the Space: one message, the trace in the log
@@ -120,72 +140,96 @@ def build_demo(
         if info.notes:
             gr.Info("; ".join(info.notes), title="Input converted")
         preview = rgb.copy()
-        preview.thumbnail((384, 384))
+        preview.thumbnail((256, 256))
         probs, ood = [p for p, _ in results], [o for _, o in results]
         state = {"probs": [p.tolist() for p in probs], "ood": ood}
-        return (*outputs_for(probs, ood, t), input_markdown(info.as_dict()), preview, state)
+        return (*outputs_for(probs, ood, risk), input_markdown(info.as_dict()), preview, state)
 
-    def rescore(state: Optional[dict], tau: Any):
+    def rescore(state: Optional[dict], risk: Any):
+        cert = certificate_markdown(models, resolve_choice(_risk(risk), models[0].calibrations or {}))
         if not state or not state.get("probs"):
-            return tuple(gr.skip() for _ in range(3 * len(models) + 1))
-        try:
-            t = check_threshold(tau)
-        except ValueError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        return outputs_for([np.asarray(p) for p in state["probs"]], state.get("ood") or [None] * len(models), t)
+            return (*(gr.skip() for _ in range(3 * len(models) + 1)), cert)
+        return (*outputs_for([np.asarray(p) for p in state["probs"]], state.get("ood") or [None] * len(models), risk), cert)
 
+    def run_batch(files: Any, risk: Any) -> str:
+        paths = [_uploaded_path(getattr(f, "path", None) or str(f)) for f in (files or [])]
+        if not paths:
+            raise gr.Error("No images received: choose one or more image files.", print_exception=False)
+        try:
+            with admission.slot():
+                res = analyze_batch(paths, _risk(risk), models[0], names=[Path(p).name for p in paths],
+                                    max_pixels=max_pixels, max_bytes=max_bytes, threshold=threshold)
+        except ServiceBusy:
+            raise gr.Error(BUSY_MESSAGE, title="Service busy", print_exception=False) from None
+        except ValueError as err:
+            raise gr.Error(str(err), title="Cannot analyse this batch", print_exception=False) from None
+        return batch_markdown(res)
+
+    expects = models[0].expects
     with gr.Blocks(title="rcl_hf: risk-aware classification", analytics_enabled=False) as demo:
-        gr.Markdown(_INTRO)
+        gr.Markdown(f"# Risk-aware medical image classification\n**This model expects {html.escape(expects)}.** "
+                    "For each image it gives its decision, or asks you to **refer to a specialist** when it is not sure "
+                    "enough, when the image is outside what it knows, or when the image is unusable.")
         gr.Markdown(DISCLAIMER)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                image = gr.Image(label="Image (PNG, JPEG, BMP, TIFF, WebP)", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"], height=300, elem_id="rcl-input")
-                image.preprocess = preprocess_upload  # type: ignore[method-assign]
-                tau = gr.Slider(0.0, 1.0, value=tau0, step=0.01, label="Referral threshold τ (expected clinical cost)",
-                                info="Refer to a specialist when the best decision's expected cost exceeds τ.",
-                                elem_id="rcl-threshold")
-                button = gr.Button("Analyze", variant="primary", elem_id="rcl-analyze")
+        with gr.Tab("One image"):
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    image = gr.Image(label="Image (PNG, JPEG, BMP, TIFF, WebP)", type="filepath", image_mode=None,
+                                     sources=["upload", "clipboard"], height=300, elem_id="rcl-input")
+                    image.preprocess = preprocess_upload  # type: ignore[method-assign]
+                    risk = gr.Radio(choices, value=choice0, interactive=models[0].certified, elem_id="rcl-risk",
+                                    label="Target: at most this share of critical cases missed",
+                                    info="A stricter target refers more cases to a specialist." if models[0].certified
+                                    else "This model is not certified: a hand-set threshold decides referrals.")
+                    certificate = gr.Markdown(certificate_markdown(models, resolve_choice(None, models[0].calibrations or {})),
+                                              elem_id="rcl-certificate")
+                    button = gr.Button("Analyze", variant="primary", elem_id="rcl-analyze")
+                    if examples:
+                        pairs = [(e, Path(e).stem) if isinstance(e, (str, os.PathLike)) else (str(e[0]), str(e[1])) for e in examples]
+                        synthetic = all(c.startswith("synthetic") for _, c in pairs)
+                        gr.Examples(examples=[[p] for p, _ in pairs], inputs=[image], example_labels=[c for _, c in pairs],
+                                    label="Examples (synthetic, no patient data)" if synthetic else "Examples",
+                                    examples_per_page=12)
+                outputs: List[Any] = []
+                for k, m in enumerate(models):
+                    with gr.Column(scale=1, min_width=320):
+                        gr.Markdown(f"### {html.escape(m.name)}")
+                        card = gr.HTML(label=f"Answer ({m.name})", elem_id=f"rcl-decision-{k}")
+                        with gr.Accordion("Details: probabilities and clinical costs", open=False):
+                            label = gr.Label(num_top_classes=len(m.labels), label=f"Class probabilities ({m.name})",
+                                             elem_id=f"rcl-probs-{k}")
+                            gr.Plot(value=plot_severity_matrix(m.severity, title=f"Cost of each mistake ({m.name})"),
+                                    format="png", label="Cost of each mistake", show_label=False)
+                        raw = gr.JSON(label=f"Result JSON ({m.name})", visible=False)
+                        outputs += [label, card, raw]
+            summary = gr.Markdown(label="Side by side", elem_id="rcl-compare")
+            with gr.Accordion("Details: the input as the model received it", open=False):
                 input_info = gr.Markdown(label="Input", elem_id="rcl-input-info")
-                if examples:
-                    pairs = [(e, Path(e).stem) if isinstance(e, (str, os.PathLike)) else (str(e[0]), str(e[1])) for e in examples]
-                    synthetic = all(c.startswith("synthetic") for _, c in pairs)
-                    gr.Examples(examples=[[p] for p, _ in pairs], inputs=[image], example_labels=[c for _, c in pairs],
-                                label="Examples (synthetic, no patient data)" if synthetic else "Examples",
-                                examples_per_page=12)
-            outputs: List[Any] = []
-            for k, m in enumerate(models):
-                with gr.Column(scale=1, min_width=320):
-                    guard = "with an out-of-distribution guard" if m.ood_guard is not None else "no out-of-distribution guard"
-                    gr.Markdown(f"### {html.escape(m.name)}\n<small>{guard}</small>")
-                    label = gr.Label(num_top_classes=len(m.labels), label=f"Class probabilities ({m.name})", elem_id=f"rcl-probs-{k}")
-                    card = gr.HTML(label=f"Decision ({m.name})", elem_id=f"rcl-decision-{k}")
-                    with gr.Accordion("Severity matrix (critical cells outlined)", open=True):
-                        gr.Plot(value=plot_severity_matrix(m.severity, title=f"Severity matrix of {m.name}"),
-                                format="png", label="Severity matrix", show_label=False)
-                    with gr.Accordion("Raw result (JSON)", open=False):
-                        raw = gr.JSON(label=f"Result JSON ({m.name})")
-                    outputs += [label, card, raw]
-        summary = gr.Markdown(label="Side by side", elem_id="rcl-compare")
-        with gr.Accordion("Converted input (what the models receive before resizing)", open=False):
-            preview = gr.Image(label="converted input", interactive=False, type="pil", format="png", height=220)
+                preview = gr.Image(label="converted input", interactive=False, type="pil", format="jpeg", height=220)
+        with gr.Tab("Batch"):
+            gr.Markdown(f"Several images at once with **{html.escape(models[0].name)}**: from 20 images on, the page "
+                        "also says whether the batch still looks like the images the model was certified on.")
+            files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="rcl-batch-files")
+            batch_button = gr.Button("Analyze the batch", variant="primary", elem_id="rcl-batch-analyze")
+            batch_out = gr.Markdown(elem_id="rcl-batch-result")
+        with gr.Accordion("How the decision is made", open=False):
+            gr.Markdown(_HOW)
         state = gr.State()
         all_outputs = [*outputs, summary, input_info, preview, state]
 
-        def analyze_image(image: Any, threshold: float):
-            """Analyse one image: per model (probabilities, decision HTML, JSON), comparison, input info, converted input."""
-            return run(image, threshold)
+        def analyze_image(image: Any, risk: str):
+            """Analyse one image: per model (probabilities, answer HTML, JSON), comparison, input info, converted input."""
+            return run(image, risk)
 
-        button.click(analyze_image, [image, tau], all_outputs, api_name="analyze")
-        image.change(lambda im, t: run(im, t, clear_on_empty=True), [image, tau], all_outputs, api_visibility="private")
-        tau.release(rescore, [state, tau], [*outputs, summary], api_visibility="private")
-        gr.Markdown(
-            "Costs: `M[i, j]` is the clinical cost of predicting *j* when the truth is *i* (rcl_hf's presets: 0 correct, "
-            "0.1 fine-grained, 0.3 over-call, 1.0 critical; a model may carry its own). Bayes-risk decision: "
-            "`argmin_j Σ_i p_i M[i, j]`; referral when that minimum exceeds τ. Out-of-distribution guard: Mahalanobis "
-            "distance of the penultimate embedding (Lee et al. 2018), threshold at 5% false alarms on validation. "
-            "Method: Risk-Calibrated Learning (arXiv:2604.12693)."
-        )
+        def analyze_images(files: Any, risk: str) -> str:
+            """Analyse a batch of images with the first model: a table of answers and the drift verdict."""
+            return run_batch(files, risk)
+
+        button.click(analyze_image, [image, risk], all_outputs, api_name="analyze")
+        image.change(lambda im, r: run(im, r, clear_on_empty=True), [image, risk], all_outputs, api_visibility="private")
+        risk.change(rescore, [state, risk], [*outputs, summary, certificate], api_visibility="private")
+        batch_button.click(analyze_images, [files, risk], [batch_out], api_name="analyze_batch")
+    demo.rcl_admission = admission
     return demo
 
 
@@ -208,7 +252,12 @@ def launch_demo(demo: Any, host: Optional[str] = None, port: Optional[int] = Non
     """Queue and launch ``demo`` (no share link, upload size capped); host/port default to
     ``$GRADIO_SERVER_NAME`` (else 127.0.0.1) and ``$GRADIO_SERVER_PORT`` (else 7860)."""
     host, port = _host_port(host, port)
-    demo.queue(default_concurrency_limit=2, max_size=32)
+    # Gradio hands every request to its handler at once (no concurrency limit of its own): the handlers' Admission
+    # runs `workers` analyses, lets `max_waiting` wait and answers the rest BUSY_MESSAGE at once. Gradio's queue
+    # bound is only a backstop far beyond that (its own "queue full" text is not ours)
+    admission = getattr(demo, "rcl_admission", None)
+    admit = admission.workers + admission.max_waiting if admission is not None else 2
+    demo.queue(default_concurrency_limit=None, max_size=4 * admit)
     return demo.launch(server_name=host, server_port=port, share=False, max_file_size=int(max_upload_mb * 1024 * 1024),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, footer_links=["api"],
                        allowed_paths=[str(examples_root())], ssr_mode=False)
@@ -231,7 +280,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--examples_dir", help="folder of example images (default: synthetic examples for synthetic models, else none)")
     p.add_argument("--host", default=None, help="bind address (default $GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default $GRADIO_SERVER_PORT or 7860)")
-    p.add_argument("--threshold", type=float, default=None, help="initial referral threshold τ")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="hand-set referral threshold of a model without risk calibration (default 0.1)")
+    p.add_argument("--workers", type=int, default=WORKERS, help=f"analyses run at once (default {WORKERS})")
+    p.add_argument("--max_waiting", type=int, default=MAX_WAITING,
+                   help=f"requests that may wait for a worker; beyond them the answer is 'busy' (default {MAX_WAITING})")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted width*height")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload (MB)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("RCL_TORCH_THREADS") or 1),
@@ -266,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         side = model_input_side([m for m in (main_model, other) if m is not None])
         examples = make_examples(args.examples_dir, image_size=side, labels=main_model.labels)
         demo = build_demo(main_model, other, examples, max_pixels=args.max_pixels,
-                          max_upload_mb=args.max_upload_mb, threshold=args.threshold)
+                          max_upload_mb=args.max_upload_mb, threshold=args.threshold,
+                          workers=args.workers, max_waiting=args.max_waiting)
     except (SpaceStartupError, ValueError) as err:
         print(f"rcl_hf Space: cannot start: {err}", file=sys.stderr)
         return 2

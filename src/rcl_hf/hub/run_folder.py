@@ -124,7 +124,8 @@ def severity_of(folder: PathLike) -> SeverityMatrix:
 
 def model_files(folder: Path) -> List[str]:
     """Files of ``folder`` that belong on the Hub (relative paths), without README.md: weights,
-    model / processor JSON, result and recipe JSON, plots (top level and ``plots/``). Optimizer
+    model / processor JSON, result and recipe JSON, plots (top level and ``plots/``), the per-risk
+    calibrations the Space offers (``risk_calibrations/alpha-*.json``). Optimizer
     states, ``checkpoint-*``, ``training_args.bin`` and logs stay behind."""
     names = []
     for p in sorted(folder.iterdir()):
@@ -138,6 +139,9 @@ def model_files(folder: Path) -> List[str]:
     if plots_dir.is_dir():
         names += [f"plots/{p.relative_to(plots_dir).as_posix()}" for p in sorted(plots_dir.rglob("*"))
                   if p.is_file() and p.name.lower().endswith(PLOT_SUFFIXES)]
+    cal_dir = folder / "risk_calibrations"
+    if cal_dir.is_dir():
+        names += [f"risk_calibrations/{p.name}" for p in sorted(cal_dir.glob("alpha-*.json")) if p.is_file()]
     return names
 
 

@@ -1,11 +1,16 @@
-"""The Space's computation without the UI: models, scoring with OOD referral, examples, start-up checks.
+"""The Space's computation without the UI: models, the certified decision, refusals, examples, start-up checks.
 
-For one image and one model (SPEC.md section 1): probabilities ``p`` (softmax),
-the argmax and Bayes-risk decisions (:func:`rcl_hf.inference.risk_summary`, i.e.
-:func:`rcl_hf.metrics.functional.bayes_risk_decision`), expected costs, the
-critical mass, the referral flag ``r > τ``, and — when the model carries an OOD
-guard (:mod:`rcl_hf.ood`) — the OOD score: a flagged image gets *no* diagnosis,
-only "outside what this model was trained on — refer".
+For one image and one model the answer is the **certified decision** (:func:`rcl_hf.inference.risk_summary`
+with the model's :class:`~rcl_hf.calibration.RiskCalibration` for the chosen target risk α): a diagnosis,
+or "refer to a specialist" with the reason in plain words —
+
+* ``unusable``: the image is too small or blank (:func:`rcl_hf.space.inputs.check_usable`, before any model runs);
+* ``outside``: the OOD guard (:mod:`rcl_hf.ood`) finds it unlike the training images: no diagnosis;
+* ``uncertain``: the expected clinical cost of the decision exceeds the certified threshold.
+
+A model without a calibration decides with the hand-set threshold and says it is not certified. The argmax
+and the probabilities are kept for the details. :class:`Admission` bounds the work in flight: past it a request
+gets "the service is busy" at once instead of a time-out.
 """
 
 from __future__ import annotations
@@ -16,26 +21,34 @@ import logging
 import os
 import socket
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from ..crash_safety import atomic_write_bytes
-from ..inference import check_threshold, forward_images, risk_summary
+from ..inference import DEFAULT_REFERRAL_THRESHOLD, check_threshold, forward_images, risk_summary
 from ..metrics.functional import expected_costs
-from .inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, load_input_image
+from .certified import UNCERTIFIED_CHOICE, expected_images, load_calibrations, model_dataset, pretty_label, resolve_choice
+from .inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, check_usable, load_input_image
 
 logger = logging.getLogger("rcl_hf.space")
 
 __all__ = [
     "SpaceStartupError", "SpaceModel", "load_space_model", "as_space_model", "score", "model_outputs", "analyze",
-    "make_examples", "examples_root", "model_input_side", "resolve_model_ids", "check_port_free", "OOD_MESSAGE",
+    "analyze_batch", "make_examples", "examples_root", "model_input_side", "resolve_model_ids", "check_port_free",
+    "OOD_MESSAGE", "REFER_HEADLINE", "BUSY_MESSAGE", "UNCERTIFIED_TEXT", "Admission", "ServiceBusy",
 ]
 
-OOD_MESSAGE = "Outside what this model was trained on — refer"
+REFER_HEADLINE = "Refer to a specialist"
+OOD_MESSAGE = "Outside what this model knows"
+BUSY_MESSAGE = "The service is busy — please try again in a minute."
+UNCERTIFIED_TEXT = ("Not certified: this model carries no risk calibration, so its referrals follow a hand-set "
+                    "threshold and nothing is guaranteed.")
 EXAMPLES_PER_CLASS: int = 2
 MAX_USER_EXAMPLES: int = 24
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -45,13 +58,54 @@ class SpaceStartupError(RuntimeError):
     """The Space cannot start (no model named, a missing folder, an offline Hub id, a busy port)."""
 
 
+class ServiceBusy(RuntimeError):
+    """More requests are in flight than :class:`Admission` admits."""
+
+
+class Admission:
+    """At most ``workers`` analyses run at once and at most ``max_waiting`` more wait for a worker; a request
+    beyond that is refused at once (:class:`ServiceBusy`) instead of queueing into a time-out."""
+
+    def __init__(self, workers: int = 2, max_waiting: int = 16) -> None:
+        if workers < 1 or max_waiting < 0:
+            raise ValueError(f"need workers >= 1 and max_waiting >= 0, got {workers}, {max_waiting}")
+        self.workers, self.max_waiting = int(workers), int(max_waiting)
+        self._run = threading.Semaphore(self.workers)
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self.in_flight >= self.workers + self.max_waiting:
+                raise ServiceBusy(BUSY_MESSAGE)
+            self.in_flight += 1
+        try:
+            with self._run:
+                yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
 @dataclass
 class SpaceModel:
-    """A loaded rcl_hf classifier with the name shown in the UI."""
+    """A loaded rcl_hf classifier with the name shown in the UI, its calibrations (one per target risk, keyed
+    ``"10%"``; ``None``: read from the model and its folder) and the dataset it was trained on."""
 
     model: Any
     name: str
     source: str = ""
+    calibrations: Optional[Dict[str, Any]] = None
+    dataset: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        folder = self.source if self.source and os.path.isdir(self.source) else None
+        default = getattr(self.model, "risk_calibration", None)
+        if self.calibrations is None:
+            self.calibrations = load_calibrations(folder, default)
+        if self.dataset is None:
+            self.dataset = model_dataset(folder, self.labels, default)
 
     @property
     def severity(self):
@@ -64,6 +118,14 @@ class SpaceModel:
     @property
     def ood_guard(self):
         return getattr(self.model, "ood_guard", None)
+
+    @property
+    def certified(self) -> bool:
+        return bool(self.calibrations)
+
+    @property
+    def expects(self) -> str:
+        return expected_images(self.dataset, self.labels)
 
 
 def _display_name(name_or_path: str) -> str:
@@ -88,8 +150,10 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
     from ..hub.errors import HubUnavailableError
     from ..inference import load_model
 
+    source = expanded if os.path.exists(expanded) else name_or_path
     try:
-        model = load_model(expanded if os.path.exists(expanded) else name_or_path)
+        model = load_model(source)
+        space_model = SpaceModel(model=model, name=label or _display_name(name_or_path), source=source)
     except HubUnavailableError as err:
         raise SpaceStartupError(str(err)) from None
     except (OSError, ValueError) as err:
@@ -97,7 +161,9 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
     if model.ood_guard is None:
         logger.warning("%s has no OOD guard (ood_guard.safetensors): every input gets a diagnosis; fit one with "
                        "rcl_hf.ood_fit.fit_ood_guard", name_or_path)
-    return SpaceModel(model=model, name=label or _display_name(name_or_path), source=name_or_path)
+    if not space_model.certified:
+        logger.warning("%s has no risk calibration (risk_calibration.json): its answers are not certified", name_or_path)
+    return space_model
 
 
 def as_space_model(model: Any, default_name: str) -> SpaceModel:
@@ -117,65 +183,140 @@ def forward(space_model: SpaceModel, rgb: Image.Image) -> Tuple[np.ndarray, Opti
     return p[0], (float(guard.score(z)[0]) if guard is not None else None)
 
 
-def score(space_model: SpaceModel, probabilities: Sequence[float], threshold: float, ood_score: Optional[float] = None) -> Dict[str, Any]:
-    """The risk summary of one model's probabilities for one image (JSON-ready).
+def _calibration(space_model: SpaceModel, risk: Any) -> Tuple[Optional[str], Any]:
+    key = resolve_choice(risk, space_model.calibrations or {})
+    return key, (space_model.calibrations[key] if key else None)
 
-    Keys: ``model``, ``probabilities``, ``argmax``, ``bayes_decision``, ``expected_cost``,
-    ``argmax_expected_cost``, ``critical_mass``, ``critical_classes``,
-    ``critical_error_risk`` (``Σ_i p_i C[i, j]`` for the argmax and Bayes decisions),
-    ``decision_costs``, ``refer``, ``threshold``, ``ood_score``, ``ood_threshold``,
-    ``out_of_distribution`` (``None`` without a guard). An out-of-distribution image
-    has ``refer`` True and ``diagnosis`` None; otherwise ``diagnosis`` is the Bayes decision.
+
+def score(space_model: SpaceModel, probabilities: Sequence[float], risk: Any = None, ood_score: Optional[float] = None,
+          threshold: Optional[float] = None) -> Dict[str, Any]:
+    """The answer of one model for one image (JSON-ready).
+
+    ``risk``: the target share of critical cases missed (``"10%"`` or ``0.1``; ``None``: 10% when offered, else the
+    model's default); it picks the calibration. Without calibrations the hand-set ``threshold`` (default
+    :data:`~rcl_hf.inference.DEFAULT_REFERRAL_THRESHOLD`) decides referrals and ``certified`` is False.
+
+    Keys: ``headline`` (the diagnosis in words, or :data:`REFER_HEADLINE`), ``diagnosis`` (the decided class, ``None``
+    when referred), ``refer``, ``reason_kind`` (``None``, ``"uncertain"`` or ``"outside"``), ``reason``, ``certified``,
+    ``risk_target``, ``alpha``, ``coverage``, ``certificate``, ``expects``; details: ``decision`` (the calibrated rule's
+    class, also when referred), ``argmax``, ``bayes_decision``, ``probabilities`` (calibrated), ``expected_cost``,
+    ``threshold``, ``decision_costs``, ``critical_classes``, ``ood_score``, ``ood_threshold``, ``out_of_distribution``.
     """
     sev = space_model.severity
-    pred = risk_summary(np.asarray(probabilities, dtype=np.float64)[None], sev, threshold)
+    key, cal = _calibration(space_model, risk)
+    t = None if cal is not None else (DEFAULT_REFERRAL_THRESHOLD if threshold is None else check_threshold(threshold))
+    pred = risk_summary(np.asarray(probabilities, dtype=np.float64)[None], sev, t, cal)
     rec = pred.as_records()[0]
-    p = pred.probabilities[0]
-    crit_risk = p @ sev.critical.astype(np.float64)
-    a, b = int(pred.argmax[0]), int(pred.bayes_decision[0])
     guard = space_model.ood_guard
     ood = None if guard is None or ood_score is None else bool(ood_score > guard.threshold)
+    refer = bool(rec["refer"] or ood)
+    if ood:
+        kind, reason = "outside", (f"Outside what this model knows: the image does not look like the "
+                                   f"{space_model.expects.split(' (')[0]} it was trained on. No diagnosis is given.")
+    elif refer:
+        kind, reason = "uncertain", ("Uncertain: the model is not sure enough to decide this case itself "
+                                     + ("within the certified risk." if cal is not None else "(hand-set threshold)."))
+    else:
+        kind, reason = None, "The model decides this case itself."
     rec.update(
         model=space_model.name,
+        headline=REFER_HEADLINE if refer else pretty_label(rec["decision"]),
+        diagnosis=None if refer else rec["decision"],
+        refer=refer, reason_kind=kind, reason=reason,
+        certified=bool(pred.certified), risk_target=key or UNCERTIFIED_CHOICE,
+        alpha=None if cal is None else float(cal.alpha),
+        coverage=None if cal is None else float(cal.calibration.get("coverage", float("nan"))),
+        certificate=cal.certificate() if cal is not None else UNCERTIFIED_TEXT,
+        expects=space_model.expects, note=pred.note, threshold=float(pred.threshold),
         argmax_expected_cost=float(pred.argmax_expected_cost[0]),
         critical_classes=[label for label, pos in zip(sev.labels, sev.positive_rows) if pos],
-        critical_error_risk={"argmax": float(crit_risk[a]), "bayes_decision": float(crit_risk[b])},
-        decision_costs={label: float(c) for label, c in zip(sev.labels, expected_costs(p[None], sev)[0])},
-        threshold=float(threshold),
+        decision_costs={label: float(c) for label, c in zip(sev.labels, expected_costs(pred.probabilities, sev)[0])},
         ood_score=None if ood_score is None else float(ood_score),
         ood_threshold=None if guard is None else float(guard.threshold),
         out_of_distribution=ood,
-        refer=bool(rec["refer"] or ood),
-        diagnosis=None if ood else rec["bayes_decision"],
     )
     return rec
 
 
+def _models(model: Any, compare: Any) -> List[SpaceModel]:
+    return [as_space_model(model, "model")] + ([as_space_model(compare, "compare")] if compare is not None else [])
+
+
 def analyze(
     image: Any,
-    threshold: float,
+    risk: Any,
     model: Union[SpaceModel, Any],
     compare: Optional[Union[SpaceModel, Any]] = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+    threshold: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """Analyse one image with one or two models: ``{"input": ..., "threshold": τ, "models": [score(...), ...]}``.
+    """Analyse one image with one or two models: ``{"input": ..., "risk": ..., "models": [score(...), ...]}``.
 
     Raises:
-        InputImageError: the image cannot be used (message fit for the user).
-        ValueError: a bad threshold.
+        InputImageError: the image cannot be used (message fit for the user; ``kind="unusable"``: too small or blank).
+        ValueError: a target risk the model does not offer, or a bad hand-set threshold.
     """
-    t = check_threshold(threshold)
-    models = [as_space_model(model, "model")] + ([as_space_model(compare, "compare")] if compare is not None else [])
+    models = _models(model, compare)
+    for m in models:
+        _calibration(m, risk)  # an unknown target risk fails before any work
     rgb, info = load_input_image(image, max_pixels=max_pixels, max_bytes=max_bytes)
+    check_usable(rgb, info)
     outs = [forward(m, rgb) for m in models]
-    return {"input": info.as_dict(), "threshold": t, "models": model_outputs(models, [p for p, _ in outs], [o for _, o in outs], t)}
+    return {"input": info.as_dict(), "risk": risk,
+            "models": model_outputs(models, [p for p, _ in outs], [o for _, o in outs], risk, threshold)}
 
 
-def model_outputs(models: Sequence[SpaceModel], probs: Sequence[Any], ood: Sequence[Optional[float]], t: float) -> List[Dict[str, Any]]:
+def model_outputs(models: Sequence[SpaceModel], probs: Sequence[Any], ood: Sequence[Optional[float]], risk: Any = None,
+                  threshold: Optional[float] = None) -> List[Dict[str, Any]]:
     """One :func:`score` record per model."""
-    return [score(m, p, t, o) for m, p, o in zip(models, probs, ood)]
+    return [score(m, p, risk, o, threshold) for m, p, o in zip(models, probs, ood)]
+
+
+def analyze_batch(images: Sequence[Any], risk: Any, model: Union[SpaceModel, Any], *, names: Optional[Sequence[str]] = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+                  threshold: Optional[float] = None) -> Dict[str, Any]:
+    """A batch with one model: ``{"rows": [{"name", "headline", "reason", ...}], "drift": DriftReport or None}``.
+
+    Unusable or unreadable files get their refusal as the row; the rest go through
+    :func:`rcl_hf.inference.predict` together, whose drift check says whether the batch still looks like
+    the calibration data.
+    """
+    from ..inference import predict
+
+    m = as_space_model(model, "model")
+    key, cal = _calibration(m, risk)
+    names = list(names) if names is not None else [f"image {n + 1}" for n in range(len(images))]
+    rows: List[Dict[str, Any]] = [{"name": n} for n in names]
+    ok, rgbs = [], []
+    for k, image in enumerate(images):
+        try:
+            rgb, info = load_input_image(image, max_pixels=max_pixels, max_bytes=max_bytes)
+            check_usable(rgb, info)
+        except InputImageError as err:
+            rows[k].update(headline=REFER_HEADLINE, reason=f"Image unusable: {err}", reason_kind="unusable", diagnosis=None)
+            continue
+        ok.append(k)
+        rgbs.append(rgb)
+    drift = None
+    if rgbs:
+        t = None if cal is not None else (DEFAULT_REFERRAL_THRESHOLD if threshold is None else threshold)
+        pred = predict(m.model, rgbs, threshold=t, calibration=cal)
+        drift = pred.drift
+        probs = pred.probabilities
+        if cal is not None:  # score() applies the calibration itself: hand it the uncalibrated probabilities
+            probs = _uncalibrate(probs, cal.temperature)
+        for j, k in enumerate(ok):
+            ood = None if pred.ood_score is None else float(pred.ood_score[j])
+            rows[k].update(score(m, probs[j], key, ood, threshold))
+    return {"rows": rows, "drift": drift, "risk_target": key or UNCERTIFIED_CHOICE}
+
+
+def _uncalibrate(p: np.ndarray, temperature: float) -> np.ndarray:
+    from ..metrics.functional import softmax
+
+    return softmax(np.log(np.maximum(p, 1e-300)) * float(temperature), axis=1)
 
 
 # ------------------------------------------------------------------------------ examples

@@ -1,139 +1,144 @@
-"""HTML and markdown of the Space's results (escaped labels, inline styles: no external CSS)."""
+"""HTML and markdown of the Space's answers (escaped labels, inline styles: no external CSS).
+
+The card leads with the certified decision — a diagnosis, or "Refer to a specialist" with the reason in plain
+words — then what is certified; the most probable class and the probabilities sit in a collapsed details part.
+"""
 
 from __future__ import annotations
 
 import html
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from .core import OOD_MESSAGE
+from .certified import pretty_label
+from .core import OOD_MESSAGE, REFER_HEADLINE
 
-__all__ = ["decision_card_html", "comparison_markdown", "input_markdown", "ood_card_html"]
+__all__ = ["decision_card_html", "refusal_card_html", "comparison_markdown", "input_markdown", "certificate_markdown",
+           "batch_markdown", "ood_card_html"]
 
 _CARD_STYLE = (
     "border:1px solid #d0d7de;border-radius:10px;padding:12px 14px;background:#ffffff;color:#1f2328;"
     "font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;font-size:14px;line-height:1.45"
 )
+#: Banner colours: a decision (neutral blue: a diagnosis is not an all-clear), a referral (red), outside (purple).
+DECIDE_COLOUR, REFER_COLOUR, OUTSIDE_COLOUR = "#0b4f8a", "#b42318", "#6e40c9"
 
 
-def _fmt_p(x: float) -> str:
-    return f"{x:.3f}"
+def _banner(colour: str, headline: str, sub: str, css_class: str) -> str:
+    return (f'<div class="{css_class}" style="background:{colour};color:#ffffff;padding:12px 14px;border-radius:8px;'
+            f'margin-bottom:10px"><div class="rcl-headline" style="font-weight:800;font-size:24px;letter-spacing:0.01em;color:#ffffff;text-transform:capitalize">'
+            f'{html.escape(headline)}</div><div style="font-weight:500;font-size:14px;color:#ffffff">{html.escape(sub)}</div></div>')
+
+
+def _certificate_line(rec: Mapping[str, Any]) -> str:
+    if rec.get("certified"):
+        return (f'<div class="rcl-certificate" style="font-size:13px;margin-bottom:6px"><b>Certified</b> '
+                f'(target: at most {html.escape(str(rec["risk_target"]))} of critical cases missed): '
+                f'{html.escape(rec["certificate"])}</div>')
+    return ('<div class="rcl-certificate rcl-uncertified" style="font-size:13px;margin-bottom:6px;color:#7a4d00;'
+            f'background:#fff1c2;border-radius:6px;padding:4px 8px"><b>Not certified.</b> {html.escape(rec["certificate"].split(": ", 1)[-1])}</div>')
+
+
+def _details(rec: Mapping[str, Any]) -> str:
+    probs = rec["probabilities"]
+    rows = "".join(
+        f'<tr><td style="padding:1px 8px">{html.escape(pretty_label(label))}</td>'
+        f'<td style="padding:1px 8px;text-align:right">{p:.1%}</td></tr>' for label, p in probs.items())
+    leaned = "" if not rec.get("refer") or rec.get("out_of_distribution") else (
+        f"<div>Had it decided, the model would have said: {html.escape(pretty_label(rec['decision']))}.</div>")
+    return (
+        '<details class="rcl-details" style="margin-top:6px;font-size:13px;color:#57606a"><summary style="cursor:pointer">'
+        "Details: probabilities</summary>"
+        f"<div>Most probable class: {html.escape(pretty_label(rec['argmax']))} ({probs[rec['argmax']]:.1%}).</div>{leaned}"
+        f'<table style="border-collapse:collapse;margin-top:4px">{rows}</table></details>'
+    )
 
 
 def ood_card_html(rec: Mapping[str, Any]) -> str:
-    """The panel shown instead of a diagnosis when the OOD guard flags the image."""
-    return (
-        f'<div class="rcl-card rcl-ood" style="{_CARD_STYLE}">'
-        '<div class="rcl-refer" style="background:#6e40c9;color:#ffffff;font-weight:800;font-size:18px;'
-        f'padding:10px 12px;border-radius:8px;margin-bottom:10px">&#9888; {html.escape(OOD_MESSAGE)}'
-        '<div style="font-weight:500;font-size:13px;color:#ffffff">No diagnosis: this image does not resemble the '
-        f"images the model was trained on (OOD score {rec['ood_score']:.1f} &gt; {rec['ood_threshold']:.1f}). "
-        "Refer to a specialist.</div></div>"
-        f"<div>Trained classes: {html.escape(', '.join(rec['probabilities']))}</div></div>"
-    )
+    """The card of an image the OOD guard flags: no diagnosis, no probabilities."""
+    return (f'<div class="rcl-card rcl-ood" style="{_CARD_STYLE}">'
+            + _banner(OUTSIDE_COLOUR, REFER_HEADLINE, OOD_MESSAGE + ": no diagnosis.", "rcl-refer")
+            + f"<div>{html.escape(rec['reason'])}</div>"
+            + f'<div style="color:#57606a;font-size:13px;margin-top:6px">This model expects {html.escape(rec["expects"])}.</div></div>')
+
+
+def refusal_card_html(message: str, expects: Optional[str] = None) -> str:
+    """The card of an image refused before the model ran (too small, blank)."""
+    hint = f'<div style="color:#57606a;font-size:13px;margin-top:6px">This model expects {html.escape(expects)}.</div>' if expects else ""
+    return (f'<div class="rcl-card rcl-unusable" style="{_CARD_STYLE}">'
+            + _banner(REFER_COLOUR, REFER_HEADLINE, "Image unusable: no diagnosis.", "rcl-refer")
+            + f"<div>{html.escape(message)}</div>{hint}</div>")
 
 
 def decision_card_html(rec: Mapping[str, Any]) -> str:
-    """The decision panel of one model as HTML (escaped labels, inline styles); the OOD panel when flagged."""
+    """The answer of one model as HTML: the certified decision first, then the certificate, details collapsed."""
     if rec.get("out_of_distribution"):
         return ood_card_html(rec)
-    e = html.escape
-    t = rec["threshold"]
     if rec["refer"]:
-        banner = (
-            '<div class="rcl-refer" style="background:#b42318;color:#ffffff;font-weight:800;font-size:18px;'
-            'letter-spacing:0.02em;padding:10px 12px;border-radius:8px;margin-bottom:10px">'
-            f"&#9888; REFER TO A SPECIALIST<div style=\"font-weight:500;font-size:13px;color:#ffffff\">expected clinical cost "
-            f"{_fmt_p(rec['expected_cost'])} &gt; threshold &tau; = {t:.2f}</div></div>"
-        )
+        banner = _banner(REFER_COLOUR, REFER_HEADLINE, rec["reason"], "rcl-refer")
     else:
-        banner = (
-            '<div class="rcl-no-refer" style="background:#1a7f37;color:#ffffff;font-weight:700;font-size:16px;'
-            'padding:10px 12px;border-radius:8px;margin-bottom:10px">'
-            f"&#10003; No referral needed<div style=\"font-weight:500;font-size:13px;color:#ffffff\">expected clinical cost "
-            f"{_fmt_p(rec['expected_cost'])} &le; threshold &tau; = {t:.2f}</div></div>"
-        )
-    probs = rec["probabilities"]
-    crit_classes = set(rec["critical_classes"])
-    a, b = rec["argmax"], rec["bayes_decision"]
-    differ = (
-        ' <span style="background:#fff1c2;color:#7a4d00;border-radius:4px;padding:0 5px;font-size:12px">differs from argmax</span>'
-        if a != b
-        else ""
-    )
+        banner = _banner(DECIDE_COLOUR, rec["headline"], "The model's decision (it decides this case itself).", "rcl-decided")
+    return f'<div class="rcl-card" style="{_CARD_STYLE}">{banner}{_certificate_line(rec)}{_details(rec)}</div>'
 
-    def line(name: str, value: str) -> str:
-        return (
-            '<div style="display:flex;gap:12px;padding:3px 0;border-bottom:1px solid #eaeef2">'
-            f'<div style="flex:0 0 42%;font-weight:600">{name}</div><div style="flex:1">{value}</div></div>'
-        )
 
-    crit = rec["critical_error_risk"]
-    summary = (
-        '<div style="margin-bottom:10px">'
-        + line("Argmax decision", f"{e(a)} (p = {_fmt_p(probs[a])})")
-        + line("Bayes-risk decision", f"<b>{e(b)}</b>{differ}")
-        + line("Expected clinical cost", f"{_fmt_p(rec['expected_cost'])} (Bayes) &middot; {_fmt_p(rec['argmax_expected_cost'])} (argmax)")
-        + line("Critical mass", f"{_fmt_p(rec['critical_mass'])} on {e(', '.join(rec['critical_classes']))} (classes whose miss is critical)")
-        + line("P(critical error)", f"{_fmt_p(crit['argmax'])} acting on argmax &middot; {_fmt_p(crit['bayes_decision'])} on the Bayes decision")
-        + "</div>"
-    )
-    th = 'style="text-align:left;padding:2px 8px;border-bottom:1px solid #d0d7de"'
-    rows = []
-    for label, p in probs.items():
-        marks = []
-        if label == a:
-            marks.append("argmax")
-        if label == b:
-            marks.append("Bayes")
-        if label in crit_classes:
-            marks.append("miss is critical")
-        rows.append(
-            f'<tr><td style="padding:2px 8px">{e(label)}</td><td style="padding:2px 8px;text-align:right">{_fmt_p(p)}</td>'
-            f'<td style="padding:2px 8px;text-align:right">{_fmt_p(rec["decision_costs"][label])}</td>'
-            f'<td style="padding:2px 8px;color:#57606a">{e(", ".join(marks))}</td></tr>'
-        )
-    table = (
-        '<table style="border-collapse:collapse;font-size:13px;width:100%">'
-        f"<tr><th {th}>class</th><th {th}>probability</th><th {th}>cost if decided</th><th {th}></th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-    ood = "" if rec.get("ood_score") is None else (
-        f'<div style="color:#57606a;font-size:12px;margin-top:6px">In-distribution check passed: OOD score '
-        f"{rec['ood_score']:.1f} &le; {rec['ood_threshold']:.1f}</div>")
-    return f'<div class="rcl-card" style="{_CARD_STYLE}">{banner}{summary}{table}{ood}</div>'
+def _esc(s: Any) -> str:
+    return str(s).replace("|", "\\|")
 
 
 def comparison_markdown(records: Sequence[Mapping[str, Any]]) -> str:
-    """Side-by-side summary of two models on the same image (markdown)."""
+    """Side-by-side answers of two models on the same image (markdown)."""
     if len(records) < 2:
         return ""
     a, b = records[0], records[1]
 
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|")
+    def answer(r: Mapping[str, Any]) -> str:
+        return f"{REFER_HEADLINE} ({r['reason_kind']})" if r["refer"] else _esc(r["headline"])
 
-    if a.get("out_of_distribution") or b.get("out_of_distribution"):
-        return "### Side by side\n\n**" + OOD_MESSAGE + "** (" + ", ".join(
-            esc(r["model"]) for r in (a, b) if r.get("out_of_distribution")) + ")."
     lines = [
-        f"| | **{esc(a['model'])}** | **{esc(b['model'])}** |",
+        f"| | **{_esc(a['model'])}** | **{_esc(b['model'])}** |",
         "|---|---|---|",
-        f"| argmax decision | {esc(a['argmax'])} | {esc(b['argmax'])} |",
-        f"| Bayes-risk decision | {esc(a['bayes_decision'])} | {esc(b['bayes_decision'])} |",
-        f"| expected clinical cost | {a['expected_cost']:.3f} | {b['expected_cost']:.3f} |",
-        f"| critical mass | {a['critical_mass']:.3f} | {b['critical_mass']:.3f} |",
-        f"| P(critical error), argmax | {a['critical_error_risk']['argmax']:.3f} | {b['critical_error_risk']['argmax']:.3f} |",
-        f"| refer to a specialist | {'**YES**' if a['refer'] else 'no'} | {'**YES**' if b['refer'] else 'no'} |",
+        f"| answer | {answer(a)} | {answer(b)} |",
+        f"| certified | {'yes, ' + a['risk_target'] if a['certified'] else 'no'} | {'yes, ' + b['risk_target'] if b['certified'] else 'no'} |",
+        f"| decides itself (validation) | {'-' if a['coverage'] is None else format(a['coverage'], '.0%')} | "
+        f"{'-' if b['coverage'] is None else format(b['coverage'], '.0%')} |",
     ]
-    if a["bayes_decision"] == b["bayes_decision"]:
-        verdict = f"Both models decide **{esc(a['bayes_decision'])}** (Bayes-risk decision)."
+    if answer(a) == answer(b):
+        verdict = f"Both models answer **{answer(a)}**."
     else:
-        verdict = (
-            f"The models disagree: **{esc(a['model'])}** decides {esc(a['bayes_decision'])}, "
-            f"**{esc(b['model'])}** decides {esc(b['bayes_decision'])}."
-        )
+        verdict = f"The models differ: **{_esc(a['model'])}** answers {answer(a)}, **{_esc(b['model'])}** answers {answer(b)}."
     return "### Side by side\n\n" + verdict + "\n\n" + "\n".join(lines)
+
+
+def certificate_markdown(models: Sequence[Any], risk_target: Optional[str]) -> str:
+    """What the chosen target risk buys, per model (the certificate sentence), or that it is not certified."""
+    out = []
+    for m in models:
+        cal = (m.calibrations or {}).get(risk_target) if risk_target else None
+        if cal is None and m.calibrations:
+            cal = next(iter(m.calibrations.values()))
+        if cal is None:
+            out.append(f"**{_esc(m.name)}: not certified.** It carries no risk calibration; referrals follow a hand-set threshold.")
+        else:
+            out.append(f"**{_esc(m.name)}**: {cal.certificate()}")
+    return "\n\n".join(out)
+
+
+def batch_markdown(result: Mapping[str, Any]) -> str:
+    """A batch's answers as a table, and whether the batch still looks like the calibration data."""
+    lines = ["| image | answer | why |", "|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {_esc(r['name'])} | **{_esc(r.get('headline', '?'))}** | {_esc(r.get('reason', ''))} |")
+    drift = result.get("drift")
+    if drift is None:
+        note = "Drift not tested: no image could be analysed."
+    elif drift.drifted is None:
+        note = (f"Drift not tested: {drift.n} image(s); at least 20 are needed to tell whether the batch looks like "
+                "the images the model was certified on.")
+    elif drift.drifted:
+        note = ("**Warning: this batch does not look like the images the model was certified on, so the guarantee may "
+                "not hold for it.** " + "; ".join(drift.reasons).replace("Kolmogorov–Smirnov ", "") + ".")
+    else:
+        note = f"This batch of {drift.n} images looks like the images the model was certified on."
+    return note + "\n\n" + "\n".join(lines)
 
 
 def input_markdown(info: Mapping[str, Any]) -> str:

@@ -1,0 +1,283 @@
+"""Load test of the Gradio Space: 1, 8 and 32 concurrent clients on 127.0.0.1.
+
+The Space (``spaces_demo/app.py``) runs in its own process, bound to the loopback address only, with
+the model given by ``--model`` (default: an EfficientNet-Lite0 built like ``benchmarks/space_latency.py``).
+Each client is a thread with its own ``gradio_client.Client`` that sends real-size images — JPEG
+files from ``--images_dir`` when given, else synthetic 512x512 JPEGs — to ``/analyze`` back to back.
+Every level is bounded: ``--requests`` requests per client count (at least two per client) and ``--max_seconds``.
+
+Reported per level: requests, errors (any exception), busy answers, p50 / p95 latency, throughput
+(requests / wall second) and the server's resident memory (VmRSS) before and after. Also: the analysis
+alone in-process (decode, check, forward, answer), so that the round trip's overhead beyond it shows.
+
+Usage::
+
+    python benchmarks/space_load.py [--model DIR] [--images_dir DIR] [--clients 1 8 32] [--requests 64]
+                                    [--workers 2] [--max_waiting 48]
+
+Writes ``benchmarks/results/space_load.json`` and ``space_load.md``. Goal: at 8 clients at least 3x the
+one-client throughput, with p95 <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
+from benchmarks import machine_info, versions, write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL_SPEEDUP, GOAL_P95_S = 3.0, 2.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> Optional[float]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _images(images_dir: Optional[str], n: int, work: Path) -> List[str]:
+    from PIL import Image
+
+    if images_dir:
+        files = sorted(p for p in Path(images_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if files:
+            step = max(1, len(files) // n)
+            return [str(p) for p in files[::step][:n]]
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):  # smooth blobs plus noise: compresses like a photograph, not like white noise
+        yy, xx = np.mgrid[0:512, 0:512] / 512.0
+        base = 128 + 80 * np.sin(6 * xx + k) * np.cos(5 * yy - k) + rng.normal(0, 12, (512, 512))
+        img = np.clip(np.dstack([base, base * 0.9, base * 0.8]), 0, 255).astype(np.uint8)
+        path = work / f"synthetic_{k}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        out.append(str(path))
+    return out
+
+
+def _build_model(work: Path) -> str:
+    from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
+    from rcl_hf.severity import SeverityMatrix
+
+    model_dir = work / "efficientnet_lite0"
+    model, data_config = build_model("efficientnet_lite0", SeverityMatrix.preset("synthetic"), image_size=224,
+                                     pretrained="efficientnet-lite0-package")
+    model.save_pretrained(model_dir)
+    build_image_processor(model, data_config).save_pretrained(model_dir)
+    ensure_label_maps_in_config_file(str(model_dir))
+    return str(model_dir)
+
+
+def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "spaces_demo" / "app.py"), "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--threads", str(args.threads), "--workers", str(args.workers),
+           "--max_waiting", str(args.max_waiting)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("RCL_MODEL", None)
+    env.pop("RCL_COMPARE", None)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Space exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/gradio_api/info", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the Space did not start within 300 s")
+
+
+def _level(url: str, clients: int, per_client: int, images: Sequence[str], risk: Any, max_seconds: float) -> Dict[str, Any]:
+    from gradio_client import Client, handle_file
+
+    conns = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
+    lat: List[float] = []
+    errors: List[str] = []
+    busy = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def worker(k: int) -> None:
+        start.wait()
+        for j in range(per_client):
+            if time.monotonic() > deadline[0]:
+                return
+            img = images[(k * per_client + j) % len(images)]
+            t = time.perf_counter()
+            try:
+                conns[k].predict(handle_file(img), risk, api_name="/analyze")
+                with lock:
+                    lat.append(time.perf_counter() - t)
+            except Exception as err:  # noqa: BLE001 - every failure is counted and reported
+                with lock:
+                    if "busy" in str(err).lower():
+                        busy[0] += 1
+                    errors.append(f"{type(err).__name__}: {str(err)[:160]}")
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.monotonic() + max_seconds
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join(max_seconds + 120)
+    wall = time.perf_counter() - t0
+    for c in conns:
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001
+            pass
+    arr = np.asarray(lat) if lat else np.asarray([np.nan])
+    return {"clients": clients, "requests": len(lat) + len(errors), "ok": len(lat), "errors": len(errors), "busy": busy[0],
+            "error_examples": errors[:3], "p50_s": float(np.percentile(arr, 50)), "p95_s": float(np.percentile(arr, 95)),
+            "mean_s": float(arr.mean()), "wall_s": wall, "throughput_rps": len(lat) / wall if wall > 0 else float("nan")}
+
+
+def _in_process(model: str, images: Sequence[str], risk: Any, n: int) -> Dict[str, float]:
+    """The analysis alone (decode, usability check, forward, answer), in this process, one torch thread."""
+    import importlib.util
+
+    import torch
+
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("rcl_space_app", ROOT / "spaces_demo" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app
+    spec.loader.exec_module(app)
+    m = app.load_space_model(model, "model")
+    for img in images[:3]:
+        app.analyze(img, risk, m)
+    times = []
+    for k in range(n):
+        t = time.perf_counter()
+        app.analyze(images[k % len(images)], risk, m)
+        times.append(time.perf_counter() - t)
+    return {"median_ms": float(np.median(times) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3), "n": n}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model folder (default: a fresh EfficientNet-Lite0, synthetic labels)")
+    p.add_argument("--images_dir", help="folder of JPEG/PNG files to send (default: synthetic 512x512 JPEGs)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per client)")
+    p.add_argument("--max_seconds", type=float, default=120, help="time bound of one level")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max_waiting", type=int, default=48)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per analysis in the server")
+    p.add_argument("--risk", default=None, help="target risk sent (default: '10%%' when the model is calibrated)")
+    p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="rcl_space_load_"))
+    model = args.model or _build_model(work)
+    images = _images(args.images_dir, 32, work)
+    from rcl_hf.calibration import RiskCalibration
+
+    risk = args.risk or ("10%" if RiskCalibration.load(model) is not None else "not certified")
+    load_before = os.getloadavg()
+    port = _free_port()
+    proc = _start_server(model, port, args, work / "server.log")
+    url = f"http://127.0.0.1:{port}/"
+    levels = []
+    try:
+        _level(url, 1, 3, images, risk, 60)  # warm-up
+        rss0 = _rss_mb(proc.pid)
+        for c in args.clients:
+            rss_before = _rss_mb(proc.pid)
+            res = _level(url, c, max(2, args.requests // c), images, risk, args.max_seconds)
+            res.update(rss_before_mb=rss_before, rss_after_mb=_rss_mb(proc.pid))
+            levels.append(res)
+            print(f"{c:>3} clients: {res['ok']}/{res['requests']} ok, {res['errors']} errors ({res['busy']} busy), "
+                  f"p50 {res['p50_s'] * 1e3:.0f} ms, p95 {res['p95_s'] * 1e3:.0f} ms, {res['throughput_rps']:.2f} req/s, "
+                  f"RSS {res['rss_before_mb']:.0f} -> {res['rss_after_mb']:.0f} MB", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    alone = _in_process(model, images, risk, 30)
+    base = next((lv for lv in levels if lv["clients"] == 1), None)
+    at8 = next((lv for lv in levels if lv["clients"] == 8), None)
+    speedup = at8["throughput_rps"] / base["throughput_rps"] if base and at8 else None
+    result = {
+        "benchmark": "space_load", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/space_load.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "machine": machine_info(), "versions": versions(["gradio", "gradio_client"]),
+        "model": model if args.model else "EfficientNet-Lite0 (synthetic labels, built on the fly)",
+        "images": args.images_dir or "synthetic 512x512 JPEGs", "risk": risk,
+        "queue": {"workers": args.workers, "max_waiting": args.max_waiting, "torch_threads": args.threads},
+        "server_rss_start_mb": rss0, "levels": levels, "analysis_in_process": alone,
+        "speedup_8_vs_1": speedup, "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "goal": {"speedup_8_vs_1": GOAL_SPEEDUP, "p95_s": GOAL_P95_S,
+                 "met": bool(speedup is not None and speedup >= GOAL_SPEEDUP and at8["p95_s"] <= GOAL_P95_S)},
+    }
+    md = _markdown(result)
+    write_result(result, Path(args.output_dir), markdown=md, name="space_load")
+    print(md)
+    return result
+
+
+def _markdown(r: Dict[str, Any]) -> str:
+    m = r["machine"]
+    q = r["queue"]
+    lines = [
+        "# Space load test: concurrent clients on 127.0.0.1",
+        "",
+        f"- command: `{r['command']}`",
+        f"- date: {r['date']}; load average before {', '.join(f'{x:.2f}' for x in r['load_average_before'])}, "
+        f"after {', '.join(f'{x:.2f}' for x in r['load_average_after'])}",
+        f"- machine: {m.get('cpu', '?')}, {m.get('logical_cpus', m.get('cpus', '?'))} logical CPUs (clients and server share them)",
+        f"- model: {r['model']}; images: {r['images']}; target risk sent: {r['risk']}",
+        f"- server: {q['workers']} analyses at once ({q['torch_threads']} torch thread each), {q['max_waiting']} may wait, "
+        "beyond that the answer is \"The service is busy\"",
+        f"- the analysis alone, in-process (decode, checks, forward, answer): median {r['analysis_in_process']['median_ms']:.0f} ms, "
+        f"p95 {r['analysis_in_process']['p95_ms']:.0f} ms",
+        "",
+        "| clients | requests | errors | busy | p50 ms | p95 ms | throughput req/s | server RSS MB before -> after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for lv in r["levels"]:
+        lines.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['busy']} | {lv['p50_s'] * 1e3:.0f} | "
+                     f"{lv['p95_s'] * 1e3:.0f} | {lv['throughput_rps']:.2f} | {lv['rss_before_mb']:.0f} -> {lv['rss_after_mb']:.0f} |")
+    sp = r["speedup_8_vs_1"]
+    lines += ["", f"Throughput at 8 clients / 1 client: {'n/a' if sp is None else f'{sp:.2f}x'} (goal >= {GOAL_SPEEDUP:.0f}x "
+              f"with p95 <= {GOAL_P95_S:.0f} s: {'met' if r['goal']['met'] else 'not met'})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
