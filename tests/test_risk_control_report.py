@@ -44,6 +44,8 @@ def test_report_checks_validity_and_finds_the_planted_coverage_gain(tmp_path):
     # rcl's logits separate the critical classes better: it must keep more coverage at the same certified α
     assert cm["rcl"] == "rcl" and cm["comparator"] == "ce" and cm["coverage_diff"] > 0.02
     assert "keeps more coverage" in cm["verdict"]
+    pauc = {r["family"]: r["test_pauroc_tpr90"] for r in summary["coverage"] if r["risk_kind"] == "critical_miss"}
+    assert pauc["rcl"] > pauc["ce"]  # the planted better ranking shows at high sensitivity
     text = (tmp_path / "README.md").read_text()
     assert "Validity" in text and "naive" in text and (tmp_path / "coverage_vs_alpha_isic2018.png").is_file()
 
@@ -54,3 +56,14 @@ def test_paired_ci_designs():
     assert lo < 0.18 < hi and lo >= 0.1 and hi <= 0.3
     same = pd.DataFrame({"split_seed": np.repeat(np.arange(5), 3), "d": 0.05})
     assert paired_ci(same, 100) == pytest.approx((0.05, 0.05))
+
+
+def test_partial_auroc_at_high_sensitivity_spans_chance_to_perfect():
+    from rcl_hf.experiments.ranking import partial_auroc_high_sensitivity
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 7, 5000)
+    z = rng.normal(size=(5000, 7))
+    assert partial_auroc_high_sensitivity(z, y, SEV, 0.9) == pytest.approx(0.05, abs=0.01)  # chance: (1 - 0.9) / 2
+    z[np.arange(5000), y] += 10
+    assert partial_auroc_high_sensitivity(z, y, SEV, 0.9) > 0.99

@@ -15,7 +15,7 @@ import numpy as np
 from ..severity import SeverityMatrix
 from ..metrics.functional import softmax
 
-__all__ = ["critical_score", "ranking_metrics", "paired_ranking_bootstrap"]
+__all__ = ["critical_score", "ranking_metrics", "partial_auroc_high_sensitivity", "paired_ranking_bootstrap"]
 
 
 def critical_score(logits: np.ndarray, severity: SeverityMatrix) -> np.ndarray:
@@ -32,7 +32,23 @@ def ranking_metrics(logits: np.ndarray, labels: np.ndarray, severity: SeverityMa
     y = np.asarray(severity.positive_rows, dtype=bool)[np.asarray(labels).astype(np.int64)]
     h = critical_score(logits, severity)
     return {"auroc": float(roc_auc_score(y, h, sample_weight=weights)),
-            "auprc": float(average_precision_score(y, h, sample_weight=weights))}
+            "auprc": float(average_precision_score(y, h, sample_weight=weights)),
+            "pauroc_tpr90": partial_auroc_high_sensitivity(logits, labels, severity, 0.9)}
+
+
+def partial_auroc_high_sensitivity(logits: np.ndarray, labels: np.ndarray, severity: SeverityMatrix,
+                                   min_tpr: float = 0.9) -> float:
+    """Normalised partial AUROC of the critical-class score over sensitivities ``[min_tpr, 1]``
+    (McClish 1989; the high-sensitivity region where a screening rule operates):
+    ``∫_{min_tpr}^{1} (1 − FPR(TPR)) dTPR / (1 − min_tpr)``, from ``sklearn.metrics.roc_curve`` with the
+    ROC interpolated linearly; 1 is a perfect ranking, and a random score gives ``(1 − min_tpr) / 2``."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(severity.positive_rows, dtype=bool)[np.asarray(labels).astype(np.int64)]
+    fpr, tpr, _ = roc_curve(y, critical_score(logits, severity))
+    grid = np.linspace(min_tpr, 1.0, 201)
+    spec = 1.0 - np.interp(grid, tpr, fpr)
+    return float(np.trapezoid(spec, grid) / (1.0 - min_tpr))
 
 
 def paired_ranking_bootstrap(pipelines: Dict[str, Dict[int, Sequence[np.ndarray]]], labels: Dict[int, np.ndarray],

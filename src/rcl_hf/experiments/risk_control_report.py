@@ -10,7 +10,9 @@ referral threshold) is fitted on the run's **validation** logits for each reques
   threshold whose empirical validation risk is ≤ ``α``, with no correction — to show what the
   guarantee buys;
 * **coverage** (share of test cases the model decides itself) and **accuracy among the accepted**
-  cases, per training family. A family with a sweep (focal γ, label smoothing ε, RCL λ) is
+  cases, per training family, beside the normalised partial AUROC of the critical-class score at
+  sensitivity ≥ 90% (:func:`rcl_hf.experiments.ranking.partial_auroc_high_sensitivity`: a training
+  method can only buy coverage by ranking critical cases better). A family with a sweep (focal γ, label smoothing ε, RCL λ) is
   represented by the point of highest mean *validation* coverage at that ``(risk, α)``; the
   comparator is the non-RCL family chosen the same way. Differences are paired (same split seed,
   training seed and test images) with two bootstrap CIs: nested (split seeds, then training seeds
@@ -42,6 +44,7 @@ from ..calibration.risk_control import risk_curve
 from ..crash_safety import atomic_write_json, atomic_write_text
 from ..metrics.functional import softmax
 from .grid import load_grid
+from .ranking import partial_auroc_high_sensitivity
 from .report import load_runs
 
 __all__ = ["RISK_LEVELS", "evaluate_runs", "naive_threshold", "family_choice", "paired_ci", "write_report", "main"]
@@ -67,6 +70,7 @@ def evaluate_runs(runs: Sequence[Any], levels=RISK_LEVELS, delta: float = 0.1, p
     rows: List[Dict[str, Any]] = []
     for run in tqdm(runs, desc="calibrating runs", disable=not progress, file=sys.stderr):
         zv, yv, zt, yt = run.logits["val"], run.labels["val"], run.logits["test"], run.labels["test"]
+        pauc = partial_auroc_high_sensitivity(zt, yt, run.severity, 0.9)
         for kind, alpha in levels:
             base = {"dataset": run.dataset, "method": run.method, "point": run.point, "split_seed": run.split_seed,
                     "seed": run.seed, "risk_kind": kind, "alpha": alpha}
@@ -83,7 +87,7 @@ def evaluate_runs(runs: Sequence[Any], levels=RISK_LEVELS, delta: float = 0.1, p
                          "test_coverage": test["coverage"], "test_risk": test[kind], "test_accuracy_accepted":
                          test["accuracy_accepted"], "test_accuracy": test["accuracy"], "held": test[kind] <= alpha,
                          "naive_test_coverage": naive["coverage"], "naive_test_risk": naive[kind],
-                         "naive_held": naive[kind] <= alpha, "n_test": test["n"]})
+                         "naive_held": naive[kind] <= alpha, "n_test": test["n"], "test_pauroc_tpr90": pauc})
     return pd.DataFrame(rows)
 
 
@@ -132,7 +136,7 @@ def _coverage_tables(frame: pd.DataFrame, choice: pd.DataFrame, n_boot: int):
                          "runs": len(sel), "val_coverage": sel["val_coverage"].mean(),
                          "test_coverage": sel["test_coverage"].mean(), "test_risk": sel["test_risk"].mean(),
                          "test_accuracy_accepted": sel["test_accuracy_accepted"].mean(),
-                         "validity": sel["held"].mean()})
+                         "validity": sel["held"].mean(), "test_pauroc_tpr90": sel["test_pauroc_tpr90"].mean()})
         rcl = {m: s for m, s in picked.items() if m.startswith(RCL_PREFIX)}
         base = {m: s for m, s in picked.items() if not m.startswith(RCL_PREFIX)}
         if not rcl or not base:
@@ -210,12 +214,13 @@ def write_report(frame: pd.DataFrame, out: str, command: str, title: str, n_boot
     if len(errors):
         lines += ["", f"{len(errors)} (run, α) pairs could not be certified (split too small), e.g.: {errors['error'].iloc[0]}"]
     lines += ["", "## Coverage and accuracy among the accepted cases, per training family (test, mean over runs)", "",
-              "| dataset | risk | α | family | point | runs | test coverage % | test risk % | accuracy among accepted % | held % |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| dataset | risk | α | family | point | runs | test coverage % | test risk % | accuracy among accepted % | held % "
+              "| pAUROC, sensitivity ≥ 90% |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(f"| {r['dataset']} | {r['risk_kind']} | {r['alpha']:.0%} | {r['family']} | {r['point']} | {r['runs']} | "
                      f"{_pct(r['test_coverage'])} | {_pct(r['test_risk'])} | {_pct(r['test_accuracy_accepted'])} | "
-                     f"{_pct(r['validity'])} |")
+                     f"{_pct(r['validity'])} | {r['test_pauroc_tpr90']:.3f} |")
     lines += ["", "## Does a training-time method keep more coverage at the same certified α?", "",
               "Best RCL family against the best non-RCL family (each chosen by mean validation coverage), paired by "
               "split seed × training seed; coverage difference in points with 95% bootstrap CIs (nested: split seeds "
