@@ -47,7 +47,7 @@ def test_report_checks_validity_and_finds_the_planted_coverage_gain(tmp_path):
     pauc = {r["family"]: r["test_pauroc_tpr90"] for r in summary["coverage"] if r["risk_kind"] == "critical_miss"}
     assert pauc["rcl"] > pauc["ce"]  # the planted better ranking shows at high sensitivity
     text = (tmp_path / "README.md").read_text()
-    assert "Validity" in text and "naive" in text and (tmp_path / "coverage_vs_alpha_isic2018.png").is_file()
+    assert "Validity" in text and "naive" in text and (tmp_path / "coverage_vs_alpha_isic2018_toy.png").is_file()
 
 
 def test_paired_ci_designs():

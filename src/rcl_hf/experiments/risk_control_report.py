@@ -72,7 +72,8 @@ def evaluate_runs(runs: Sequence[Any], levels=RISK_LEVELS, delta: float = 0.1, p
         zv, yv, zt, yt = run.logits["val"], run.labels["val"], run.logits["test"], run.labels["test"]
         pauc = partial_auroc_high_sensitivity(zt, yt, run.severity, 0.9)
         for kind, alpha in levels:
-            base = {"dataset": run.dataset, "method": run.method, "point": run.point, "split_seed": run.split_seed,
+            base = {"dataset": f"{run.dataset} / {run.backbone}", "method": run.method, "point": run.point,
+                    "split_seed": run.split_seed,
                     "seed": run.seed, "risk_kind": kind, "alpha": alpha}
             try:
                 cal = calibrate(zv, yv, run.severity, risk_kind=kind, alpha=alpha, delta=delta, seed=run.seed)
@@ -182,7 +183,7 @@ def _plot(table: pd.DataFrame, out: str) -> List[str]:
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{ds}: coverage bought at each certified risk level (δ = 0.1)")
         fig.tight_layout()
-        path = os.path.join(out, f"coverage_vs_alpha_{ds}.png")
+        path = os.path.join(out, f"coverage_vs_alpha_{ds.replace(' / ', '_')}.png")
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
