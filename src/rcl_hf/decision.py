@@ -28,7 +28,7 @@ from typing import Any, Tuple
 
 import numpy as np
 
-from .metrics.functional import expected_costs, softmax
+from .metrics.functional import bayes_risk_decision
 from .severity import SeverityMatrix
 
 __all__ = ["fit_temperature", "blend_cost_matrix", "blend_decision", "decision_scores", "DEFAULT_BLEND_WEIGHTS"]
@@ -74,7 +74,6 @@ def blend_cost_matrix(severity: SeverityMatrix | np.ndarray, w: float) -> np.nda
 
 def blend_decision(probs: np.ndarray, severity: SeverityMatrix | np.ndarray, w: float) -> np.ndarray:
     """Decisions of the blend rule ``argmin_j (1-w)(1-p_j) + w Σ_i p_i M[i,j]`` (see module docstring)."""
-    from .metrics.functional import bayes_risk_decision
 
     p = np.asarray(probs, dtype=np.float64)
     if w == 0.0:  # exactly the argmax, whatever the rounding of 1 - p

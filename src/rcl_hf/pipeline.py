@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 from transformers import AutoModelForImageClassification, Pipeline
 
@@ -93,3 +92,6 @@ def register() -> None:
     if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=RiskAwareImageClassificationPipeline,
                                             pt_model=AutoModelForImageClassification, type="image")
+
+
+register()  # importing this module makes the task available (rcl_hf.pipeline_registration imports it)

@@ -10,6 +10,7 @@ way, ``pipeline("risk-aware-image-classification", ...)`` works once ``rcl_hf`` 
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import sys
@@ -21,9 +22,10 @@ _TARGET = "transformers.pipelines"
 
 
 def _register() -> None:
-    from .pipeline import register
-
-    register()
+    """Import :mod:`rcl_hf.pipeline`, which registers the task as its last statement. When that module is
+    what triggered the import of ``transformers.pipelines`` (it is still initialising), it registers itself."""
+    if f"{__package__}.pipeline" not in sys.modules:
+        importlib.import_module(f"{__package__}.pipeline")
 
 
 class _Loader(importlib.abc.Loader):

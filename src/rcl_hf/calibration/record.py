@@ -163,10 +163,12 @@ class RiskCalibration:
         if not isinstance(q, list) or len(q) < 2 or any(not isinstance(x, (int, float)) for x in q) or np.any(np.diff(q) < 0):
             bad("score_quantiles must be a non-decreasing list of numbers")
 
-    def save(self, folder: Union[str, os.PathLike]) -> Path:
-        """Write ``risk_calibration.json`` into ``folder`` (atomically); returns its path."""
+    def save(self, target: Union[str, os.PathLike]) -> Path:
+        """Write ``risk_calibration.json`` into the folder ``target`` (or to ``target`` itself when it names a
+        ``.json`` file), atomically; returns its path."""
         self.validate()
-        path = Path(folder) / RISK_CALIBRATION_FILE
+        path = Path(target) if str(target).endswith(".json") else Path(target) / RISK_CALIBRATION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, self.to_dict())
         return path
 

@@ -28,7 +28,6 @@ writes ``README.md`` (tables, verdicts generated from the checks, the command), 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys

@@ -47,8 +47,6 @@ def save_alpha_calibrations(folder: str, severity: Any, alphas: Iterable[float] 
                             seed: int = 0) -> Dict[float, Path]:
     """Calibrate the run in ``folder`` at each α on its saved validation logits; an α the split is too small
     to certify is skipped with a warning. Returns ``{α: path}``."""
-    from ..crash_safety import atomic_write_json
-
     with np.load(os.path.join(folder, "validation_predictions.npz")) as z:
         logits, labels = np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64)
     out: Dict[float, Path] = {}
@@ -59,11 +57,7 @@ def save_alpha_calibrations(folder: str, severity: Any, alphas: Iterable[float] 
         except ValueError as err:
             logger.warning("no calibration at α = %s: %s", alpha_choice(alpha), err)
             continue
-        cal.validate()
-        path = alpha_file(folder, alpha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, cal.to_dict())
-        out[alpha] = path
+        out[alpha] = cal.save(alpha_file(folder, alpha))
     return out
 
 
