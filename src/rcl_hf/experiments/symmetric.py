@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ..severity import SeverityMatrix
-from .report import POINT_METRICS, Run, _metrics_for_decisions
+from ..metrics.functional import metrics_of_decisions
+from .report import POINT_METRICS, Run
 from ..decision import blend_decision, fit_temperature
 from ..metrics.functional import softmax
 from ..selection import select_operating_points
@@ -77,7 +78,7 @@ def all_operating_points(runs: Sequence[Run], blend_weights: Sequence[float],
         per_split = {}
         for split in ("val", "test"):
             dec = np.stack([_decisions(run, split, rule, v, temperature) for rule, _, v in rules])
-            per_split[split] = _metrics_for_decisions(dec, run.labels[split], run.severity)
+            per_split[split] = metrics_of_decisions(dec, run.labels[split], run.severity)
         side = side_of(run.params)
         for i, (rule, family, v) in enumerate(rules):
             point = run.point if rule == "argmax" else (
