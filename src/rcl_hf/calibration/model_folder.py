@@ -24,7 +24,7 @@ from .record import RiskCalibration
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["calibrate_run", "calibrate_folder", "severity_for_model"]
+__all__ = ["calibrate_run", "calibrate_folder"]
 
 
 def _load_predictions(path: str):
@@ -50,21 +50,6 @@ def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alp
         out["test_argmax"] = evaluate_calibration(argmax, z_test, y_test, severity)
         out["test"]["guarantee_held"] = bool(out["test"][risk_kind] <= alpha)
     return out
-
-
-def severity_for_model(model_labels: Sequence[str], severity: Any) -> SeverityMatrix:
-    """The severity matrix in the model's class order, matched by label name (a preset, a JSON file or a
-    :class:`SeverityMatrix`); a label on one side only is a ``ValueError`` that names it."""
-    sev = SeverityMatrix.resolve(severity) if not isinstance(severity, SeverityMatrix) else severity
-    labels = [str(x) for x in model_labels]
-    if list(sev.labels) == labels:
-        return sev
-    missing, extra = sorted(set(labels) - set(sev.labels)), sorted(set(sev.labels) - set(labels))
-    if missing or extra:
-        raise ValueError(f"the severity's labels {list(sev.labels)} do not match the model's {labels}: "
-                         f"{'missing ' + str(missing) if missing else ''}{' ' if missing and extra else ''}"
-                         f"{'not in the model ' + str(extra) if extra else ''}")
-    return sev.reorder(labels)
 
 
 def calibrate_folder(model_dir: str, split: Any, *, severity: Any = None, out_dir: Optional[str] = None,
