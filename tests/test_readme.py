@@ -118,6 +118,18 @@ def test_readme_real_data_figures_come_from_the_round2_reports():
         assert f"**{verdict}**" in reports
 
 
+def test_readme_certified_risk_figures_come_from_the_risk_control_report():
+    """Every table row of README's "Certified risk control on real data" is a row of the generated report
+    (benchmarks/results/risk_control/README.md, written by rcl_hf.experiments.risk_control_report)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Certified risk control on real data", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| dataset")]
+    assert len(rows) >= 4, "README's certified risk-control section quotes too few rows"
+    report = (ROOT / "benchmarks" / "results" / "risk_control" / "README.md").read_text(encoding="utf-8")
+    missing = [row for row in rows if row not in report]
+    assert not missing, f"README rows not in the risk-control report: {missing}"
+
+
 @pytest.fixture(scope="module")
 def tiny_main_runs(tmp_path_factory):
     """A folder holding runs/main/{ce,rcl,...} from a tiny main job (what README's snippets load)."""

@@ -31,7 +31,8 @@ import numpy as np
 from .metrics.functional import bayes_risk_decision
 from .severity import SeverityMatrix
 
-__all__ = ["fit_temperature", "blend_cost_matrix", "blend_decision", "decision_scores", "DEFAULT_BLEND_WEIGHTS"]
+__all__ = ["fit_temperature", "fit_vector_scaling", "blend_cost_matrix", "blend_decision", "decision_scores",
+           "DEFAULT_BLEND_WEIGHTS"]
 
 #: The blend weights tried for every trained model (0 = argmax, 1 = Bayes-risk rule).
 DEFAULT_BLEND_WEIGHTS: Tuple[float, ...] = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 4))
@@ -54,6 +55,32 @@ def fit_temperature(logits: Any, labels: Any, bounds: Tuple[float, float] = (0.0
     res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-4})
     return float(np.exp(res.x))
+
+
+def fit_vector_scaling(logits: Any, labels: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """Vector scaling (Guo et al., ICML 2017, §4.2: a per-class scale ``a`` and bias ``b``) on the
+    log-probabilities ``ℓ = log softmax(z)``: ``p' = softmax(a ⊙ ℓ + b)``, ``(a, b) = argmin NLL`` on the given
+    (calibration) cases by L-BFGS (``scipy.optimize.minimize``, analytic gradient). On log-probabilities
+    rather than logits so that it can be applied wherever only probabilities are kept (``rcl_hf.predict``)."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"fit_vector_scaling needs (N, K) logits and (N,) labels, got {z.shape} and {y.shape}")
+    ell = log_softmax(z, axis=1)
+    n, k = ell.shape
+    onehot = np.eye(k)[y]
+
+    def nll(theta: np.ndarray):
+        a, b = theta[:k], theta[k:]
+        lp = log_softmax(ell * a + b, axis=1)
+        g = (np.exp(lp) - onehot) / n  # d NLL / d (a ⊙ ℓ + b)
+        return float(-lp[np.arange(n), y].mean()), np.concatenate([(g * ell).sum(0), g.sum(0)])
+
+    res = minimize(nll, np.concatenate([np.ones(k), np.zeros(k)]), jac=True, method="L-BFGS-B")
+    return res.x[:k].copy(), res.x[k:].copy()
 
 
 def _matrix(severity: SeverityMatrix | np.ndarray) -> np.ndarray:

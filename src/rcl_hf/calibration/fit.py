@@ -26,8 +26,9 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
+from scipy.special import log_softmax
 
-from ..decision import DEFAULT_BLEND_WEIGHTS, blend_decision, decision_scores, fit_temperature
+from ..decision import DEFAULT_BLEND_WEIGHTS, blend_decision, decision_scores, fit_temperature, fit_vector_scaling
 from ..metrics.functional import metrics_of_decisions, softmax
 from ..selection import select_operating_points
 from ..severity import SeverityMatrix
@@ -180,6 +181,7 @@ def calibrate(
     p_value: str = "binomial",
     rule: RuleLike = "auto",
     temperature: Union[str, float, None] = "auto",
+    scaling: str = "temperature",
     tune_fraction: float = DEFAULT_TUNE_FRACTION,
     tolerance: float = 0.01,
     blend_weights: Sequence[float] = DEFAULT_BLEND_WEIGHTS,
@@ -201,6 +203,8 @@ def calibrate(
         p_value: ``binomial`` (exact for 0/1 losses) or ``hoeffding_bentkus``.
         rule: ``auto`` (chosen on the tuning part), ``argmax``, ``bayes`` or a blend weight.
         temperature: ``auto`` (fitted on the tuning part), or a fixed ``T > 0`` (1 = none).
+        scaling: ``temperature`` (one parameter) or ``vector`` (a scale and a bias per class on the
+            log-probabilities, fitted on the tuning part: a stronger post-hoc recalibration).
         tune_fraction: share of the split for tuning; 0 is allowed when nothing is tuned and the
             risk is ``critical_miss``.
         groups: group ids of the calibration cases (patients, lesions): the tuning part is
@@ -226,7 +230,9 @@ def calibrate(
     t_fixed = None if temperature in (None, "auto") else float(temperature)
     if t_fixed is not None and not (np.isfinite(t_fixed) and t_fixed > 0):
         raise ValueError(f"temperature must be 'auto' or a finite number > 0, got {temperature!r}")
-    tunes = w_fixed is None or t_fixed is None or risk_kind == "cer_accepted"
+    if scaling not in ("temperature", "vector"):
+        raise ValueError(f"scaling must be 'temperature' or 'vector', got {scaling!r}")
+    tunes = w_fixed is None or t_fixed is None or risk_kind == "cer_accepted" or scaling == "vector"
     if tune_fraction == 0 and tunes:
         raise ValueError("tune_fraction=0 leaves no data to fit the temperature / rule (or to order the thresholds of "
                          "cer_accepted): give rule and temperature explicitly, or a tune_fraction > 0")
@@ -245,8 +251,14 @@ def calibrate(
                          f"part has {n_risk} {who} (of {len(y)} images, {len(tune)} kept for tuning), and the smallest "
                          f"α that {n_risk} can certify is {a_min:.3f}; use a larger calibration split or α >= {a_min:.3f}")
 
-    T = t_fixed if t_fixed is not None else fit_temperature(z[tune], y[tune])
-    p = softmax(z / T)
+    scale = bias = None
+    if scaling == "vector":
+        scale, bias = fit_vector_scaling(z[tune], y[tune])
+        T = 1.0
+        p = softmax(log_softmax(z, axis=1) * scale + bias)
+    else:
+        T = t_fixed if t_fixed is not None else fit_temperature(z[tune], y[tune])
+        p = softmax(z / T)
     w = w_fixed if w_fixed is not None else _choose_rule(p[tune], y[tune], severity, tolerance, blend_weights)
     d = blend_decision(p, severity, w)
     s = decision_scores(p, d, severity)
@@ -272,5 +284,6 @@ def calibrate(
         calibration={k: on_cert[k] for k in ("coverage", "critical_miss", "cer_accepted", "accuracy_accepted",
                                              "accuracy", "cer")},
         score_quantiles=[float(q) for q in quantiles], dataset=dataset, split=split, tolerance=float(tolerance),
-        notes=notes,
+        class_scale=None if scale is None else [float(x) for x in scale],
+        class_bias=None if bias is None else [float(x) for x in bias], notes=notes,
     )

@@ -59,6 +59,8 @@ class RiskCalibration:
     dataset: Optional[str] = None
     split: str = "validation"
     tolerance: float = 0.01
+    class_scale: Optional[List[float]] = None  # vector scaling of log-probabilities (replaces the temperature)
+    class_bias: Optional[List[float]] = None
     schema_version: int = SCHEMA_VERSION
     notes: List[str] = field(default_factory=list)
 
@@ -73,11 +75,15 @@ class RiskCalibration:
         return self.threshold <= REFER_ALL
 
     def calibrated_probabilities(self, probs: Any) -> np.ndarray:
-        """``softmax(log p / T)`` = ``softmax(z / T)`` for probabilities ``p = softmax(z)``."""
+        """``softmax(log p / T)`` = ``softmax(z / T)`` for probabilities ``p = softmax(z)``; with vector scaling,
+        ``softmax(a ⊙ log p + b)`` (:func:`rcl_hf.decision.fit_vector_scaling`)."""
         p = np.asarray(probs, dtype=np.float64)
         if p.ndim != 2 or p.shape[1] != len(self.labels):
             raise ValueError(f"probabilities must be (N, {len(self.labels)}), got shape {p.shape}")
-        return softmax(np.log(np.maximum(p, 1e-300)) / self.temperature, axis=1)
+        ell = np.log(np.maximum(p, 1e-300))
+        if self.class_scale is not None:
+            return softmax(ell * np.asarray(self.class_scale) + np.asarray(self.class_bias), axis=1)
+        return softmax(ell / self.temperature, axis=1)
 
     def decide(self, probs: Any, severity: SeverityMatrix, threshold: Optional[float] = None) -> Tuple[np.ndarray, ...]:
         """``(calibrated probabilities, decisions, referral scores, refer)`` for probabilities ``(N, K)``;
@@ -159,6 +165,11 @@ class RiskCalibration:
                 bad(f"{name} must be an integer >= 0, got {v!r}")
         if self.n_tune + self.n_certify != self.n_calibration:
             bad(f"n_tune + n_certify ({self.n_tune} + {self.n_certify}) must equal n_calibration ({self.n_calibration})")
+        vector = [*(self.class_scale or []), *(self.class_bias or [])]
+        if (self.class_scale is None) != (self.class_bias is None) or (self.class_scale is not None and not (
+                len(self.class_scale) == len(self.class_bias) == len(self.labels)
+                and all(isinstance(x, (int, float)) and math.isfinite(x) for x in vector))):
+            bad(f"class_scale and class_bias must both be absent or both lists of {len(self.labels)} finite numbers")
         q = self.score_quantiles
         if not isinstance(q, list) or len(q) < 2 or any(not isinstance(x, (int, float)) for x in q) or np.any(np.diff(q) < 0):
             bad("score_quantiles must be a non-decreasing list of numbers")

@@ -9,6 +9,8 @@ referral threshold) is fitted on the run's **validation** logits for each reques
   in expectation); beside it a *naive* threshold — same temperature and rule, the most lenient
   threshold whose empirical validation risk is ≤ ``α``, with no correction — to show what the
   guarantee buys;
+* a stronger post-hoc control: cross-entropy calibrated with vector scaling (a scale and a bias per class,
+  :func:`rcl_hf.decision.fit_vector_scaling`) instead of one temperature, as family ``ce_vector_scaling``;
 * **coverage** (share of test cases the model decides itself) and **accuracy among the accepted**
   cases, per training family, beside the normalised partial AUROC of the critical-class score at
   sensitivity ≥ 90% (:func:`rcl_hf.experiments.ranking.partial_auroc_high_sensitivity`: a training
@@ -52,6 +54,8 @@ __all__ = ["RISK_LEVELS", "evaluate_runs", "naive_threshold", "family_choice", "
 RISK_LEVELS = (("critical_miss", 0.05), ("critical_miss", 0.10), ("critical_miss", 0.20),
                ("cer_accepted", 0.01), ("cer_accepted", 0.02), ("cer_accepted", 0.05))
 RCL_PREFIX = "rcl"
+#: The family that is also calibrated with vector scaling (a stronger post-hoc rule on the cost-blind baseline).
+VECTOR_SCALING_BASE = "ce"
 
 
 def naive_threshold(cal: Any, logits: np.ndarray, labels: np.ndarray, severity: Any) -> float:
@@ -80,12 +84,15 @@ def evaluate_runs(runs: Sequence[Any], levels=RISK_LEVELS, delta: float = 0.1, p
     for run in tqdm(runs, desc="calibrating runs", disable=not progress, file=sys.stderr):
         zv, yv, zt, yt = run.logits["val"], run.labels["val"], run.logits["test"], run.labels["test"]
         pauc = partial_auroc_high_sensitivity(zt, yt, run.severity, 0.9)
-        for kind, alpha in levels:
-            base = {"dataset": f"{run.dataset} / {run.backbone}", "method": run.method, "point": run.point,
-                    "split_seed": run.split_seed,
-                    "seed": run.seed, "risk_kind": kind, "alpha": alpha}
+        # every run with temperature scaling; cross-entropy also with vector scaling (the stronger post-hoc control)
+        variants = [(run.method, "temperature")] + ([(f"{run.method}_vector_scaling", "vector")]
+                                                    if run.method == VECTOR_SCALING_BASE else [])
+        for (method, scaling), (kind, alpha) in ((v, lv) for v in variants for lv in levels):
+            base = {"dataset": f"{run.dataset} / {run.backbone}", "method": method, "point": run.point,
+                    "split_seed": run.split_seed, "seed": run.seed, "risk_kind": kind, "alpha": alpha}
             try:
-                cal = calibrate(zv, yv, run.severity, risk_kind=kind, alpha=alpha, delta=delta, seed=run.seed)
+                cal = calibrate(zv, yv, run.severity, risk_kind=kind, alpha=alpha, delta=delta, seed=run.seed,
+                                scaling=scaling)
             except ValueError as err:  # too small to certify this α: recorded, not hidden
                 rows.append({**base, "error": str(err)})
                 continue
