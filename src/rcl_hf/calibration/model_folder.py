@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -46,7 +47,7 @@ def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alp
     if os.path.isfile(test_path):
         z_test, y_test = _load_predictions(test_path)
         out["test"] = evaluate_calibration(cal, z_test, y_test, severity)
-        argmax = RiskCalibration(**{**cal.__dict__, "temperature": 1.0, "blend_weight": 0.0, "threshold": 1.0})
+        argmax = replace(cal, temperature=1.0, class_scale=None, class_bias=None, blend_weight=0.0, threshold=1.0)
         out["test_argmax"] = evaluate_calibration(argmax, z_test, y_test, severity)
         out["test"]["guarantee_held"] = bool(out["test"][risk_kind] <= alpha)
     return out
