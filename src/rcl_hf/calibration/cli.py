@@ -70,12 +70,18 @@ def run(args: CalibrateArguments, data_args) -> dict:
         raise ValueError(f"the dataset has no {args.split!r} split (it has {list(dsd)}): pass --split")
     severity = args.severity
     if severity is None:
-        try:
-            load_model(args.model)  # its own severity, if the config carries one
-        except ValueError:
+        from transformers import AutoConfig
+
+        from ..models import SEVERITY_KEY
+
+        try:  # the config alone says whether the model carries its own severity (no weights loaded twice)
+            has_own = getattr(AutoConfig.from_pretrained(args.model), SEVERITY_KEY, None) is not None
+        except OSError as err:
+            raise ValueError(f"cannot read the config of {args.model!r}: {err}") from None
+        if not has_own:
             if dataset_severity is None:
                 raise ValueError("the model's config has no severity matrix and the dataset names none: "
-                                 "pass --severity (a preset or a JSON file)") from None
+                                 "pass --severity (a preset or a JSON file)")
             severity = dataset_severity
     train_groups = dsd["train"]["group_id"] if "train" in dsd and "group_id" in dsd["train"].column_names else None
     from ..data.metadata import dataset_metadata
