@@ -1,4 +1,4 @@
-"""Trained cost-aware abstention (rcl_hf.experiments.abstention): selective outcomes against a plain
+"""Trained cost-aware abstention (research.abstention): selective outcomes against a plain
 reference implementation, SelectiveNet's selector learning what to refer, and selection that reads
 validation only."""
 
@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from rcl_hf.experiments import abstention_report
-from rcl_hf.experiments.abstention import (
+from research import abstention_report
+from research.abstention import (
     AbstentionConfig,
     choose,
     options,
@@ -135,7 +135,7 @@ def test_run_abstention_chooses_on_validation_only(monkeypatch):
             parts["test"] = (x + np.random.default_rng(9).normal(0, 3, x.shape).astype(np.float32), y)
         return parts, SEV
 
-    monkeypatch.setattr("rcl_hf.experiments.embed_pool.load_split_embeddings", load)
+    monkeypatch.setattr("research.embed_pool.load_split_embeddings", load)
     monkeypatch.setattr("rcl_hf.train_job.ModelArguments", lambda **kw: kw)
     monkeypatch.setattr("rcl_hf.train_job.DataArguments", lambda **kw: kw)
     cfg = AbstentionConfig(epochs=2)
@@ -164,7 +164,7 @@ def test_run_abstention_trains_with_the_thread_count_it_records(monkeypatch):
         seen.append(torch.get_num_threads())
         return train_head(*args, **kwargs)
 
-    monkeypatch.setattr("rcl_hf.experiments.embed_pool.load_split_embeddings", load)
+    monkeypatch.setattr("research.embed_pool.load_split_embeddings", load)
     monkeypatch.setattr("rcl_hf.train_job.ModelArguments", lambda **kw: kw)
     monkeypatch.setattr("rcl_hf.train_job.DataArguments", lambda **kw: kw)
     monkeypatch.setattr(abstention_report, "train_head", head)
@@ -194,8 +194,8 @@ def test_abstention_report_end_to_end_on_a_tiny_frozen_grid(tmp_path):
     report reads both caches, trains every family and writes its files."""
     import json
 
-    from rcl_hf.experiments.embed_pool import load_split_embeddings
-    from rcl_hf.experiments.grid import load_grid, run_grid
+    from research.embed_pool import load_split_embeddings
+    from research.grid import load_grid, run_grid
     from rcl_hf.train_job import DataArguments, ModelArguments
 
     grid_file = tmp_path / "grid.yaml"
@@ -228,13 +228,13 @@ def test_abstention_report_end_to_end_on_a_tiny_frozen_grid(tmp_path):
 
 def test_a_split_seed_grid_runs_the_backbone_once_per_group_of_images(tmp_path, monkeypatch):
     """The first frozen cell embeds; every other split seed, and a second entry of the same images under
-    another split setting, reuse its embeddings (rcl_hf.experiments.embed_pool.embedding_seed_cells /
+    another split setting, reuse its embeddings (research.embed_pool.embedding_seed_cells /
     share_embeddings, images matched by content id when the dataset has no id column)."""
     import datasets
 
     import rcl_hf.frozen as frozen
     from rcl_hf.data.synthetic import load_synthetic
-    from rcl_hf.experiments.grid import load_grid, run_grid
+    from research.grid import load_grid, run_grid
 
     folder = tmp_path / "train_only"  # one pool of images; the grid carves validation / test per split seed
     datasets.DatasetDict({"train": load_synthetic(seed=0, n_train=160, n_validation=8, n_test=8)["train"]}).save_to_disk(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rcl_hf.experiments.crossfit import crossfit_risk_weights, grouped_folds, out_of_fold_probabilities
-from rcl_hf.experiments.grid import load_grid, run_grid
-from rcl_hf.experiments.variants import ExperimentRiskArguments
+from research.crossfit import crossfit_risk_weights, grouped_folds, out_of_fold_probabilities
+from research.grid import load_grid, run_grid
+from research.risk_variants import ExperimentRiskArguments
 from rcl_hf.losses import RiskCalibratedLoss, build_loss
 from rcl_hf.severity import SeverityMatrix
 from rcl_hf.trainer import RiskArguments, RiskCalibratedTrainer
@@ -183,7 +183,7 @@ def test_experiment_arguments_validate_crossfit_options():
 
 
 def test_crossfit_max_iter_reaches_the_out_of_fold_models(monkeypatch):
-    from rcl_hf.experiments import crossfit
+    from research import crossfit
 
     seen = {}
     real = crossfit.out_of_fold_probabilities

@@ -1,4 +1,4 @@
-"""rcl_hf.experiments.executors: grid cells as submitit jobs (Slurm job arrays; here submitit's LocalExecutor,
+"""research.executors: grid cells as submitit jobs (Slurm job arrays; here submitit's LocalExecutor,
 no Slurm). The jobs give the local pool's results table, a rerun skips done cells, and a failed job's cell is
 reported with its log while the other cells finish."""
 
@@ -16,23 +16,23 @@ import yaml
 
 pytest.importorskip("submitit")
 
-from rcl_hf.experiments import grid as grid_mod  # noqa: E402
-from rcl_hf.experiments.command import main  # noqa: E402
-from rcl_hf.experiments.executors import (  # noqa: E402
+from research import grid as grid_mod  # noqa: E402
+from research.run_grid import main  # noqa: E402
+from research.executors import (  # noqa: E402
     SubmititEngine,
     SubmititOptions,
     executor_parameters,
     launch_command,
     run_cell_job,
 )
-from rcl_hf.experiments.grid import is_done, load_grid, run_grid  # noqa: E402
+from research.grid import is_done, load_grid, run_grid  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_smoke_grid(tmp_path, methods=None) -> str:
-    """configs/experiments/synthetic_smoke.yaml cut to a tiny dataset, 1 epoch, one seed and 2 cells."""
-    with open(os.path.join(REPO, "configs", "experiments", "synthetic_smoke.yaml"), encoding="utf-8") as fh:
+    """research/configs/synthetic_smoke.yaml cut to a tiny dataset, 1 epoch, one seed and 2 cells."""
+    with open(os.path.join(REPO, "research", "configs", "synthetic_smoke.yaml"), encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
     raw["seeds"] = [0]
     raw["data"].update({"max_train_samples": 64, "max_eval_samples": 32, "cache_dir": None})
@@ -158,7 +158,7 @@ def test_launch_command_runs_this_module_under_accelerate(tmp_path):
     cmd = launch_command(str(tmp_path / "launch_cell.json"), 4)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "4" and "--multi_gpu" in cmd
-    assert cmd[-3:] == ["-m", "rcl_hf.experiments.executors", str(tmp_path / "launch_cell.json")]
+    assert cmd[-3:] == ["-m", "research.executors", str(tmp_path / "launch_cell.json")]
     assert 0 < int(cmd[cmd.index("--main_process_port") + 1]) < 65536
 
 

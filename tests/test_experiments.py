@@ -1,4 +1,4 @@
-"""rcl_hf.experiments: decision rules, matched-accuracy selection (validation only), statistics
+"""research: decision rules, matched-accuracy selection (validation only), statistics
 (bootstrap CIs over seeds and images, exact McNemar, Clopper–Pearson), the grid runner's resumability,
 the point-5 loss options, and the report — on synthetic result rows and tiny fake logits."""
 
@@ -12,15 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
-from rcl_hf.experiments import grid as grid_mod
-from rcl_hf.experiments.grid import Cell, is_done, load_grid, run_grid
-from rcl_hf.experiments.variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
-from rcl_hf.experiments.report import Run, compare_pipelines, operating_points, write_results
+from research import grid as grid_mod
+from research.grid import Cell, is_done, load_grid, run_grid
+from research.risk_variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
+from rcl_hf.comparison import Run, compare_pipelines, operating_points
+from research.report import write_results
 from rcl_hf.decision import blend_cost_matrix, blend_decision
-from rcl_hf.experiments.rules import expected_calibration_error, risk_coverage
+from rcl_hf.metrics.reliability import expected_calibration_error, risk_coverage
 from rcl_hf.metrics.functional import softmax
 from rcl_hf.selection import select_operating_points
-from rcl_hf.experiments.stats import (
+from rcl_hf.comparison.stats import (
     PipelineSample,
     bootstrap_replicates,
     clopper_pearson,
@@ -257,7 +258,7 @@ def test_write_results_files(tmp_path):
 
 
 def test_floor_flag_follows_the_critical_error_counts(tmp_path):
-    from rcl_hf.experiments.report import at_the_floor
+    from research.report import at_the_floor
 
     g = pd.DataFrame({"rule": ["argmax", "argmax", "bayes"], "n_critical_seeds": [[5, 4, 4], [25, 1, 11], [90, 80, 70]]})
     assert at_the_floor(g, 20.0)  # argmax means 4.3 and 12.3; the Bayes row does not count
@@ -403,7 +404,7 @@ def test_one_tiny_frozen_cell_end_to_end(tmp_path):
 def test_cli_dry_run_and_errors(tmp_path, capsys):
     import yaml
 
-    from rcl_hf.experiments.command import main
+    from research.run_grid import main
 
     y = tmp_path / "g.yaml"
     y.write_text(yaml.safe_dump(GRID))

@@ -99,33 +99,36 @@ def test_readme_main_job_table_is_the_recorded_output_of_the_command():
         assert row in recorded, f"README row not in benchmarks/results/main_job.md (the command's output): {row}"
 
 
-ROUND2_REPORTS = ("round2/README.md", "round2_finetune/README.md", "round2_brain_mri/README.md",
-                  "round2/abstention/README.md")
+SYMMETRIC_REPORTS = ("symmetric_comparison_frozen_isic/README.md", "symmetric_comparison_finetune_isic/README.md",
+                     "symmetric_comparison_frozen_brain_mri/README.md",
+                     "symmetric_comparison_frozen_isic/abstention/README.md")
 
 
-def test_readme_real_data_figures_come_from_the_round2_reports():
+def test_readme_real_data_figures_come_from_the_symmetric_comparison_reports():
     """Every 'estimate [low, high]' figure and every verdict of README's "Results on real data" is in a
-    report that a command of the repository wrote (benchmarks/results/experiments/round2*)."""
+    report that a command of the repository wrote (research/results/symmetric_comparison_frozen_isic*)."""
     text = README.read_text(encoding="utf-8")
     section = text.split("## Results on real data", 1)[1].split("\n## ", 1)[0]
-    reports = "\n".join((ROOT / "benchmarks" / "results" / "experiments" / r).read_text(encoding="utf-8")
-                        for r in ROUND2_REPORTS if (ROOT / "benchmarks" / "results" / "experiments" / r).exists())
+    paths = [ROOT / "research" / "results" / r for r in SYMMETRIC_REPORTS]
+    absent = [str(p) for p in paths if not p.exists()]
+    assert not absent, f"reports the README quotes are missing: {absent}"
+    reports = "\n".join(p.read_text(encoding="utf-8") for p in paths)
     figures = re.findall(r"[−+-]?\d+\.\d+ \[[−+-]?\d+\.\d+, [−+-]?\d+\.\d+\]", section)
     assert len(figures) >= 5, "README's real-data section quotes too few figures with CIs"
     missing = [f for f in figures if f not in reports]
-    assert not missing, f"README figures not found in the round-2 reports: {missing}"
+    assert not missing, f"README figures not found in the symmetric comparison reports: {missing}"
     for verdict in re.findall(r"\*\*(no win shown|win|no difference shown)\*\*", section):
         assert f"**{verdict}**" in reports
 
 
 def test_readme_certified_risk_figures_come_from_the_risk_control_report():
     """Every table row of README's "Certified risk control on real data" is a row of the generated report
-    (benchmarks/results/risk_control/README.md, written by rcl_hf.experiments.risk_control_report)."""
+    (research/results/risk_control/README.md, written by research.risk_control_report)."""
     text = README.read_text(encoding="utf-8")
     section = text.split("## Certified risk control on real data", 1)[1].split("\n## ", 1)[0]
     rows = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| dataset")]
     assert len(rows) >= 4, "README's certified risk-control section quotes too few rows"
-    report = (ROOT / "benchmarks" / "results" / "risk_control" / "README.md").read_text(encoding="utf-8")
+    report = (ROOT / "research" / "results" / "risk_control" / "README.md").read_text(encoding="utf-8")
     missing = [row for row in rows if row not in report]
     assert not missing, f"README rows not in the risk-control report: {missing}"
 

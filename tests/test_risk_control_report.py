@@ -5,8 +5,8 @@ import pytest
 import pandas as pd
 
 from rcl_hf import SeverityMatrix
-from rcl_hf.experiments.report import Run
-from rcl_hf.experiments.risk_control_report import evaluate_runs, paired_ci, write_report
+from rcl_hf.comparison import Run
+from research.risk_control_report import evaluate_runs, paired_ci, write_report
 
 SEV = SeverityMatrix.preset("isic2018")
 PRIOR = [0.11, 0.67, 0.05, 0.03, 0.11, 0.01, 0.02]
@@ -59,7 +59,7 @@ def test_paired_ci_designs():
 
 
 def test_partial_auroc_at_high_sensitivity_spans_chance_to_perfect():
-    from rcl_hf.experiments.ranking import partial_auroc_high_sensitivity
+    from research.ranking import partial_auroc_high_sensitivity
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 7, 5000)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-__all__ = ["parse_args", "parse_args_explicit", "read_config", "expand_argv", "greater_is_better_for", "train_main", "run_experiments_main"]
+__all__ = ["parse_args", "parse_args_explicit", "read_config", "expand_argv", "greater_is_better_for", "train_main"]
 
 
 def _exit2(message: str) -> "NoReturn":
@@ -272,9 +272,3 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
 def _init_fields(args: Any) -> Dict[str, Any]:
     """The ``__init__`` fields of a dataclass instance (``TrainingArguments``), as given."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-
-
-def run_experiments_main(argv: Optional[Sequence[str]] = None) -> None:
-    from .experiments.command import main
-
-    main(argv)

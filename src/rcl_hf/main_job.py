@@ -7,21 +7,21 @@ synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed
    (``rcl``; log form, λ = 1 by default) for every training seed — same data, epochs and batches —
    through :func:`rcl_hf.train_job.run_training`, the code path of ``scripts/train.py`` and of every
    cell of the experiment grid;
-2. turns the saved validation/test logits into :class:`rcl_hf.experiments.report.Run` objects and calls
-   :func:`rcl_hf.experiments.report.compare_pipelines`, i.e. the grid's own selection
+2. turns the saved validation/test logits into :class:`research.report.Run` objects and calls
+   :func:`research.report.compare_pipelines`, i.e. the grid's own selection
    (:func:`rcl_hf.selection.select_operating_points`): for each pipeline family (``ce``,
    ``ce + Bayes``, ``ce + blend``, ``rcl``, ...) the operating point (blend weight ``w``) with the
    lowest *validation* CER among those within ``tolerance`` of cross-entropy's validation accuracy,
    then one evaluation on test;
 3. decides the headline question — does ``rcl + blend`` make fewer critical errors than
    ``ce + blend``? — from the 95% CI of the paired test-CER difference (two-level bootstrap over
-   seeds and test images, :func:`rcl_hf.experiments.stats.bootstrap_replicates`, same draws for both
+   seeds and test images, :func:`rcl_hf.comparison.stats.bootstrap_replicates`, same draws for both
    pipelines) and writes the verdict paragraph from those numbers (:func:`verdict`);
 4. beside it, the certified decision layer that each run calibrated on its validation split
    (:mod:`rcl_hf.calibration`), scored once on test (:func:`certified_table`): coverage, realised risk,
    accuracy among the accepted cases, and whether the certified bound held;
 5. writes ``comparison.md`` (the table and verdict it prints), ``comparison.json``,
-   ``cer_accuracy.png`` (the CER–accuracy fronts, :func:`rcl_hf.experiments.figures.plot_fronts`)
+   ``cer_accuracy.png`` (the CER–accuracy fronts, :func:`rcl_hf.comparison.figures.plot_fronts`)
    and one model folder per run: ``ce`` and ``rcl`` (first seed; loadable with
    ``rcl_hf.load_model``), ``ce_seed1``, ``rcl_seed1``, ... Each run folder has ``train.log``
    with the Trainer's per-step logs (``--verbose true`` prints them instead).
@@ -47,6 +47,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .comparison.verdict import headline_verdict as verdict
+from .formatting import pct as _pct
+from .formatting import pct_ci as _ci
 
 __all__ = ["CompareArguments", "run_comparison", "verdict", "matched_table", "certified_table", "run_folder", "main"]
 
@@ -96,71 +100,7 @@ def run_folder(output_dir: str, method: str, seed: int, first_seed: int) -> str:
     return os.path.join(output_dir, method if seed == first_seed else f"{method}_seed{seed}")
 
 
-# ----------------------------------------------------------------------------- the verdict
-def verdict(cer: Dict[str, float], accuracy: Dict[str, float], cer_diff_ci: Tuple[float, float],
-            acc_diff_ci: Tuple[float, float], n_seeds: int, n_test: int,
-            pipelines: Tuple[str, str] = HEADLINE, matched: Optional[Dict[str, bool]] = None) -> Tuple[str, str]:
-    """The headline verdict from the numbers: ``(label, paragraph)``.
-
-    ``cer_diff_ci`` / ``acc_diff_ci``: 95% CIs of ``second − first`` (fractions) for the two
-    ``pipelines`` (default ``ce + blend`` then ``rcl + blend``). ``label`` is ``"rcl_better"`` when the
-    CER CI lies below 0, ``"ce_better"`` when above, else ``"no_difference"``. The paragraph adds
-    whether accuracy differs beyond noise (its CI excludes 0), since a lower CER bought with lower
-    accuracy is the trade-off any rule can make. ``matched`` (pipeline -> whether its point is within
-    the tolerance; default all) adds a caution for a pipeline that reached no matched point.
-    """
-    base, rcl = pipelines
-    lo, hi = (float(x) for x in cer_diff_ci)
-    alo, ahi = (float(x) for x in acc_diff_ci)
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-        raise ValueError(f"cer_diff_ci must be a finite (low, high) pair, got {cer_diff_ci}")
-    d = cer[rcl] - cer[base]
-    pts = lambda x: f"{100 * x:+.2f}"  # noqa: E731  (percentage points, signed)
-    setup = (f"Over {n_seeds} training seed{'s' if n_seeds != 1 else ''} and {n_test} test images, with each pipeline's "
-             f"operating point chosen on validation only (within the accuracy tolerance of cross-entropy), ")
-    nums = (f"`{rcl}` has a test CER of {100 * cer[rcl]:.2f}% against {100 * cer[base]:.2f}% for `{base}` "
-            f"(difference {pts(d)} points, 95% CI [{pts(lo)}, {pts(hi)}]) at accuracy {100 * accuracy[rcl]:.2f}% "
-            f"vs {100 * accuracy[base]:.2f}% (difference {pts(accuracy[rcl] - accuracy[base])} points, "
-            f"95% CI [{pts(alo)}, {pts(ahi)}]). ")
-    if hi < 0:
-        label = "rcl_better"
-        head = (f"Training with the risk-calibrated loss makes fewer critical errors than the post-hoc rule on "
-                f"cross-entropy: the CI of the difference lies below zero.")
-    elif lo > 0:
-        label = "ce_better"
-        head = (f"The post-hoc rule on cross-entropy makes fewer critical errors than training with the "
-                f"risk-calibrated loss: the CI of the difference lies above zero.")
-    else:
-        label = "no_difference"
-        head = ("No difference beyond noise: the CI of the CER difference contains zero, so on this data the "
-                "risk-calibrated loss does not beat the post-hoc rule on cross-entropy (nor lose to it).")
-    if ahi < 0:
-        acc = f" Note that `{rcl}` is also less accurate beyond noise, so part of any CER gap is the accuracy trade-off."
-    elif alo > 0:
-        acc = f" Note that `{rcl}` is also more accurate beyond noise."
-    else:
-        acc = " Their accuracies do not differ beyond noise."
-    unmatched = [p for p in pipelines if matched is not None and not matched.get(p, True)]
-    if unmatched:
-        acc += (" Caution: " + " and ".join(f"`{p}`" for p in unmatched) + " reached no operating point within the "
-                "accuracy tolerance on validation, so its most accurate point is used and this is not a comparison "
-                "at matched accuracy.")
-    return label, setup + nums + head + acc
-
-
 # ----------------------------------------------------------------------------- the table
-def _pct(x: float) -> str:
-    return f"{100 * float(x):.2f}"
-
-
-def _ci(ci: Any) -> str:
-    try:
-        lo, hi = ci
-        return f"[{100 * float(lo):.2f}, {100 * float(hi):.2f}]"
-    except (TypeError, ValueError):
-        return ""
-
-
 def matched_table(summary: Any, families: Sequence[str]) -> str:
     """Markdown table of the chosen pipelines (rows of ``compare_pipelines(...).summary``), rates in percent."""
     head = ("| pipeline | chosen on validation | val. accuracy % | test accuracy % [95% CI] | test CER % [95% CI] "
@@ -279,22 +219,9 @@ def _train_and_load(args: CompareArguments, data_args: Any, method: str, seed: i
 
 
 def _load_run(run_dir: str, method: str, seed: int, backbone: str, point: str):
-    from .experiments.report import Run
-    from .severity import SeverityMatrix
+    from .comparison import load_run_folder
 
-    with open(os.path.join(run_dir, "rcl_run.json"), encoding="utf-8") as fh:
-        recipe = json.load(fh)
-    logits, labels = {}, {}
-    for split, fname in (("val", "validation_predictions.npz"), ("test", "test_predictions.npz")):
-        path = os.path.join(run_dir, fname)
-        if not os.path.exists(path):
-            raise ValueError(f"{run_dir} has no {fname}: the comparison needs validation and test splits")
-        with np.load(path) as z:
-            logits[split] = np.asarray(z["logits"], dtype=np.float64)
-            labels[split] = np.asarray(z["labels"]).astype(np.int64)
-    return Run(DATASET_NAME, backbone, method, point, seed, SeverityMatrix.from_dict(recipe["severity"]), logits, labels,
-               loss=recipe["risk"]["loss"], wall_time_s=float(recipe.get("wall_time_s", float("nan"))),
-               params=recipe["risk"])
+    return load_run_folder(run_dir, DATASET_NAME, backbone, method, point, seed)
 
 
 def certified_table(output_dir: str, seeds: Sequence[int], kind: str, alpha: float, delta: float) -> Tuple[str, Dict[str, Any]]:
@@ -325,7 +252,7 @@ def certified_table(output_dir: str, seeds: Sequence[int], kind: str, alpha: flo
 
 def _headline(comparison: Any, n_boot: int) -> Dict[str, Any]:
     """Paired bootstrap (same seed and image draws) of ``rcl + blend`` minus ``ce + blend``."""
-    from .experiments.stats import bootstrap_replicates
+    from .comparison import bootstrap_replicates
 
     (group,) = comparison.severities.keys()
     sev = comparison.severities[group]
@@ -349,8 +276,8 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from .experiments.figures import plot_fronts
-    from .experiments.report import compare_pipelines
+    from .comparison import compare_pipelines
+    from .comparison.figures import plot_fronts
     from .decision import DEFAULT_BLEND_WEIGHTS
 
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):

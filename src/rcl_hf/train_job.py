@@ -161,9 +161,9 @@ def run_training(
     from .models import build_image_processor, build_model, ensure_label_maps_in_config_file
 
     t0 = time.time()
-    if getattr(risk_args, "crossfit_weight", 0) > 0 and not model_args.freeze_backbone:
-        raise ValueError("crossfit_weight needs the frozen-backbone mode (--freeze_backbone true): under full "
-                         "fine-tuning its out-of-fold models would be K extra fine-tunes")
+    if risk_args.requires_frozen_backbone() and not model_args.freeze_backbone:
+        raise ValueError(f"these risk arguments ({type(risk_args).__name__}) need the frozen-backbone mode "
+                         "(--freeze_backbone true): e.g. cross-fitted weights would need K extra fine-tunes")
     if model_args.eval_only and model_args.freeze_backbone:
         raise ValueError("--eval_only evaluates a saved model: drop --freeze_backbone")
     if model_args.eval_only and not os.path.isdir(model_args.backbone):
@@ -362,12 +362,11 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
         emb = {s: cached_embeddings(model, transformed[s], splits[s], cache_dir, {**key, "split": s},
                                     batch_size=max(8, training_args.per_device_eval_batch_size))
                for s in transformed}
-    if getattr(risk_args, "crossfit_weight", 0) > 0:  # cross-fitted risk weights (rcl_hf.experiments.crossfit)
-        train = emb["train"].with_format("numpy")
-        groups = splits["train"]["group_id"] if "group_id" in splits["train"].column_names else None
-        weights = risk_args.train_sample_weights(train["embeddings"], train["labels"], groups, severity,
-                                                 training_args.seed)
-        emb["train"] = emb["train"].add_column("sample_weight", weights.tolist()).with_format("torch")
+    train = emb["train"].with_format("numpy")
+    groups = splits["train"]["group_id"] if "group_id" in splits["train"].column_names else None
+    weights = risk_args.train_sample_weights(train["embeddings"], train["labels"], groups, severity, training_args.seed)
+    if weights is not None:  # e.g. cross-fitted risk weights: the Trainer reads the sample_weight column
+        emb["train"] = emb["train"].add_column("sample_weight", np.asarray(weights).tolist()).with_format("torch")
     classifier = find_classifier(model)
     set_seed(training_args.seed)
     head = LinearHead(classifier.in_features, severity.num_labels)
@@ -383,6 +382,6 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
         model=head, args=training_args, train_dataset=emb["train"],
         eval_dataset=emb.get(eval_split) if eval_split else None,
         compute_metrics=compute_metrics, risk_args=risk_args, severity=severity, class_counts=counts.tolist(),
-        callbacks=[_CopyHeadIntoModel()], sample_weight_start_epoch=getattr(risk_args, "crossfit_start_epoch", 0.0),
+        callbacks=[_CopyHeadIntoModel()], sample_weight_start_epoch=risk_args.sample_weight_start_epoch,
     )
     return trainer, emb

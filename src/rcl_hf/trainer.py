@@ -45,6 +45,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from transformers import Trainer
 
@@ -121,6 +122,25 @@ class RiskArguments:
             label_smoothing=self.label_smoothing,
             beta=self.class_weight_beta,
         )
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    #: Epoch from which the per-sample weights of :meth:`train_sample_weights` apply (0: from the start).
+    sample_weight_start_epoch = 0.0  # (not a dataclass field: no flag)
+
+    def requires_frozen_backbone(self) -> bool:
+        """Whether these arguments only make sense with ``--freeze_backbone true`` (default: no). A subclass
+        whose sample weights need K extra models (cross-fitting) answers yes."""
+        return False
+
+    def train_sample_weights(self, embeddings: np.ndarray, labels: Sequence[int], groups: Optional[Sequence[str]],
+                             severity: SeverityMatrix, seed: int) -> Optional[np.ndarray]:
+        """Per-image weights of the training split in frozen-backbone mode, or ``None`` (the default: unweighted).
+
+        The training job puts them in the dataset's ``sample_weight`` column, which
+        :class:`RiskCalibratedTrainer` multiplies into the per-sample loss from
+        :attr:`sample_weight_start_epoch` on. Override to re-weight (e.g. cross-fitted risk weights).
+        """
+        return None
 
 
 class RiskCalibratedTrainer(Trainer):

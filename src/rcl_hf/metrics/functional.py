@@ -112,7 +112,7 @@ def expected_costs(probs: Any, severity: SeverityLike, critical_mask: Any = None
 
 def bayes_risk_decision(probs: Any, severity: SeverityLike, critical_mask: Any = None) -> Tuple[np.ndarray, np.ndarray]:
     """Bayes-risk decision ``ŷ = argmin_j Σ_i p_i M[i, j]`` (SPEC section 1): the one
-    definition in rcl_hf (inference, experiments and the Trainer's metrics call it).
+    definition in rcl_hf (inference, the comparison and the Trainer's metrics call it).
 
     Returns ``(decisions, risks)`` where ``risks[n]`` is the expected cost of the
     chosen decision (the quantity compared with a referral threshold τ).
@@ -122,8 +122,13 @@ def bayes_risk_decision(probs: Any, severity: SeverityLike, critical_mask: Any =
     return decisions, expected[np.arange(len(expected)), decisions]
 
 
-def relative_safety_improvement(cer_method: float, cer_reference: float) -> float:
-    """``(CER_ref - CER_method) / CER_ref``; NaN when the reference CER is 0."""
-    if cer_reference == 0:
-        return float("nan")
-    return (cer_reference - cer_method) / cer_reference
+def relative_safety_improvement(cer_method, cer_reference):
+    """``(CER_ref - CER_method) / CER_ref``, the relative CER reduction; NaN where the reference CER is 0.
+
+    Scalars give a float; arrays (e.g. bootstrap replicates) are taken elementwise and give an array.
+    """
+    ref = np.asarray(cer_reference, dtype=np.float64)
+    meth = np.asarray(cer_method, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(ref > 0, (ref - meth) / np.where(ref > 0, ref, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out

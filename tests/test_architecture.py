@@ -1,0 +1,134 @@
+"""The shape of the code: the library (``src/rcl_hf``) never reaches into the study (``research/``), has no
+import cycle, is the only package installed, and every module stays small and named by concept."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "src" / "rcl_hf"
+STUDY = ROOT / "research"
+
+
+def _modules(base: Path, package: str):
+    for path in sorted(base.rglob("*.py")):
+        rel = path.relative_to(base).with_suffix("")
+        parts = [package, *rel.parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield ".".join(parts), path
+
+
+def _imports(name: str, path: Path, top_level_only: bool):
+    """Absolute names imported by a module (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            yield mod
+            for alias in node.names:  # `from . import x` may import a submodule
+                yield f"{mod}.{alias.name}"
+
+
+def test_the_library_never_imports_the_study():
+    offenders = [(name, imp) for name, path in _modules(LIB, "rcl_hf")
+                 for imp in _imports(name, path, top_level_only=False)
+                 if imp == "research" or imp.startswith("research.")]
+    assert not offenders, f"library modules import the study: {offenders}"
+
+
+def test_importing_every_library_module_loads_no_study_code():
+    names = [name for name, _ in _modules(LIB, "rcl_hf")
+             if not name.startswith("rcl_hf.metrics.critical_error_rate")]  # an evaluate metric script
+    code = ("import importlib, sys\n"
+            f"for n in {names!r}:\n    importlib.import_module(n)\n"
+            "bad = sorted(m for m in sys.modules if m == 'research' or m.startswith('research.'))\n"
+            "print(bad)\nraise SystemExit(1 if bad else 0)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT / "src"), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+
+
+def _cycle(graph):
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in graph.get(n, ()):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in graph:
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_the_library_has_no_import_cycle_at_module_level():
+    mods = dict(_modules(LIB, "rcl_hf"))
+    graph = {}
+    for name, path in mods.items():
+        deps = {imp for imp in _imports(name, path, top_level_only=True) if imp in mods and imp != name}
+        # a package's __init__ re-exporting its submodules is not a cycle through the package
+        graph[name] = {d for d in deps if not (name.startswith(d + ".") and d != "rcl_hf")} - {"rcl_hf"}
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_the_library_is_installed():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    find = project["tool"]["setuptools"]["packages"]["find"]
+    assert find["where"] == ["src"], "the wheel must hold src/ only (the study and benchmarks are not installed)"
+    assert not (ROOT / "src" / "research").exists() and not (LIB / "experiments").exists()
+    for script in project["project"]["scripts"].values():
+        assert script.startswith("rcl_hf."), f"console script outside the library: {script}"
+
+
+@pytest.mark.parametrize("base", [LIB, STUDY, ROOT / "spaces_demo", ROOT / "benchmarks", ROOT / "scripts"],
+                         ids=lambda p: p.name)
+def test_modules_stay_under_500_lines(base):
+    long = {str(p.relative_to(ROOT)): n for p in base.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert not long, f"modules over 500 lines: {long}"
+
+
+def test_names_are_concepts_not_dates():
+    dated = re.compile(r"round[ _-]?\d|issue[ _-]?\d", re.IGNORECASE)
+    paths = [p for base in (LIB, STUDY) for p in base.rglob("*") if "__pycache__" not in p.parts]
+    bad_names = [str(p.relative_to(ROOT)) for p in paths if dated.search(p.name)]
+    assert not bad_names, f"files named after a round or an issue: {bad_names}"
+    bad_text = [str(p.relative_to(ROOT)) for p in paths if p.suffix in (".py", ".yaml")
+                and dated.search(p.read_text(encoding="utf-8"))]
+    assert not bad_text, f"code or configs that speak of rounds or issues: {bad_text}"
