@@ -10,7 +10,8 @@ the best checkpoint by ``metric_for_best_model``, and writes to ``output_dir``:
 * the model folder (safetensors, ``config.json`` with labels and severity,
   ``preprocessor_config.json``);
 * ``test_results.json`` / ``all_results.json`` (Trainer metrics), ``rcl_run.json``
-  (the recipe), ``test_predictions.npz`` (logits and labels);
+  (the recipe), ``validation_predictions.npz`` / ``test_predictions.npz`` (logits, labels and, when the
+  dataset has a ``group_id`` column, ``groups``: the lesion / patient of each row);
 * ``confusion_matrix_test.png`` with the critical cells outlined.
 
 Launching: ``python scripts/train.py ...`` or ``accelerate launch ... scripts/train.py``
@@ -267,7 +268,8 @@ def run_training(
         results[split] = {k[len(prefix) + 1:]: v for k, v in pred.metrics.items()}
         if trainer.is_world_process_zero():
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            np.savez_compressed(os.path.join(out_dir, f"{split}_predictions.npz"), logits=logits, labels=pred.label_ids)
+            np.savez_compressed(os.path.join(out_dir, f"{split}_predictions.npz"), logits=logits, labels=pred.label_ids,
+                                **_group_array(splits.get(split), pred.label_ids))
             full = critical_error_rate(logits.argmax(-1), pred.label_ids, severity, return_confusion=True, per_class=True)
             results[split]["per_class_recall"] = full["per_class_recall"]
             results[split]["confusion_matrix"] = full["confusion_matrix"]
@@ -327,6 +329,18 @@ def run_training(
     results["split_sizes"] = {s: len(d) for s, d in splits.items()}
     results["wall_time_s"] = time.time() - t0
     return results
+
+
+def _group_array(split: Any, label_ids: Any) -> Dict[str, np.ndarray]:
+    """``{"groups": the split's group ids as strings}`` for a prediction file, in the split's row order, when
+    the split has a ``group_id`` column and its labels are the predictions' labels in that order (so the rows
+    line up with the logits); ``{}`` otherwise (the calibration is then image-level)."""
+    if split is None or "group_id" not in split.column_names or "label" not in split.column_names:
+        return {}
+    if not np.array_equal(np.asarray(split["label"]), np.asarray(label_ids).reshape(-1)):
+        logger.warning("prediction labels are not in the split's row order: no group ids saved beside them")
+        return {}
+    return {"groups": np.asarray([str(g) for g in split["group_id"]], dtype=str)}
 
 
 def _calibrate(out_dir: str, splits: Any, severity: SeverityMatrix, model_args: ModelArguments,

@@ -12,7 +12,11 @@
    selection the comparisons use (:func:`rcl_hf.selection.select_operating_points`): the lowest
    CER among the weights whose accuracy is within ``tolerance`` of the argmax's;
 4. certifies the referral threshold ``τ`` on the certification part
-   (:mod:`rcl_hf.calibration.risk_control`: Learn-then-Test, or conformal risk control).
+   (:mod:`rcl_hf.calibration.risk_control`: Learn-then-Test, or conformal risk control). With
+   group ids (lesions, patients) the unit of the certificate is the group by default
+   (``unit="group"``: per-group losses, Hoeffding–Bentkus p-values, the effective sample size is
+   the number of groups; :func:`rcl_hf.calibration.risk_control.group_risk_curve`), since images
+   of one lesion are not independent; without them, or with ``unit="image"``, every image is a unit.
 
 Bad input gets one ``ValueError`` before anything is written: logits / labels / severity that do
 not match, a calibration split that shares groups with the training split, or a split too small
@@ -35,9 +39,13 @@ from ..severity import SeverityMatrix
 from .record import RiskCalibration
 from .risk_control import (
     METHODS,
+    P_VALUES,
     REFER_ALL,
     RISK_KINDS,
+    UNITS,
     crc_threshold,
+    group_codes,
+    group_risk_curve,
     ltt_threshold,
     risk_curve,
     smallest_certifiable_alpha,
@@ -178,7 +186,8 @@ def calibrate(
     alpha: float = DEFAULT_ALPHA,
     delta: float = DEFAULT_DELTA,
     method: str = "ltt",
-    p_value: str = "binomial",
+    p_value: Optional[str] = None,
+    unit: Optional[str] = None,
     rule: RuleLike = "auto",
     temperature: Union[str, float, None] = "auto",
     scaling: str = "temperature",
@@ -200,7 +209,12 @@ def calibrate(
         alpha, delta: certify ``P(risk > α) ≤ δ`` (LTT) or ``E[risk] ≤ α`` (``method="crc"``).
         method: ``ltt`` (Learn then Test, fixed sequence) or ``crc`` (conformal risk control;
             ``critical_miss`` only).
-        p_value: ``binomial`` (exact for 0/1 losses) or ``hoeffding_bentkus``.
+        p_value: ``binomial`` (exact for 0/1 losses) or ``hoeffding_bentkus``; ``None``: binomial for
+            ``unit="image"``, Hoeffding–Bentkus for ``unit="group"`` (the only valid one there: a group's
+            loss is a share in [0, 1], not 0/1).
+        unit: ``group`` (the default when ``groups`` are given): each group is one independent unit
+            and its loss is the share of its images counted as a loss (:mod:`.risk_control`); ``image``
+            (the default without groups): every image is a unit, which assumes independent images.
         rule: ``auto`` (chosen on the tuning part), ``argmax``, ``bayes`` or a blend weight.
         temperature: ``auto`` (fitted on the tuning part), or a fixed ``T > 0`` (1 = none).
         scaling: ``temperature`` (one parameter) or ``vector`` (a scale and a bias per class on the
@@ -208,7 +222,7 @@ def calibrate(
         tune_fraction: share of the split for tuning; 0 is allowed when nothing is tuned and the
             risk is ``critical_miss``.
         groups: group ids of the calibration cases (patients, lesions): the tuning part is
-            grouped apart from the certification part.
+            grouped apart from the certification part, and they are the units of ``unit="group"``.
         train_groups: group ids of the training split: a shared group is an error.
     """
     if not isinstance(severity, SeverityMatrix):
@@ -240,16 +254,19 @@ def calibrate(
         raise ValueError(f"groups has {len(groups)} entries for {len(y)} calibration cases")
     if groups is not None and train_groups is not None:
         check_calibration_groups(groups, train_groups)
+    unit, p_value = _resolve_unit(unit, p_value, groups, method)
 
     tune, cert = _split(y, groups, tune_fraction if tunes else 0.0, seed)
     cap = severity.positive_rows[y]
-    n_risk = int(cap[cert].sum()) if risk_kind == "critical_miss" else len(cert)
+    g_codes = None if groups is None else group_codes(groups)[0]
+    n_groups = None if g_codes is None else int(len(np.unique(g_codes[cert])))
+    if unit == "group":
+        n_risk = int(len(np.unique(g_codes[cert][cap[cert]]))) if risk_kind == "critical_miss" else n_groups
+    else:
+        n_risk = int(cap[cert].sum()) if risk_kind == "critical_miss" else len(cert)
     a_min = smallest_certifiable_alpha(n_risk, delta, method)
     if alpha < a_min:
-        who = "critical-capable cases" if risk_kind == "critical_miss" else "cases"
-        raise ValueError(f"the calibration split is too small to certify α = {alpha:g} at δ = {delta:g}: its certification "
-                         f"part has {n_risk} {who} (of {len(y)} images, {len(tune)} kept for tuning), and the smallest "
-                         f"α that {n_risk} can certify is {a_min:.3f}; use a larger calibration split or α >= {a_min:.3f}")
+        raise ValueError(_too_small_message(alpha, delta, a_min, n_risk, risk_kind, unit, n_groups, len(y), len(tune)))
 
     scale = bias = None
     if scaling == "vector":
@@ -263,12 +280,18 @@ def calibrate(
     d = blend_decision(p, severity, w)
     s = decision_scores(p, d, severity)
     err = severity.critical[y, d]
-    curve = risk_curve(s[cert], err[cert], cap[cert], risk_kind)
+
+    def curve_of(part: np.ndarray):
+        if unit == "group":
+            return group_risk_curve(s[part], err[part], cap[part], g_codes[part], risk_kind)
+        return risk_curve(s[part], err[part], cap[part], risk_kind)
+
+    curve = curve_of(cert)
     notes = []
     if method == "crc":
         tau = crc_threshold(curve, alpha)
     else:
-        ordering = risk_curve(s[tune], err[tune], cap[tune], risk_kind) if risk_kind == "cer_accepted" else None
+        ordering = curve_of(tune) if risk_kind == "cer_accepted" else None
         tau = ltt_threshold(curve, alpha, delta, p_value=p_value, ordering_curve=ordering, kind=risk_kind)[0]
     if tau <= REFER_ALL:
         notes.append("no referral threshold could be certified: every case is referred")
@@ -285,5 +308,39 @@ def calibrate(
                                              "accuracy", "cer")},
         score_quantiles=[float(q) for q in quantiles], dataset=dataset, split=split, tolerance=float(tolerance),
         class_scale=None if scale is None else [float(x) for x in scale],
-        class_bias=None if bias is None else [float(x) for x in bias], notes=notes,
+        class_bias=None if bias is None else [float(x) for x in bias], unit=unit, n_groups=n_groups, notes=notes,
     )
+
+
+def _resolve_unit(unit: Optional[str], p_value: Optional[str], groups: Optional[Sequence[Any]],
+                  method: str) -> Tuple[str, str]:
+    """``(unit, p_value)`` with their defaults: the group unit and Hoeffding–Bentkus when groups are given."""
+    if unit is None:
+        unit = "image" if groups is None else "group"
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if unit == "group" and groups is None:
+        raise ValueError("unit='group' needs the group ids of the calibration cases (groups=...)")
+    if p_value is None:
+        p_value = "hoeffding_bentkus" if unit == "group" else "binomial"
+    if p_value not in P_VALUES:
+        raise ValueError(f"p_value must be one of {P_VALUES}, got {p_value!r}")
+    if unit == "group" and p_value == "binomial" and method == "ltt":
+        raise ValueError("p_value='binomial' is exact only for 0/1 losses, but a group's loss is the share of its images "
+                         "counted as a loss: use p_value='hoeffding_bentkus' with unit='group' (or unit='image', which "
+                         "assumes independent images)")
+    return unit, p_value
+
+
+def _too_small_message(alpha: float, delta: float, a_min: float, n_risk: int, risk_kind: str, unit: str,
+                       n_groups: Optional[int], n_images: int, n_tune: int) -> str:
+    if unit == "group":
+        who = ("groups with a critical-capable image" if risk_kind == "critical_miss" else "groups") + \
+              f" (of {n_groups} groups in it)"
+        why = ("; the certificate is group-level (unit='group': images of one group are not independent), so its "
+               "sample size is the number of groups, not of images")
+    else:
+        who, why = ("critical-capable cases" if risk_kind == "critical_miss" else "cases"), ""
+    return (f"the calibration split is too small to certify α = {alpha:g} at δ = {delta:g}: its certification part has "
+            f"{n_risk} {who} (of {n_images} images, {n_tune} kept for tuning), and the smallest α that {n_risk} can "
+            f"certify is {a_min:.3f}{why}; use a larger calibration split or α >= {a_min:.3f}")

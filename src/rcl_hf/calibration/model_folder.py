@@ -3,7 +3,9 @@
 * :func:`calibrate_run` — the end of ``scripts/train.py``: reads the run's saved validation logits
   (``validation_predictions.npz``), writes ``risk_calibration.json`` beside the weights and scores the
   certified pipeline once on the saved test logits. The test split is read *after* the calibration
-  is written and never enters it.
+  is written and never enters it. When the npz holds a ``groups`` array (the split's ``group_id``,
+  saved by runs of a dataset that has one) the certificate is group-level; an npz written before
+  that, without groups, gives the image-level certificate (``unit`` in the record says which).
 * :func:`calibrate_folder` — ``rcl-calibrate``: embeds a dataset split with the model's own
   preprocessing (:func:`rcl_hf.inference.forward_images`) and calibrates on it; works for a model
   trained with rcl_hf, with a plain ``transformers.Trainer`` (no severity in its config: pass a
@@ -29,23 +31,28 @@ __all__ = ["calibrate_run", "calibrate_folder"]
 
 
 def _load_predictions(path: str):
+    """``(logits, labels, groups or None)`` of a saved ``*_predictions.npz``."""
     with np.load(path) as z:
-        return np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64)
+        groups = [str(g) for g in z["groups"]] if "groups" in z.files else None
+        return np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64), groups
 
 
 def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alpha: float, delta: float,
                   groups: Optional[Sequence[Any]] = None, train_groups: Optional[Sequence[Any]] = None,
                   dataset: Optional[str] = None, seed: int = 0) -> Dict[str, Any]:
     """Calibrate a finished run on its validation logits; returns ``{"calibration": ..., "test": ...}``
-    (``test``: what the certified pipeline does on the test split, and the argmax beside it)."""
-    z_val, y_val = _load_predictions(os.path.join(out_dir, "validation_predictions.npz"))
+    (``test``: what the certified pipeline does on the test split, and the argmax beside it).
+    ``groups``: the validation cases' group ids; ``None`` reads them from the npz when it has them."""
+    z_val, y_val, saved_groups = _load_predictions(os.path.join(out_dir, "validation_predictions.npz"))
+    if groups is None:
+        groups = saved_groups
     cal = calibrate(z_val, y_val, severity, risk_kind=risk_kind, alpha=alpha, delta=delta, groups=groups,
                     train_groups=train_groups, dataset=dataset, split="validation", seed=seed)
     cal.save(out_dir)
     out: Dict[str, Any] = {"calibration": cal.to_dict()}
     test_path = os.path.join(out_dir, "test_predictions.npz")
     if os.path.isfile(test_path):
-        z_test, y_test = _load_predictions(test_path)
+        z_test, y_test, _ = _load_predictions(test_path)
         out["test"] = evaluate_calibration(cal, z_test, y_test, severity)
         argmax = replace(cal, temperature=1.0, class_scale=None, class_bias=None, blend_weight=0.0, threshold=1.0)
         out["test_argmax"] = evaluate_calibration(argmax, z_test, y_test, severity)

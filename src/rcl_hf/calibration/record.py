@@ -7,6 +7,11 @@ probabilities into the certified decision: the temperature ``T``, the decision r
 method, sample sizes, what the calibration split showed, which dataset and split). It is
 versioned (:data:`SCHEMA_VERSION`), validated when read, and written atomically
 (:func:`rcl_hf.crash_safety.atomic_write_json`).
+
+``unit`` (``image`` or ``group``) and ``n_groups`` (groups in the certification part, when group ids
+were given) were added within schema version 1 as optional fields: a file written before them reads
+as an image-level certificate without groups, and an older reader that ignores them still applies the
+same threshold (a group-level certificate only assumes less).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ..crash_safety import atomic_write_json
 from ..decision import blend_decision, decision_scores
 from ..metrics.functional import softmax
 from ..severity import SeverityMatrix
-from .risk_control import METHODS, P_VALUES, REFER_ALL, RISK_KINDS
+from .risk_control import METHODS, P_VALUES, REFER_ALL, RISK_KINDS, UNITS
 
 __all__ = ["RiskCalibration", "RISK_CALIBRATION_FILE", "SCHEMA_VERSION", "RISK_DESCRIPTIONS"]
 
@@ -53,7 +58,7 @@ class RiskCalibration:
     n_calibration: int
     n_tune: int
     n_certify: int
-    n_risk: int  # cases the certified risk was averaged over (critical-capable cases, or all certify cases)
+    n_risk: int  # units the certified risk was averaged over (critical-capable cases or groups, or all certify units)
     calibration: Dict[str, float]  # coverage, risk, accuracy_accepted, ... on the certification part
     score_quantiles: List[float]  # 101 quantiles of the referral score on the certification part (drift test)
     dataset: Optional[str] = None
@@ -61,6 +66,8 @@ class RiskCalibration:
     tolerance: float = 0.01
     class_scale: Optional[List[float]] = None  # vector scaling of log-probabilities (replaces the temperature)
     class_bias: Optional[List[float]] = None
+    unit: str = "image"  # the certificate's unit: independent images, or groups (lesions, patients)
+    n_groups: Optional[int] = None  # groups in the certification part (None: no group ids were given)
     schema_version: int = SCHEMA_VERSION
     notes: List[str] = field(default_factory=list)
 
@@ -109,8 +116,9 @@ class RiskCalibration:
         if self.refers_everything:
             return (f"No threshold could be certified for at most {self.alpha:.0%} {what} on {self.n_certify:,} "
                     f"{self.split} images: every case is referred.")
+        grouped = f" in {self.n_groups:,} independent groups (lesions or patients)" if self.unit == "group" else ""
         return (f"Decides {cov:.0%} of cases itself; at most {self.alpha:.0%} {what}, certified on "
-                f"{self.n_certify:,} {self.split} images{f' of {self.dataset}' if self.dataset else ''} at {conf}.")
+                f"{self.n_certify:,} {self.split} images{grouped}{f' of {self.dataset}' if self.dataset else ''} at {conf}.")
 
     # ---------------------------------------------------------------- storage
     def to_dict(self) -> Dict[str, Any]:
@@ -165,6 +173,16 @@ class RiskCalibration:
                 bad(f"{name} must be an integer >= 0, got {v!r}")
         if self.n_tune + self.n_certify != self.n_calibration:
             bad(f"n_tune + n_certify ({self.n_tune} + {self.n_certify}) must equal n_calibration ({self.n_calibration})")
+        if self.unit not in UNITS:
+            bad(f"unit must be one of {UNITS}, got {self.unit!r}")
+        if self.n_groups is not None and (isinstance(self.n_groups, bool) or not isinstance(self.n_groups, int)
+                                          or not 0 <= self.n_groups <= self.n_certify):
+            bad(f"n_groups must be absent or an integer in [0, n_certify = {self.n_certify}], got {self.n_groups!r}")
+        if self.unit == "group":
+            if self.n_groups is None or self.n_risk > self.n_groups:
+                bad(f"a group-level certificate needs n_groups >= n_risk ({self.n_risk}), got {self.n_groups!r}")
+            if self.method == "ltt" and self.p_value == "binomial":
+                bad("a group-level LTT certificate needs p_value 'hoeffding_bentkus' (group losses are not 0/1)")
         vector = [*(self.class_scale or []), *(self.class_bias or [])]
         if (self.class_scale is None) != (self.class_bias is None) or (self.class_scale is not None and not (
                 len(self.class_scale) == len(self.class_bias) == len(self.labels)
