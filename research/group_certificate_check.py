@@ -15,7 +15,7 @@ the saved labels row for row (a run whose labels differ is refused, not guessed)
 ``held``: the test split's image-level critical_miss ≤ α (the study's measure); ``held (lesion risk)``: the
 test split's lesion-averaged critical_miss ≤ α (the quantity the lesion-level certificate targets).
 
-    PYTHONPATH=src RCL_HF_CACHE=/tmp/rcl_cache_copy python scripts/group_certificate_check.py \\
+    RCL_HF_CACHE=/tmp/rcl_cache_copy python -m research.group_certificate_check \\
         --study_dir /work/main/runs/experiments/risk_control_finetune_isic
 
 (``RCL_HF_CACHE``: where the loader's image-check cache is read and written; a copy keeps the shared one
