@@ -145,7 +145,7 @@ def main(argv: List[str] = None) -> int:
     cache: Dict[str, Any] = {}
     runs = [_load_run(f, cache) for f in folders]
     frame = evaluate(runs, args.alphas, args.delta)
-    print(f"$ python scripts/group_certificate_check.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"$ python -m research.group_certificate_check {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"{len(runs)} runs under {args.study_dir} ({len(cache)} data splits rebuilt, labels matched row for row); "
           f"risk critical_miss, δ = {args.delta:g}\n")
     print(table(frame))
