@@ -7,7 +7,9 @@
   (300-600 px a side), in a ``save_to_disk`` ``DatasetDict`` whose ``image`` column points at them,
   so preprocessing (decoding, resizing) runs as on a real download;
 * :func:`tiny_checkpoint` — a random-init ``hf-resnet`` (32 px, synthetic severity) saved with its
-  image processor and label maps, as ``scripts/train.py`` saves a run.
+  image processor and label maps, as ``scripts/train.py`` saves a run (built by
+  ``checkpoints.save_tiny_checkpoint``, which tests that modify a checkpoint call for their own copy);
+* :func:`tiny_dataset` — the synthetic 200 / 40 / 61 ``save_to_disk`` folder the training tests share.
 """
 
 from __future__ import annotations
@@ -94,15 +96,13 @@ def real_size_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-init ``hf-resnet`` checkpoint (32 px, synthetic severity) with processor and label maps."""
-    import torch
+    from checkpoints import save_tiny_checkpoint
 
-    from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
-    from rcl_hf.severity import SeverityMatrix
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint") / "tiny")
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_checkpoint") / "tiny"
-    model, data_config = build_model("hf-resnet", SeverityMatrix.preset("synthetic"), image_size=32)
-    model.save_pretrained(folder)
-    build_image_processor(model, data_config).save_pretrained(folder)
-    ensure_label_maps_in_config_file(str(folder))
-    return folder
+
+@pytest.fixture(scope="module")
+def tiny_dataset(synthetic_dataset_dir) -> str:
+    """A small synthetic DatasetDict saved with ``save_to_disk`` (200 / 40 / 61 images, 32 px): enough to train one
+    epoch, with an uneven test split (61) for multi-process evaluation."""
+    return str(synthetic_dataset_dir(seed=3, n_train=200, n_validation=40, n_test=61))

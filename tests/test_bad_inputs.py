@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
+from checkpoints import save_tiny_checkpoint
 
 from data_fixtures import ISIC_LABELS, isic_items, make_brain, make_isic_task3, write_bad, write_image
 
@@ -146,18 +147,7 @@ def _train_flags(ctx: Ctx, *flags: str) -> List[str]:
 
 
 def _checkpoint(ctx: Ctx, labels: Optional[List[str]] = None) -> Path:
-    from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
-    from rcl_hf.severity import SeverityMatrix
-
-    sev = SeverityMatrix.preset("synthetic")
-    if labels:
-        sev = sev.reorder(labels)
-    model, data_config = build_model("hf-resnet", sev, image_size=32)
-    folder = ctx.tmp / "ckpt"
-    model.save_pretrained(folder)
-    build_image_processor(model, data_config).save_pretrained(folder)
-    ensure_label_maps_in_config_file(str(folder))
-    return folder
+    return save_tiny_checkpoint(ctx.tmp / "ckpt", labels=labels)
 
 
 REVERSED = ["lesion_ring", "lesion_oval", "lesion_round", "normal"]

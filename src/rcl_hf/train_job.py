@@ -19,7 +19,7 @@ Launching: ``python scripts/train.py ...`` or ``accelerate launch ... scripts/tr
 (``--multi_gpu --num_processes 2`` / ``torchrun``) becomes one gloo DDP job
 (``use_cpu``; :func:`multiprocess_cpu_launch`).  Evaluation metrics do not depend
 on the number of processes: the Trainer gathers all predictions (padding of
-uneven splits dropped) and :class:`BroadcastBuffersCallback` gives every rank the
+uneven splits dropped) and the Trainer's :class:`BroadcastBuffersCallback` gives every rank the
 saved model's BatchNorm statistics.  Training augmentation is seeded per
 ``(seed, epoch, row)`` (:class:`SeededAugmentation`), so ``--resume_from_checkpoint``
 ends at the weights of an uninterrupted run.  ``--eval_only`` scores a saved
@@ -224,7 +224,7 @@ def run_training(
         training_args.eval_strategy = "no"
 
     compute_metrics = make_compute_metrics(severity)
-    callbacks: List[TrainerCallback] = [BroadcastBuffersCallback()]
+    callbacks: List[TrainerCallback] = []  # the Trainer adds its own (non-finite guard, DDP buffer sync)
     if not model_args.freeze_backbone and not model_args.eval_only:
         seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
         train_split, augmentation = _seeded_train_split(transformed["train"], seed)

@@ -61,7 +61,7 @@ from .crash_safety import (
     staging_dir,
 )
 from .severity import SeverityMatrix
-from .trainer_callbacks import NonFiniteLossError, NonFiniteStepGuard
+from .trainer_callbacks import BroadcastBuffersCallback, NonFiniteLossError, NonFiniteStepGuard
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,9 @@ class RiskCalibratedTrainer(Trainer):
         self._loss_skipped_in_step = False
         self._rcl_staging: Optional[str] = None  # the checkpoint folder being written, if any
         self.add_callback(NonFiniteStepGuard(self))  # non-finite gradients: raise or skip the optimizer step
+        # under DDP every rank evaluates and saves rank 0's buffers (BatchNorm statistics); a no-op on one process
+        if not any(isinstance(cb, BroadcastBuffersCallback) for cb in self.callback_handler.callbacks):
+            self.add_callback(BroadcastBuffersCallback())
         self.nonfinite_skipped = 0  # micro-batches whose non-finite loss was skipped
         self.skipped_optimizer_steps = 0  # optimizer steps skipped (loss or gradient not finite)
 
@@ -342,7 +345,7 @@ class RiskCalibratedTrainer(Trainer):
         which also caps <6): the parent writes every
         file under ``self._get_output_dir(trial)`` (``args.output_dir`` outside hyper-parameter search),
         which is pointed at the staging folder for the call; best-checkpoint path, hub push and rotation
-        are then redone on the real folder. ``tests/test_trainer.py::test_private_save_checkpoint_api``
+        are then redone on the real folder. ``tests/trainer/test_trainer.py::test_private_save_checkpoint_api``
         fails when that source contract changes.
         """
         from transformers.trainer import TRAINER_STATE_NAME

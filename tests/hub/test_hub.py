@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoints import save_tiny_checkpoint
 import yaml
 
 from rcl_hf import hub
 from rcl_hf.hub.errors import HubUnavailableError
-from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file, severity_from_config
+from rcl_hf.models import severity_from_config
 from rcl_hf.severity import SeverityMatrix
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_TOKEN = "hf_" + "Zq7" * 12  # token-shaped, never valid
 SEVERITY = SeverityMatrix.preset("synthetic")
 RESULTS = {
@@ -65,11 +66,7 @@ def _subprocess_env(**extra: str) -> dict:
 
 
 def _save_tiny_model(folder: Path) -> Path:
-    model, data_config = build_model("hf-resnet", SEVERITY, image_size=32)
-    model.save_pretrained(folder)
-    build_image_processor(model, data_config).save_pretrained(folder)
-    ensure_label_maps_in_config_file(str(folder))
-    return folder
+    return save_tiny_checkpoint(folder, severity=SEVERITY)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +338,7 @@ def test_cli_dry_run_and_one_line_errors(tmp_path, run_dir, capsys):
 
 # ------------------------------------------------------------------- dataset dry run
 @pytest.fixture()
-def tiny_dataset(tmp_path):
+def grouped_dataset(tmp_path):
     import datasets
     from PIL import Image
 
@@ -369,11 +366,11 @@ def tiny_dataset(tmp_path):
     return datasets.DatasetDict(splits)
 
 
-def test_dataset_dry_run_layout_and_load_back(tmp_path, tiny_dataset):
+def test_dataset_dry_run_layout_and_load_back(tmp_path, grouped_dataset):
     import datasets
 
-    expected_pixels = [np.asarray(im).copy() for im in tiny_dataset["test"]["image"]]
-    out = Path(hub.push_dataset(tiny_dataset, "owner/tiny-lesions", dry_run_dir=tmp_path / "ds"))
+    expected_pixels = [np.asarray(im).copy() for im in grouped_dataset["test"]["image"]]
+    out = Path(hub.push_dataset(grouped_dataset, "owner/tiny-lesions", dry_run_dir=tmp_path / "ds"))
     for p in tmp_path.glob("ext_*.png"):
         p.unlink()  # the upload must not depend on the original files
     assert set(hub.list_files(out)) == {
@@ -391,17 +388,17 @@ def test_dataset_dry_run_layout_and_load_back(tmp_path, tiny_dataset):
     loaded = datasets.load_dataset(str(out))
     assert {s: len(d) for s, d in loaded.items()} == {"train": 6, "validation": 3, "test": 3}
     assert loaded["train"].features["label"].names == SEVERITY.labels
-    assert loaded["test"]["patient_id"] == tiny_dataset["test"]["patient_id"]
+    assert loaded["test"]["patient_id"] == grouped_dataset["test"]["patient_id"]
     for got, want in zip(loaded["test"]["image"], expected_pixels):
         assert np.array_equal(np.asarray(got), want)
 
     parquet = datasets.load_dataset("parquet", data_files={"test": str(out / "data" / "test-*.parquet")})
-    assert parquet["test"]["label"] == tiny_dataset["test"]["label"]
+    assert parquet["test"]["label"] == grouped_dataset["test"]["label"]
 
 
-def test_dataset_dry_run_from_folder_with_given_card(tmp_path, tiny_dataset):
+def test_dataset_dry_run_from_folder_with_given_card(tmp_path, grouped_dataset):
     saved = tmp_path / "saved"
-    tiny_dataset.save_to_disk(str(saved))
+    grouped_dataset.save_to_disk(str(saved))
     card = "---\nlicense: cc-by-4.0\ntags:\n- rcl_hf\n---\n# Tiny lesions\n\nA card written elsewhere.\n"
     out = Path(hub.push_dataset(saved, "owner/tiny-lesions", dry_run_dir=tmp_path / "ds", card=card))
     text = (out / "README.md").read_text(encoding="utf-8")
@@ -578,11 +575,11 @@ def test_offline_mode_error(online_env, run_dir):
         assert "HF_HUB_OFFLINE" in msg and "--dry_run_dir" in msg
 
 
-def test_no_token_error(online_env, run_dir, tiny_dataset, tmp_path):
+def test_no_token_error(online_env, run_dir, grouped_dataset, tmp_path):
     space = _make_space(tmp_path / "space", GOOD_SPACE)
     for call in (hub.check_hub_access,
                  lambda: hub.push_model(run_dir, "owner/tiny-rcl"),
-                 lambda: hub.push_dataset(tiny_dataset, "owner/tiny-lesions"),
+                 lambda: hub.push_dataset(grouped_dataset, "owner/tiny-lesions"),
                  lambda: hub.push_space(space, "owner/rcl-demo", models=["owner/rcl-brain"])):
         with pytest.raises(HubUnavailableError) as info:
             call()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rcl_hf import hub
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _app_imports(app: Path) -> list:

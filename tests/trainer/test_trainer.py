@@ -391,3 +391,16 @@ def test_private_save_checkpoint_api():
     assert "run_dir = self.args.output_dir" in inspect.getsource(Trainer._get_output_dir)
     overridden = {name for name, value in vars(RiskCalibratedTrainer).items() if callable(value)}
     assert {n for n in overridden if n.startswith("_") and not n.startswith("__") and hasattr(Trainer, n)} == {"_save_checkpoint"}
+
+
+def test_the_trainer_adds_the_callbacks_it_needs_itself(tmp_path):
+    """A user of RiskCalibratedTrainer under DDP gets the buffer sync without the training job; once only."""
+    from rcl_hf.trainer_callbacks import BroadcastBuffersCallback, NonFiniteStepGuard
+
+    args = training_args(tmp_path, max_steps=1)
+    trainer = RiskCalibratedTrainer(model=TabularNet(), args=args, loss_fn=WeightedCrossEntropyLoss())
+    kinds = [type(cb) for cb in trainer.callback_handler.callbacks]
+    assert kinds.count(BroadcastBuffersCallback) == 1 and kinds.count(NonFiniteStepGuard) == 1
+    again = RiskCalibratedTrainer(model=TabularNet(), args=args, loss_fn=WeightedCrossEntropyLoss(),
+                                  callbacks=[BroadcastBuffersCallback()])
+    assert [type(cb) for cb in again.callback_handler.callbacks].count(BroadcastBuffersCallback) == 1

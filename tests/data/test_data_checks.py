@@ -234,7 +234,7 @@ def test_isic_split_folder_without_ground_truth(tmp_path):
 
 
 # --------------------------------------------------------------------------- module structure
-SRC = Path(__file__).resolve().parents[1] / "src" / "rcl_hf"
+SRC = Path(__file__).resolve().parents[2] / "src" / "rcl_hf"
 
 
 def _import_graph(package_dir: Path) -> Dict[str, Set[str]]:

@@ -27,7 +27,7 @@ from research.executors import (  # noqa: E402
 )
 from research.grid import is_done, load_grid, run_grid  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_smoke_grid(tmp_path, methods=None) -> str:

@@ -9,7 +9,7 @@ import datasets
 
 from rcl_hf import hub
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_build_dataset_dry_run_push_is_the_hub_folder(tmp_path, monkeypatch, capsys):

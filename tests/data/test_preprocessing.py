@@ -42,7 +42,7 @@ from rcl_hf.severity import SeverityMatrix
 
 SEVERITY = SeverityMatrix.preset("synthetic")
 ODD_SIZES = [(301, 457), (599, 333), (417, 417), (61, 37)]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_tumor_mri"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "brain_tumor_mri"
 
 
 def _one_level(std=IMAGENET_STD) -> float:

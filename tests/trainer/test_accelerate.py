@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "cer", "critical_miss_rate", "expected_cost", "n_critical")
 
@@ -68,11 +67,6 @@ def test_shipped_accelerate_configs_resolve():
     cpu = _launch_args(ACCELERATE_CONFIGS / "cpu_ddp_2proc.yaml")
     # The real 2-process setup: multi-GPU launcher (torchrun, gloo without CUDA), not --cpu (one process).
     assert cpu.multi_gpu and cpu.num_processes == 2 and not cpu.cpu and cpu.mixed_precision == "no"
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(synthetic_dataset_dir) -> str:
-    return str(synthetic_dataset_dir(seed=5, n_train=200, n_validation=40, n_test=61))
 
 
 def _free_port() -> int:

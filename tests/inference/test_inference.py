@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoints import save_tiny_checkpoint
 import torch
 
 from rcl_hf.hub.errors import HubUnavailableError
@@ -72,13 +73,7 @@ def test_risk_summary_input_checks_and_records():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
-    torch.manual_seed(0)
-    model, data_config = build_model("hf-resnet", SEVERITY, image_size=32)
-    model.save_pretrained(folder)
-    build_image_processor(model, data_config).save_pretrained(folder)
-    ensure_label_maps_in_config_file(str(folder))
-    return folder
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", severity=SEVERITY)
 
 
 def _images():

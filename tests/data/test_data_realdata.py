@@ -17,7 +17,7 @@ from rcl_hf.data.splits import check_disjoint_groups
 
 pytestmark = pytest.mark.realdata
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 # Brain MRI, split seed 0, measured on ../shared/data (Training/ only: every split derived) with
 #   PYTHONPATH=src python -c "from rcl_hf.data import load_dataset as L; d = L('brain_tumor_mri',

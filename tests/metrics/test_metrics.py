@@ -1,7 +1,6 @@
 """Clinical metrics: hand-computed cases, a naive reference, sklearn, the `evaluate`
 module, bootstrap intervals, the Bayes-risk decision and the Trainer's compute_metrics."""
 
-import time
 
 import evaluate
 import numpy as np
@@ -182,13 +181,11 @@ def test_confusion_matrix_function():
 def test_hundred_thousand_predictions():
     sev = SeverityMatrix.preset("isic2018")
     preds, refs = _random_case(7, 100_000, seed=1)
-    t0 = time.perf_counter()
     out = critical_error_rate(preds, refs, sev)
-    elapsed = time.perf_counter() - t0
     assert out["n_samples"] == 100_000
     assert out["cer"] == pytest.approx(sev.critical[refs, preds].mean())
     assert out["expected_cost"] == pytest.approx(sev.matrix[refs, preds].mean())
-    assert elapsed < 5.0  # the single-bincount core; 1M in < 1 s is the benchmark's claim
+    # speed is measured, not asserted here: benchmarks/metric_speed.py (results in benchmarks/results/)
 
 
 # ---------------------------------------------------------------------- errors

@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
 METRIC_KEYS = ("loss", "accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
 

@@ -45,7 +45,7 @@ from rcl_hf.data.splits import check_disjoint_groups
 from rcl_hf.data.transforms import resolve_transform_config
 
 KW = dict(progress=False, num_workers=2, cache_dir=False)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _no_straddle(dsd, column="group_id"):

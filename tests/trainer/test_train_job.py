@@ -17,15 +17,9 @@ from rcl_hf.severity import SeverityMatrix
 from rcl_hf.trainer import RiskArguments
 from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, format_table, run_training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "test_results.json", "rcl_run.json",
              "confusion_matrix_test.png", "all_results.json", "test_predictions.npz")
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(synthetic_dataset_dir) -> str:
-    """A small synthetic DatasetDict saved with ``save_to_disk`` (200 / 40 / 61 images, 32 px; tests/conftest.py)."""
-    return str(synthetic_dataset_dir(seed=3, n_train=200, n_validation=40, n_test=61))
 
 
 def _run(out_dir, dataset, backbone="resnet18", loss="rcl", cache_dir=None, model_kw=None, **train_kw):
