@@ -19,6 +19,8 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
+from rcl_hf.metrics.functional import relative_safety_improvement
+
 __all__ = ["paired_clustered_bootstrap", "images_clopper_pearson", "image_weights"]
 
 Sample = Mapping[int, Mapping[str, Any]]  # split seed -> {"critical": (S, N) bool, "correct": (S, N) bool}
@@ -84,12 +86,11 @@ def paired_clustered_bootstrap(a: Sample, b: Sample, n_boot: int = 2000, seed: i
     alpha = (1.0 - confidence) / 2
     q = lambda v: tuple(float(x) for x in np.quantile(v[np.isfinite(v)], [alpha, 1 - alpha]))  # noqa: E731
     diff = reps["a"]["critical"] - reps["b"]["critical"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = 1.0 - reps["a"]["critical"] / reps["b"]["critical"]
+    rel = relative_safety_improvement(reps["a"]["critical"], reps["b"]["critical"])
     out["cer_a_ci"], out["cer_b_ci"] = q(reps["a"]["critical"]), q(reps["b"]["critical"])
     out["cer_diff"] = out["cer_a"] - out["cer_b"]
     out["cer_diff_ci"] = q(diff)
-    out["relative_reduction"] = (1.0 - out["cer_a"] / out["cer_b"]) if out["cer_b"] > 0 else float("nan")
+    out["relative_reduction"] = relative_safety_improvement(out["cer_a"], out["cer_b"])
     out["relative_reduction_ci"] = q(rel) if np.isfinite(rel).any() else (float("nan"), float("nan"))
     out["accuracy_diff"] = out["accuracy_a"] - out["accuracy_b"]
     out["accuracy_diff_ci"] = q(reps["a"]["correct"] - reps["b"]["correct"])

@@ -26,3 +26,15 @@ def save_tiny_checkpoint(folder: Path, seed: int = 0, labels: Optional[Sequence[
     build_image_processor(model, data_config).save_pretrained(folder)
     ensure_label_maps_in_config_file(str(folder))
     return Path(folder)
+
+
+def copy_without_severity(folder: Path, dst: Path) -> Path:
+    """A copy of a checkpoint folder whose config lost its ``rcl_severity`` (a model not trained with rcl_hf)."""
+    import json
+    import shutil
+
+    shutil.copytree(folder, dst)
+    config = json.loads((dst / "config.json").read_text())
+    del config["rcl_severity"]
+    (dst / "config.json").write_text(json.dumps(config))
+    return Path(dst)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkpoints import save_tiny_checkpoint
+from checkpoints import copy_without_severity, save_tiny_checkpoint
 import yaml
 
 from rcl_hf import hub
@@ -311,11 +311,7 @@ def test_model_dry_run_errors(tmp_path, run_dir):
     with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
         hub.push_model(no_proc, "owner/x", dry_run_dir=tmp_path / "o3")
 
-    plain = tmp_path / "plain"
-    shutil.copytree(run_dir, plain)
-    config = json.loads((plain / "config.json").read_text())
-    del config["rcl_severity"]
-    (plain / "config.json").write_text(json.dumps(config))
+    plain = copy_without_severity(run_dir, tmp_path / "plain")
     with pytest.raises(ValueError, match="rcl_severity"):
         hub.push_model(plain, "owner/x", dry_run_dir=tmp_path / "o4")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkpoints import save_tiny_checkpoint
+from checkpoints import copy_without_severity, save_tiny_checkpoint
 import torch
 
 from rcl_hf.hub.errors import HubUnavailableError
@@ -139,11 +139,7 @@ def test_load_model_errors(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="preprocessor_config.json"):
         load_model(str(no_processor))
 
-    no_severity = tmp_path / "no_severity"
-    shutil.copytree(checkpoint, no_severity)
-    config = json.loads((no_severity / "config.json").read_text())
-    del config["rcl_severity"]
-    (no_severity / "config.json").write_text(json.dumps(config))
+    no_severity = copy_without_severity(checkpoint, tmp_path / "no_severity")
     with pytest.raises(ValueError, match="not trained with rcl_hf"):
         load_model(str(no_severity))
 

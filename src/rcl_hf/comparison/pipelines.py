@@ -29,6 +29,7 @@ from ..metrics.reliability import expected_calibration_error, risk_coverage
 from ..selection import select_operating_points
 from ..severity import SeverityMatrix
 from .runs import POINT_METRICS, SPLITS, Run, family_name
+from .verdict import difference_verdict
 from .stats import PipelineSample, bootstrap_replicates, combined_mcnemar, exact_mcnemar, summarize
 
 __all__ = ["operating_points", "Comparison", "compare_pipelines"]
@@ -219,7 +220,8 @@ def _verdicts(summary: pd.DataFrame, baselines: Sequence[str], post_hoc: str, to
             ci = best.get(f"cer_diff_vs_{tag}_ci")
             v["cer_diff_vs_post_hoc_ci"] = ci
             # a win needs the paired (image-clustered) bootstrap CI of the CER difference to exclude 0
-            v["beats_post_hoc"] = bool(best["cer"] < rule["cer"].iloc[0] and ci is not None and ci[1] < 0)
+            v["beats_post_hoc"] = bool(best["cer"] < rule["cer"].iloc[0] and ci is not None
+                                       and np.all(np.isfinite(ci)) and difference_verdict(ci) == "lower")
             v["mcnemar_vs_post_hoc"] = best.get(f"mcnemar_vs_{tag}")
         out[(ds, bb)] = v
     return out
