@@ -6,6 +6,10 @@ Every ```bash / ```python block of README.md runs offline in a subprocess, unles
 ``PYTHONPATH=src`` in a temporary folder; a block that names ``runs/main/...`` gets the folders of a
 tiny main job there first. Bash blocks run from the repository root with ``.venv/bin/python`` replaced
 by this interpreter.
+
+The study's figures: every interval ("x [a, b]") and percentage in README's study paragraphs and in
+research/results/README.md must be in a generated report that its paragraph links, every relative link of both
+pages must exist, and a link labelled with a path must point there (issue 21).
 """
 
 from __future__ import annotations
@@ -119,6 +123,168 @@ def test_readme_real_data_figures_come_from_the_symmetric_comparison_reports():
     assert not missing, f"README figures not found in the symmetric comparison reports: {missing}"
     for verdict in re.findall(r"\*\*(no win shown|win|no difference shown)\*\*", section):
         assert f"**{verdict}**" in reports
+
+
+RESULTS = ROOT / "research" / "results"
+STUDY_README = RESULTS / "README.md"
+LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
+# "estimate [low, high]" (the estimate is optional: "relative [8.8, 19.3]"); a % after the estimate is dropped
+INTERVAL = re.compile(r"(?:(?<![\w.])([-+]?\d+(?:\.\d+)?)%?\s)?\[\s*([-+]?\d+(?:\.\d+)?)\s*,\s*([-+]?\d+(?:\.\d+)?)\s*\]")
+RANGE_PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?[\u2013-]\s?\d+(?:\.\d+)?\s?%")  # "20–92%": the 20
+PERCENT = re.compile(r"(?<![\w.])([-+]?\d+(?:\.\d+)?)\s?%")
+CI_LEVEL = re.compile(r"\b95% CIs?\b")  # the CI level is a setting, not a result
+
+
+def _norm(text: str) -> str:
+    return text.replace("\u2212", "-")
+
+
+def _links(text: str, base: Path) -> List[tuple]:
+    """``(label, resolved path)`` of every relative link in ``text`` (web links and #anchors left out)."""
+    out = []
+    for label, target in LINK.findall(text):
+        target = target.split("#", 1)[0]
+        if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            continue
+        out.append((label, (base / target).resolve()))
+    return out
+
+
+def _report_text(path: Path) -> str:
+    """The text of a linked report: the file, or a folder's README.md / results.md."""
+    if path.is_dir():
+        path = next((path / n for n in ("README.md", "results.md") if (path / n).exists()), path / "README.md")
+    return _norm(path.read_text(encoding="utf-8")) if path.is_file() else ""
+
+
+def _blocks(text: str) -> List[str]:
+    """Paragraphs of ``text``; each list item and each table row is a block of its own; code is left out."""
+    blocks, cur, in_code = [], [], False
+    for line in text.splitlines() + [""]:
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        starts_item = bool(re.match(r"^\s{0,3}([-*]|\d+\.) ", line)) or line.startswith("|")
+        if not line.strip() or starts_item:
+            if cur:
+                blocks.append("\n".join(cur))
+            cur = [] if not line.strip() else [line]
+            if line.startswith("|"):
+                blocks.append(line)
+                cur = []
+        else:
+            cur.append(line)
+    return [b for b in blocks if b.strip()]
+
+
+def figures(text: str) -> List[tuple]:
+    """The figures a text states: ``("interval", "x [a, b]")`` for every bracketed interval with the estimate
+    before it (``"[a, b]"`` when none), and ``("number", "x")`` for every percentage, both ends of a range such as
+    "20–92%" included (the CI level "95% CI" excepted)."""
+    text = CI_LEVEL.sub("", _norm(text))
+    out = [("interval", f"{x} [{a}, {b}]".lstrip()) for x, a, b in INTERVAL.findall(text)]
+    out += [("number", x) for x in PERCENT.findall(text)]
+    out += [("number", x) for x in RANGE_PERCENT.findall(text)]
+    return out
+
+
+def _found(kind: str, figure: str, reports: str) -> bool:
+    if kind == "interval":
+        reports = re.sub(r"\[\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*\]", r"[\1, \2]", reports)
+        return figure in re.sub(r"(\d)%\s\[", r"\1 [", reports)
+    return re.search(r"(?<![\d.])" + re.escape(figure) + r"(?!\d|\.\d)", reports) is not None
+
+
+def unsupported_figures(text: str, base: Path, results: Path = RESULTS) -> List[str]:
+    """Figures of ``text`` not found in the reports under research/results that their paragraph links (a paragraph
+    that links none: the reports the whole text links). Each entry: "figure (in: paragraph start)"."""
+    def reports_of(t):
+        return [p for _, p in _links(t, base) if results.resolve() in p.parents and p != STUDY_README.resolve()
+                and (p.suffix == ".md" or p.is_dir())]  # reports, not the plots or CSVs a text also links
+
+    page = "\n".join(_report_text(p) for p in dict.fromkeys(reports_of(text)))
+    missing = []
+    for block in _blocks(text):
+        linked = reports_of(block)
+        reports = "\n".join(_report_text(p) for p in dict.fromkeys(linked)) if linked else page
+        for kind, fig in figures(block):
+            if not _found(kind, fig, reports):
+                missing.append(f"{fig}{'%' if kind == 'number' else ''} (in: {block.strip()[:70]!r})")
+    return missing
+
+
+def _readme_research_text() -> str:
+    """The parts of README.md that quote the study: "What the training-time loss adds" and "Results on real data"."""
+    text = README.read_text(encoding="utf-8")
+    intro = text.split("**What the training-time loss adds.**", 1)[1].split("\n\n", 1)[0]
+    section = text.split("## Results on real data", 1)[1].split("\n## ", 1)[0]
+    return "**What the training-time loss adds.**" + intro + "\n\n" + section
+
+
+def test_figure_check_catches_a_figure_missing_from_the_linked_report(tmp_path):
+    report = tmp_path / "results" / "x"
+    report.mkdir(parents=True)
+    (report / "README.md").write_text("CER 5.76 [4.75, 6.84]; relative reduction 2.9% [-2.8, 8.4]\n")
+    good = "Best: 5.76 [4.75, 6.84], relative 2.9% [\u22122.8, 8.4] ([x/](results/x/README.md)).\n"
+    bad = "Best: 5.76 [4.75, 6.85], relative 29% ([x/](results/x/README.md)).\n"
+    assert unsupported_figures(good, tmp_path, tmp_path / "results") == []
+    missing = unsupported_figures(bad, tmp_path, tmp_path / "results")
+    assert [m.split(" (in:")[0] for m in missing] == ["5.76 [4.75, 6.85]", "29%"]
+    assert [m.split(" (in:")[0] for m in unsupported_figures("CER 5.77 [4.75, 6.84] (20–92%) ([x/](results/x/README.md))",
+                                                             tmp_path, tmp_path / "results")] == ["5.77 [4.75, 6.84]", "92%", "20%"]
+    unlinked = "Best: 5.76 [4.75, 6.84].\n\nElsewhere 3.1% ([x/](results/x/README.md)).\n"
+    assert [m.split(" (in:")[0] for m in unsupported_figures(unlinked, tmp_path, tmp_path / "results")] == ["3.1%"]
+    assert figures("95% CIs over seeds; 74.80% accuracy") == [("number", "74.80")]
+    assert _blocks("a 1%\nb\n\n- c 2%\n- d\n| e | 3% |\n```\nf 4%\n```\n") == ["a 1%\nb", "- c 2%", "- d", "| e | 3% |"]
+    assert figures("relative 13.7% [8.8, 19.3]; relative [1.0, 2.0]") == [
+        ("interval", "13.7 [8.8, 19.3]"), ("interval", "[1.0, 2.0]"), ("number", "13.7")]
+
+
+def test_readme_research_figures_are_in_the_reports_they_link():
+    """Every interval and percentage in README's study paragraphs is in a generated report the paragraph links."""
+    text = _readme_research_text()
+    assert len(figures(text)) >= 20, "README's study paragraphs quote too few figures"
+    missing = unsupported_figures(text, ROOT)
+    assert not missing, f"README figures not found in the reports they link: {missing}"
+
+
+def test_study_readme_figures_are_in_the_reports_they_link():
+    """research/results/README.md (the study's index): every interval and percentage on a line is in a report the
+    line links (issue 21: all figures in both READMEs come from a generated report)."""
+    text = STUDY_README.read_text(encoding="utf-8")
+    assert len(figures(text)) >= 20, "the study's README quotes too few figures"
+    missing = unsupported_figures(text, STUDY_README.parent)
+    assert not missing, f"research/results/README.md figures not found in the reports they link: {missing}"
+
+
+def test_study_readme_indexes_every_result_folder():
+    """One index line per result folder: each folder with a report is linked from research/results/README.md."""
+    linked = {p for _, p in _links(STUDY_README.read_text(encoding="utf-8"), STUDY_README.parent)}
+    folders = {p.parent.resolve() for n in ("README.md", "results.md") for p in RESULTS.glob(f"**/{n}")} - {RESULTS.resolve()}
+    unlinked = sorted(str(f.relative_to(RESULTS.resolve())) for f in folders
+                      if not any(p == f or p.parent == f for p in linked))
+    assert not unlinked, f"result folders missing from research/results/README.md: {unlinked}"
+
+
+@pytest.mark.parametrize("readme", [README, STUDY_README], ids=["README", "research-results-README"])
+def test_readme_links_exist_and_path_labels_name_their_target(readme):
+    """A README must not link a path that does not exist, and a link labelled with a path (``[name/](...)``) must
+    point into that path, so a renamed results folder cannot keep its old name on the page."""
+    text = readme.read_text(encoding="utf-8")
+    links = _links(text, readme.parent)
+    assert links
+    dead = [f"[{label}] -> {p}" for label, p in links if not p.exists()]
+    assert not dead, f"{readme.relative_to(ROOT)} links paths that do not exist: {dead}"
+    wrong = []
+    for label, p in links:
+        name = label.strip("`")
+        if re.fullmatch(r"[\w.-]+(/[\w.-]+)*/", name):
+            folder, parts = (p if p.is_dir() else p.parent), tuple(name.rstrip("/").split("/"))
+            if folder.parts[-len(parts):] != parts:
+                wrong.append(f"[{label}] -> {p}")
+    assert not wrong, f"{readme.relative_to(ROOT)} labels links with a path they do not point to: {wrong}"
 
 
 def test_readme_certified_risk_figures_come_from_the_risk_control_report():
