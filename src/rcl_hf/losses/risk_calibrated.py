@@ -51,9 +51,10 @@ class RiskCalibratedLoss(_BaseLoss):
         label_smoothing: smoothing of the base term's target.
         class_weight: optional per-class weights of the base term.
         eps: the ``eps`` of the log form.
+        soft_label_beta: ``beta`` of the soft labels (``base="soft"`` only).
 
-    Call as ``loss_fn(logits, labels)`` for the batch mean; ``parts(logits, labels)``
-    returns the base and risk means separately (for logging).
+    Call as ``loss_fn(logits, labels)`` for the batch mean; ``per_sample_parts(logits, labels)``
+    returns the per-sample ``loss``, ``base`` and ``risk`` (the Trainer logs the means of the last two).
     """
 
     def __init__(
