@@ -1,6 +1,6 @@
 """Risk-calibrated loss and the baselines it is compared with.
 
-Risk-Calibrated Learning (SPEC.md section 1; arXiv:2604.12693) adds the clinical
+Risk-Calibrated Learning (docs/loss.md; arXiv:2604.12693) adds the clinical
 severity matrix ``M`` to the training objective::
 
     L(z, y) = B(z, y) + lambda * R(p, y),          p = softmax(z)
