@@ -1,11 +1,12 @@
 # Set-up and everyday commands. Everything runs from the virtual environment at .venv/.
 #   make main   - create .venv if needed, then run the main job (CE vs risk-calibrated, embedded default)
 #   make test   - create .venv if needed, then run the default test suite
+#   make docs   - install the docs extra if needed, then build the documentation site strictly into site/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup main test test-slow test-all bench
+.PHONY: setup main test test-slow test-all bench docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +32,11 @@ test-all: test test-slow
 
 bench: setup
 	$(PY) -m benchmarks
+
+# The documentation site (mkdocs.yml, docs/): the docs extra on top of setup, then a build where warnings are errors.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: setup $(VENV)/.docs-installed
+	$(PY) -m mkdocs build --strict

@@ -1,4 +1,4 @@
-"""SeverityMatrix: SPEC section 2 presets, constructors, serialisation, reorder, validation."""
+"""SeverityMatrix: the presets of docs/severity.md, constructors, serialisation, reorder, validation."""
 
 import json
 import math
@@ -10,8 +10,8 @@ from rcl_hf import SeverityMatrix
 from rcl_hf.data.synthetic import SYNTHETIC_LABELS
 from rcl_hf.severity import PRESETS
 
-# SPEC section 2, written out here independently of rcl_hf.severity.PRESETS.
-SPEC_PRESETS = {
+# docs/severity.md's presets, written out here independently of rcl_hf.severity.PRESETS.
+DOC_PRESETS = {
     "brain_tumor_mri": (
         ["glioma", "meningioma", "notumor", "pituitary"],
         {"glioma", "meningioma", "pituitary"},
@@ -35,7 +35,7 @@ SPEC_PRESETS = {
 
 
 def _spec_cost(name, labels, positive, i, j):
-    """Expected cost from SPEC section 2's rules, cell by cell."""
+    """Expected cost from the rules of docs/severity.md, cell by cell."""
     if i == j:
         return 0.0, False
     pi, pj = labels[i] in positive, labels[j] in positive
@@ -49,9 +49,9 @@ def _spec_cost(name, labels, positive, i, j):
     return 0.1, False  # fine-grained
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_PRESETS))
+@pytest.mark.parametrize("name", sorted(DOC_PRESETS))
 def test_presets_follow_spec_section_2(name):
-    labels, positive = SPEC_PRESETS[name]
+    labels, positive = DOC_PRESETS[name]
     sev = SeverityMatrix.preset(name)
     assert sev.labels == labels
     assert sev.name == name
@@ -67,7 +67,7 @@ def test_presets_follow_spec_section_2(name):
 
 
 def test_brain_tumor_and_sicapv2_presets_written_out():
-    # Rows = truth, columns = prediction (SPEC section 1).
+    # Rows = truth, columns = prediction (docs/severity.md).
     brain = np.array(
         [
             [0.0, 0.1, 1.0, 0.1],  # glioma
@@ -101,10 +101,10 @@ def test_synthetic_preset_matches_embedded_dataset():
 
 
 def test_every_preset_is_listed_and_valid():
-    assert set(PRESETS) == set(SPEC_PRESETS) | {"synthetic"}
+    assert set(PRESETS) == set(DOC_PRESETS) | {"synthetic"}
     for name in PRESETS:
         sev = SeverityMatrix.preset(name)
-        # Every critical cell has its row's largest cost (SPEC section 1).
+        # Every critical cell has its row's largest cost (docs/severity.md).
         for i, j in zip(*np.nonzero(sev.critical)):
             assert sev.matrix[i, j] == sev.matrix[i].max()
         assert not np.diag(sev.critical).any()

@@ -4,7 +4,7 @@ For probabilities ``p`` over K classes and the model's severity matrix ``M``:
 
 * argmax decision ``argmax_j p_j``;
 * Bayes-risk decision ``argmin_j Σ_i p_i M[i, j]`` and its expected cost
-  ``r = min_j Σ_i p_i M[i, j]`` (SPEC.md section 1);
+  ``r = min_j Σ_i p_i M[i, j]`` (docs/decision.md);
 * critical mass ``Σ_{i positive} p_i``: the probability that the case belongs to
   a class whose miss would be critical;
 * the **decision layer**: when the model folder carries ``risk_calibration.json``

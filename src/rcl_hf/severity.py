@@ -3,12 +3,12 @@
 A severity matrix ``M`` (K x K) gives ``M[i, j]``, the clinical cost of predicting
 class ``j`` when the truth is class ``i``; the critical mask ``C`` (K x K, bool)
 marks the errors that are clinically catastrophic (a tumour called "no tumour",
-a malignant lesion called benign).  Both follow ``SPEC.md`` section 1:
+a malignant lesion called benign).  Both follow ``docs/severity.md``:
 
 * ``M >= 0``, ``M[i, i] = 0``, every entry finite and in ``[0, 1]``;
 * ``C[i, i]`` is false and every critical cell carries the largest cost of its row.
 
-Default costs (SPEC section 2): correct 0, fine-grained 0.1, over-call (a
+Default costs (``docs/severity.md``): correct 0, fine-grained 0.1, over-call (a
 benign/normal case called malignant) 0.3, critical 1.0.
 
 Reference: "Risk-Calibrated Learning: Minimizing Fatal Errors in Medical AI",
@@ -94,7 +94,7 @@ class SeverityMatrix:
 
     Raises:
         ValueError: naming the offending cell or label when the input breaks a rule
-            of SPEC section 1.
+            of ``docs/severity.md``.
 
     Example:
         >>> sev = SeverityMatrix.preset("brain_tumor_mri")
@@ -248,7 +248,7 @@ class SeverityMatrix:
 
     @classmethod
     def preset(cls, name: str) -> "SeverityMatrix":
-        """The SPEC section 2 preset for ``name`` (see :data:`PRESETS`)."""
+        """The preset ``name`` (see :data:`PRESETS` and ``docs/severity.md``)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown severity preset {name!r}; choose one of {sorted(PRESETS)}")
         p = PRESETS[name]

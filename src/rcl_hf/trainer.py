@@ -287,8 +287,10 @@ class RiskCalibratedTrainer(Trainer):
             raise NonFiniteLossError(
                 f"{self._nonfinite_streak} consecutive non-finite losses up to {where}: the model has diverged."
             )
-        # NaN gradients on purpose: the (all-reduced) gradient norm is then NaN on every process and
-        # _get_grad_norm drops the whole optimizer step everywhere, as GradScaler does on overflow.
+        # NaN gradients on purpose: the (all-reduced) gradient norm is then NaN on every process, so that
+        # NonFiniteStepGuard (on_pre_optimizer_step) drops the whole optimizer step everywhere by setting the
+        # gradients to None, as GradScaler does on overflow (under fp16 / DeepSpeed their own overflow check
+        # does it). transformers' _get_grad_norm only measures the norm: it skips nothing.
         return logits.float().sum() * float("nan")
 
     # ------------------------------------------------------------------ training / resuming

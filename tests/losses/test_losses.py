@@ -25,7 +25,7 @@ WEIGHTS = np.array([0.5, 2.0, 1.0, 1.5])
 
 # --------------------------------------------------------------------------- reference
 def reference_loss(z, y, matrix=None, lam=0.0, form="expected", base="ce", gamma=2.0, ls=0.0, weight=None, eps=1e-6):
-    """The SPEC section 1 formula, sample by sample, in plain float64 numpy.
+    """The docs/loss.md formula, sample by sample, in plain float64 numpy.
 
     L_n = w_{y_n} * B_n + lam * R_n;  B_n = -sum_k q_k (1 - p_k)^g log p_k  (g = 0 for CE);
     R_n = sum_j M[y_n, j] p_j  (expected)  or  -sum_j M[y_n, j] log(1 - p_j + eps)  (log).

@@ -116,7 +116,7 @@ def test_relative_safety_improvement():
 
 # ---------------------------------------------------------------- naive reference
 def naive_metrics(preds, refs, matrix, critical):
-    """The SPEC section 1 definitions with python loops, case by case."""
+    """The docs/metrics.md definitions with python loops, case by case."""
     n = len(refs)
     k = len(matrix)
     correct = sum(1 for p, r in zip(preds, refs) if p == r)

@@ -181,7 +181,7 @@ def test_gradient_accumulation_plain_module(accumulation, tmp_path):
 
 class _DefaultScalingTrainer(RiskCalibratedTrainer):
     """What a ``compute_loss`` override gets from ``transformers.Trainer`` by default
-    for a model whose forward takes ``**kwargs`` (SPEC section 4): no division of the
+    for a model whose forward takes ``**kwargs`` (docs/training.md): no division of the
     loss by the accumulation steps."""
 
     loss_is_scaled_for_ga = None

@@ -1,6 +1,6 @@
 """Brain Tumor MRI (M. Nickparvar, Kaggle): layout scanner.
 
-Layout (``SPEC.md`` section 3)::
+Layout (``docs/datasets.md``)::
 
     <data_dir>/Training/{glioma,meningioma,notumor,pituitary}/Tr-*.jpg
     <data_dir>/Testing/{glioma,meningioma,notumor,pituitary}/Te-*.jpg

@@ -1,6 +1,6 @@
 """BreaKHis v1 (breast histopathology, 8 subtypes, 4 magnifications): layout scanner.
 
-Layout (``SPEC.md`` section 3; Spanhol et al. 2016)::
+Layout (``docs/datasets.md``; Spanhol et al. 2016)::
 
     BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/<slide>/<mag>/<file>.png
         subtype: adenosis fibroadenoma phyllodes_tumor tubular_adenoma

@@ -1,6 +1,6 @@
 """ISIC 2018 Task 3 / HAM10000 (dermoscopy, 7 classes): layout scanner.
 
-Two layouts are read (``SPEC.md`` section 3):
+Two layouts are read (``docs/datasets.md``):
 
 1. **Official ISIC 2018 Task 3**::
 

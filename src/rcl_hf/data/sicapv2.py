@@ -1,6 +1,6 @@
 """SICAPv2 (prostate histology patches, Gleason grades): layout scanner.
 
-Layout (``SPEC.md`` section 3; Silva-Rodriguez et al. 2020)::
+Layout (``docs/datasets.md``; Silva-Rodriguez et al. 2020)::
 
     SICAPv2/images/<wsi>_Block_Region_<r>_<i>_<j>_xini_<x>_yini_<y>.jpg   (512x512)
     SICAPv2/masks/...

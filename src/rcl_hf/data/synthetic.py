@@ -1,7 +1,7 @@
 """The embedded default dataset: synthetic "scans" generated on the fly.
 
 No file is shipped; every image is drawn from a seeded generator in seconds.
-The structure mirrors the real problem (SPEC.md section 2, preset ``synthetic``):
+The structure mirrors the real problem (docs/severity.md, preset ``synthetic``):
 
 * ``normal`` — a smooth, noisy tissue-like background;
 * ``lesion_round``, ``lesion_oval``, ``lesion_ring`` — the same background with a

@@ -1,6 +1,6 @@
 """Risk-calibrated loss and the baselines it is compared with.
 
-Risk-Calibrated Learning (SPEC.md section 1; arXiv:2604.12693) adds the clinical
+Risk-Calibrated Learning (docs/loss.md; arXiv:2604.12693) adds the clinical
 severity matrix ``M`` to the training objective::
 
     L(z, y) = B(z, y) + lambda * R(p, y),          p = softmax(z)
@@ -51,9 +51,10 @@ class RiskCalibratedLoss(_BaseLoss):
         label_smoothing: smoothing of the base term's target.
         class_weight: optional per-class weights of the base term.
         eps: the ``eps`` of the log form.
+        soft_label_beta: ``beta`` of the soft labels (``base="soft"`` only).
 
-    Call as ``loss_fn(logits, labels)`` for the batch mean; ``parts(logits, labels)``
-    returns the base and risk means separately (for logging).
+    Call as ``loss_fn(logits, labels)`` for the batch mean; ``per_sample_parts(logits, labels)``
+    returns the per-sample ``loss``, ``base`` and ``risk`` (the Trainer logs the means of the last two).
     """
 
     def __init__(

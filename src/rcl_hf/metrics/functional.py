@@ -1,4 +1,4 @@
-"""Clinical metrics on rcl_hf's types (SPEC.md section 1): CER and companions, softmax, the
+"""Clinical metrics on rcl_hf's types (definitions: docs/metrics.md): CER and companions, softmax, the
 Bayes-risk decision.
 
 The formulas (CER, critical miss rate, expected cost, accuracy, balanced accuracy, macro-F1,
@@ -111,7 +111,7 @@ def expected_costs(probs: Any, severity: SeverityLike, critical_mask: Any = None
 
 
 def bayes_risk_decision(probs: Any, severity: SeverityLike, critical_mask: Any = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Bayes-risk decision ``ŷ = argmin_j Σ_i p_i M[i, j]`` (SPEC section 1): the one
+    """Bayes-risk decision ``ŷ = argmin_j Σ_i p_i M[i, j]`` (docs/decision.md): the one
     definition in rcl_hf (inference, the comparison and the Trainer's metrics call it).
 
     Returns ``(decisions, risks)`` where ``risks[n]`` is the expected cost of the

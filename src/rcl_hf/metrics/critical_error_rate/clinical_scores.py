@@ -1,4 +1,4 @@
-"""Numpy core of the Critical Error Rate and its companions (SPEC.md section 1).
+"""Numpy core of the Critical Error Rate and its companions (rcl_hf's docs/metrics.md).
 
 With true classes ``y_n``, predictions ``ŷ_n``, severity ``M`` and critical mask ``C``:
 
@@ -35,7 +35,7 @@ BOOTSTRAP_METRICS = ("cer", "accuracy", "balanced_accuracy", "critical_miss_rate
 
 
 def preset_severity(name: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """``(matrix, critical, labels)`` of a preset, built from its groups as SPEC section 2 says."""
+    """``(matrix, critical, labels)`` of a preset, built from its groups as docs/severity.md says."""
     if name not in PRESET_GROUPS:
         raise ValueError(f"Unknown severity preset {name!r}; choose one of {sorted(PRESET_GROUPS)}")
     labels, positive, ordinal = PRESET_GROUPS[name]
