@@ -3,7 +3,8 @@
 :func:`calibrate` takes the calibration split's logits, labels and the severity matrix, and:
 
 1. splits the cases (seeded, stratified by label, grouped when group ids are given) into a
-   *tuning* part (``tune_fraction``, default 30%) and a *certification* part. Everything that is
+   *tuning* part (one of ``round(1 / tune_fraction)`` stratified, grouped folds: a third of the split at
+   the default ``tune_fraction=0.3``) and a *certification* part. Everything that is
    chosen from data — the temperature, the decision rule and, for the non-monotone
    ``cer_accepted`` risk, the order of the tested thresholds — is chosen on the tuning part only,
    so that the certification part stays untouched for the test and the guarantee holds;
@@ -219,8 +220,9 @@ def calibrate(
         temperature: ``auto`` (fitted on the tuning part), or a fixed ``T > 0`` (1 = none).
         scaling: ``temperature`` (one parameter) or ``vector`` (a scale and a bias per class on the
             log-probabilities, fitted on the tuning part: a stronger post-hoc recalibration).
-        tune_fraction: share of the split for tuning; 0 is allowed when nothing is tuned and the
-            risk is ``critical_miss``.
+        tune_fraction: approximate share of the split for tuning: the tuning part is one of
+            ``round(1 / tune_fraction)`` folds (0.3 → a third); 0 is allowed when nothing is tuned and
+            the risk is ``critical_miss``.
         groups: group ids of the calibration cases (patients, lesions): the tuning part is
             grouped apart from the certification part, and they are the units of ``unit="group"``.
         train_groups: group ids of the training split: a shared group is an error.
