@@ -2,10 +2,10 @@
 paired split × seed × image bootstrap CIs, the automatic equal-accuracy check and the verdict that
 follows from them, the ranking analysis and CER at fixed coverage.
 
-    python -m research.symmetric_comparison research/configs/symmetric_comparison_frozen_isic.yaml \\
+    python -m research.symmetric_comparison_report research/configs/symmetric_comparison_frozen_isic.yaml \\
         --out research/results/symmetric_comparison_frozen_isic
 
-Everything is chosen on validation (:func:`.symmetric.select_families`); the test split of each
+Everything is chosen on validation (:func:`.post_hoc_families.select_families`); the test split of each
 chosen point is read once, to score it. The verdict text is generated from the checks of
 :func:`headline_checks`, never written by hand.
 """

@@ -132,3 +132,17 @@ def test_names_are_concepts_not_dates():
     bad_text = [str(p.relative_to(ROOT)) for p in paths if p.suffix in (".py", ".yaml")
                 and dated.search(p.read_text(encoding="utf-8"))]
     assert not bad_text, f"code or configs that speak of rounds or issues: {bad_text}"
+
+
+def test_every_documented_module_command_has_a_main():
+    """A docstring that says ``python -m research.x`` / ``python -m rcl_hf.x`` names a module that runs."""
+    pattern = re.compile(r"python -m ((?:research|rcl_hf|benchmarks)(?:\.\w+)*)")
+    missing = []
+    for base in (LIB, STUDY, ROOT / "benchmarks"):
+        for path in base.rglob("*.py"):
+            for module in set(pattern.findall(path.read_text(encoding="utf-8"))):
+                target = ROOT / ("src" if module.startswith("rcl_hf") else "") / Path(*module.split("."))
+                main = target / "__main__.py" if target.is_dir() else target.with_suffix(".py")
+                if not main.exists() or "__main__" not in main.read_text(encoding="utf-8"):
+                    missing.append(f"{path.relative_to(ROOT)}: python -m {module}")
+    assert not missing, f"documented commands that do nothing: {missing}"
