@@ -254,6 +254,6 @@ def scan(
 
 def load_breakhis(data_dir: os.PathLike, **kwargs: Any):
     """``rcl_hf.data.load_dataset("breakhis", data_dir, **kwargs)``."""
-    from . import load_dataset
+    from .loading import load_dataset
 
     return load_dataset(NAME, data_dir, **kwargs)

@@ -285,6 +285,6 @@ def scan(data_dir: os.PathLike, **options: Any) -> Scan:
 
 def load_isic2018(data_dir: os.PathLike, **kwargs: Any):
     """``rcl_hf.data.load_dataset("isic2018", data_dir, **kwargs)``."""
-    from . import load_dataset
+    from .loading import load_dataset
 
     return load_dataset(NAME, data_dir, **kwargs)

@@ -226,6 +226,6 @@ def scan(data_dir: os.PathLike, *, fold: Optional[int] = 1) -> Scan:
 
 def load_sicapv2(data_dir: os.PathLike, **kwargs: Any):
     """``rcl_hf.data.load_dataset("sicapv2", data_dir, **kwargs)``."""
-    from . import load_dataset
+    from .loading import load_dataset
 
     return load_dataset(NAME, data_dir, **kwargs)
