@@ -95,23 +95,21 @@ def _rename_columns(dsd: Any, image: str, label: str, name: str) -> Any:
 
 
 def carve_missing_splits(dsd: Any, val_size: float, test_size: Optional[float], seed: int = 0, name: str = "dataset") -> Any:
-    """Carve ``validation`` (``val_size``) and, for a train-only dataset, ``test`` (``test_size``, default 0.15)
-    out of ``train``, whole groups at a time and stratified by label
-    (:func:`rcl_hf.data.splits.grouped_stratified_split`).
+    """Carve ``validation`` (``val_size``) and, for a train-only dataset, ``test`` (``test_size``, default
+    :data:`rcl_hf.data.loading.DEFAULT_TEST_SIZE`) out of ``train``, whole groups at a time and stratified by
+    label: the fractions of :func:`rcl_hf.data.loading.derived_split_fractions`, as for a registered loader,
+    split by :func:`rcl_hf.data.splits.grouped_stratified_split`.
 
     Groups: the ``group_id`` column, else ``sha1`` (identical files together), else one group per row
     (a warning says the split is not grouped). A split that is not carved is named in a warning.
     """
     import datasets
 
+    from .data.loading import derived_split_fractions
     from .data.splits import grouped_stratified_split
 
-    want: Dict[str, float] = {}
-    if "validation" not in dsd and val_size > 0:
-        want["validation"] = float(val_size)
-    if "test" not in dsd and len(dsd) == 1:
-        want["test"] = 0.15 if test_size is None else float(test_size)
-        want = {k: v for k, v in want.items() if v > 0}
+    fractions = derived_split_fractions(dsd, val_size, test_size, derive_test=len(dsd) == 1)
+    want = [s for s in fractions if s != "train"]
     if "test" not in dsd and "test" not in want:
         logger.warning("Dataset %r has no test split: no held-out test metrics will be reported", name)
     if "validation" not in dsd and "validation" not in want:
@@ -125,7 +123,7 @@ def carve_missing_splits(dsd: Any, val_size: float, test_size: Optional[float], 
     if column is None:
         logger.warning("Dataset %r has no group_id column: %s carved row by row (not grouped by patient or lesion)",
                        name, " and ".join(want))
-    parts = grouped_stratified_split(list(train["label"]), groups, {"train": 1.0 - sum(want.values()), **want}, seed=seed)
+    parts = grouped_stratified_split(list(train["label"]), groups, fractions, seed=seed)
     logger.warning("Dataset %r had no %s split: carved %s out of train (%s)", name, " / ".join(want),
                    ", ".join(f"{k} {len(parts[k])} rows" for k in want), f"grouped by {column}" if column else "not grouped")
     return datasets.DatasetDict({**dsd, **{k: train.select(v) for k, v in parts.items()}})

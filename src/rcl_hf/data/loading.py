@@ -30,7 +30,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from ..severity import SeverityMatrix
 from .duplicates import content_groups, cross_split_drop_indices, find_duplicates
@@ -42,10 +42,45 @@ from .splits import group_overlaps, grouped_stratified_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TEST_SIZE", "SPLIT_NAMES", "load_dataset"]
+__all__ = ["DEFAULT_TEST_SIZE", "SPLIT_NAMES", "derived_split_fractions", "load_dataset"]
 
 SPLIT_NAMES = ("train", "validation", "test")
+#: Share of the pool carved out as ``test`` when the data has no test split and no ``test_size`` is given.
 DEFAULT_TEST_SIZE = 0.15
+
+
+def derived_split_fractions(
+    present: Iterable[str], val_size: float, test_size: Optional[float], *, derive_test: bool = True
+) -> Dict[str, float]:
+    """The fractions of a training pool to carve into the missing ``validation`` / ``test`` splits.
+
+    ``validation`` gets ``val_size`` when ``present`` has no validation split and ``val_size > 0``;
+    ``test`` gets ``test_size`` (``None``: :data:`DEFAULT_TEST_SIZE`) when ``present`` has no test split,
+    ``derive_test`` is on and the fraction is positive.  Used by :func:`load_dataset` and by
+    :func:`rcl_hf.train_data.carve_missing_splits` (a ``DatasetDict`` from elsewhere).
+
+    Returns:
+        ``{"train": the rest, "validation": ..., "test": ...}`` (the keys of the carved splits after
+        ``"train"``), ready for :func:`~rcl_hf.data.splits.grouped_stratified_split`; ``{}`` when no
+        split is missing.
+
+    Raises:
+        ValueError: the carved fractions leave nothing for ``train``.
+    """
+    present = set(present)
+    fractions: Dict[str, float] = {}
+    if "validation" not in present and val_size > 0:
+        fractions["validation"] = float(val_size)
+    if "test" not in present and derive_test:
+        t = DEFAULT_TEST_SIZE if test_size is None else float(test_size)
+        if t > 0:
+            fractions["test"] = t
+    if not fractions:
+        return {}
+    rest = 1.0 - sum(fractions.values())
+    if rest <= 0:
+        raise ValueError(f"val_size + test_size must be below 1, got {fractions}")
+    return {"train": rest, **fractions}
 
 
 def _check_fraction(name: str, value: Optional[float]) -> None:
@@ -230,18 +265,8 @@ def load_dataset(
         logger.warning("%s: %s", key, msg)
         report.notes.append(msg)
     splits = ["train" if s is None else s for s in splits]
-    fractions: Dict[str, float] = {}
-    if "validation" not in present and val_size > 0:
-        fractions["validation"] = float(val_size)
-    if "test" not in present:
-        t = DEFAULT_TEST_SIZE if test_size is None else float(test_size)
-        if t > 0:
-            fractions["test"] = t
+    fractions = derived_split_fractions(present, val_size, test_size)
     if fractions:
-        rest = 1.0 - sum(fractions.values())
-        if rest <= 0:
-            raise ValueError(f"val_size + test_size must be below 1, got {fractions}")
-        fractions = {"train": rest, **fractions}
         pool = [i for i, s in enumerate(splits) if s == "train"]
         if not pool:
             raise ValueError(f"{key}: no training images to derive {sorted(fractions)} from")
