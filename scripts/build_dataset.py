@@ -87,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from rcl_hf import hub
     from rcl_hf.crash_safety import atomic_write_bytes
-    from rcl_hf.data import load_dataset, severity_for
+    from rcl_hf.data import build_dataset_card, load_dataset, severity_for
 
     options = {}
     if args.fold is not None:
@@ -118,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     out = Path(args.output_dir or f"outputs/datasets/{args.name}")
     out.mkdir(parents=True, exist_ok=True)
-    card = hub.build_dataset_card(dsd, args.push_to_hub or f"<owner>/{args.name}", report=report)
+    card = build_dataset_card(dsd, repo_id=args.push_to_hub or f"<owner>/{args.name}", report=report)
     if args.save_to_disk:
         dsd.save_to_disk(str(out))
         logger.info("saved to %s", out)

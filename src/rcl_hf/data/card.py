@@ -6,15 +6,25 @@ critical cells), split sizes and where each split came from, how images are
 grouped, the duplicate audit, skipped files, and the source's licence and
 citation.  The YAML header carries ``license``, ``pretty_name``,
 ``task_categories: [image-classification]``, tags and ``size_categories``.
+
+A ``DatasetDict`` that was not loaded through :func:`rcl_hf.data.load_dataset` (no rcl_hf
+metadata) gets a short generic card instead: labels, split sizes, the severity matrix when
+the splits carry one, and "not for clinical use".  :func:`rcl_hf.hub.push_dataset` writes
+this card unless it is given one.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..severity import SeverityMatrix
+
 __all__ = ["build_dataset_card"]
+
+logger = logging.getLogger(__name__)
 
 
 def _size_category(n: int) -> str:
@@ -31,15 +41,66 @@ def build_dataset_card(
     report: Any = None,
     license: Optional[str] = None,
 ) -> DatasetCard:
-    """Build the card of a ``DatasetDict`` returned by :func:`rcl_hf.data.load_dataset`.
+    """The dataset card of a ``DatasetDict``.
+
+    For data returned by :func:`rcl_hf.data.load_dataset` (its ``info.description`` metadata
+    names the dataset) the full card of the module docstring; for any other ``DatasetDict``, or
+    metadata this card cannot describe (logged), the short generic card.
 
     Args:
-        dsd: the ``DatasetDict`` (its ``info.description`` metadata names the dataset).
-        repo_id: Hub repository, used in the usage snippet.
+        dsd: the ``DatasetDict``.
+        repo_id: Hub repository, used in the title of a generic card and in the usage snippet.
         report: the :class:`~rcl_hf.data.records.LoadReport` of the load, for the
             list of skipped files (counts come from the metadata otherwise).
-        license: a Hub license id that replaces the source's (``LICENSE`` of the dataset module).
+        license: a Hub license id that replaces the source's (``LICENSE`` of the dataset module);
+            the generic card's only licence.
     """
+    try:
+        return _loaded_dataset_card(dsd, repo_id=repo_id, report=report, license=license)
+    except ValueError as err:  # a DatasetDict not loaded through rcl_hf.data
+        logger.warning("rcl_hf.data.card could not describe this dataset (%s); writing a generic card", err)
+        return _generic_card(dsd, repo_id, license)
+
+
+def _stored_severity(dsd: Any) -> Optional[SeverityMatrix]:
+    """The severity matrix stored in the first split whose metadata holds a readable one (no preset guess)."""
+    from .metadata import dataset_metadata
+
+    for ds in dsd.values():
+        stored = dataset_metadata(ds).get("rcl_severity")
+        if stored is None:
+            continue
+        try:
+            return SeverityMatrix.from_dict(stored)
+        except (TypeError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _generic_card(dsd: Any, repo_id: Optional[str], license: Optional[str]) -> DatasetCard:
+    """Labels, split sizes, the severity matrix when the splits carry one, and "not for clinical use"."""
+    repo = repo_id or "<repo_id>"
+    first = next(iter(dsd.values()))
+    names = list(getattr(first.features.get("label"), "names", None) or [])
+    severity = _stored_severity(dsd)
+    data = DatasetCardData(license=license, task_categories=["image-classification"],
+                           tags=["medical-imaging", "rcl_hf", "risk-calibrated-learning"])
+    sizes = "\n".join(f"| {split} | {len(ds)} |" for split, ds in dsd.items())
+    severity_md = (f"## Severity matrix\n\nCells marked ⚠ are critical errors.\n\n{severity.to_markdown()}\n"
+                   if severity is not None else "")
+    return DatasetCard(
+        f"---\n{data.to_yaml()}\n---\n\n# {repo.split('/')[-1]}\n\n"
+        f"Image classification data prepared with rcl_hf ({len(names) or 'unknown number of'} classes"
+        f"{': ' + ', '.join(names) if names else ''}).\n\n"
+        f"| split | examples |\n|---|---|\n{sizes}\n\n{severity_md}\n"
+        "## Use\n\n```python\nfrom datasets import load_dataset\n\n"
+        f"ds = load_dataset({repo!r})\n```\n\n"
+        "**Not for clinical use.** Research data; check the original dataset's license and terms before use.\n"
+    )
+
+
+def _loaded_dataset_card(dsd: Any, *, repo_id: Optional[str], report: Any, license: Optional[str]) -> DatasetCard:
+    """The full card of data loaded by :func:`rcl_hf.data.load_dataset` (``ValueError`` for other data)."""
     from .metadata import dataset_metadata, severity_for
     from .registry import dataset_module
 

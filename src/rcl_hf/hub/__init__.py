@@ -37,7 +37,7 @@ _EXPORTS = {
     "MODEL_CARD_METRICS": "run_folder", "RESULT_FILES": "run_folder", "RUN_FILE": "run_folder",
     "collect_results": "run_folder", "list_files": "run_folder", "load_run_info": "run_folder",
     "check_hub_access": "push", "prepare_model_folder": "push", "push_model": "push",
-    "build_dataset_card": "dataset_push", "prepare_dataset_folder": "dataset_push", "push_dataset": "dataset_push",
+    "prepare_dataset_folder": "dataset_push", "push_dataset": "dataset_push",
     "write_parquet_shards": "dataset_push",
     "SPACE_CONFIG": "space_push", "build_wheel": "space_push", "prepare_space_folder": "space_push",
     "push_space": "space_push", "validate_space_folder": "space_push",

@@ -3,26 +3,23 @@
 The layout is the one ``DatasetDict.push_to_hub`` produces (``data/<split>-0000i-of-0000n.parquet``
 with image bytes embedded, and a ``README.md`` whose YAML carries ``dataset_info`` and
 ``configs``), so ``datasets.load_dataset(dry_run_dir)`` reads the dry run back.
-``scripts/build_dataset.py`` uses the same card, shard writer and push.
+The card is :func:`rcl_hf.data.build_dataset_card` unless one is given; ``scripts/build_dataset.py``
+uses the same card, shard writer and push.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..severity import SeverityMatrix
 from .card_checks import check_repo_id, front_matter, with_namespace
 from .errors import TOKEN_PATTERN, hub_error, network_error_types
 from .push import check_hub_access, endpoint_url, prepare_output_dir, scan_for_tokens
 
-__all__ = ["build_dataset_card", "prepare_dataset_folder", "push_dataset", "write_parquet_shards"]
+__all__ = ["prepare_dataset_folder", "push_dataset", "write_parquet_shards"]
 
-logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 ShardSize = Optional[Union[int, str]]
 
@@ -51,65 +48,19 @@ def as_dataset_dict(dataset: Any) -> Any:
     return dataset
 
 
-def _stored_severity(dsd: Any) -> Optional[SeverityMatrix]:
-    for ds in dsd.values():
-        try:
-            data = json.loads(getattr(ds.info, "description", None) or "")
-            return SeverityMatrix.from_dict(data["rcl_severity"])
-        except (TypeError, ValueError, KeyError):
-            continue
-    return None
-
-
-def _generic_card(dsd: Any, repo_id: str, license: Optional[str]):
-    """Labels, split sizes, the severity matrix when the splits carry one, and "not for clinical use"."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    first = next(iter(dsd.values()))
-    names = list(getattr(first.features.get("label"), "names", None) or [])
-    severity = _stored_severity(dsd)
-    data = DatasetCardData(license=license, task_categories=["image-classification"],
-                           tags=["medical-imaging", "rcl_hf", "risk-calibrated-learning"])
-    sizes = "\n".join(f"| {split} | {len(ds)} |" for split, ds in dsd.items())
-    severity_md = (f"## Severity matrix\n\nCells marked ⚠ are critical errors.\n\n{severity.to_markdown()}\n"
-                   if severity is not None else "")
-    return DatasetCard(
-        f"---\n{data.to_yaml()}\n---\n\n# {repo_id.split('/')[-1]}\n\n"
-        f"Image classification data prepared with rcl_hf ({len(names) or 'unknown number of'} classes"
-        f"{': ' + ', '.join(names) if names else ''}).\n\n"
-        f"| split | examples |\n|---|---|\n{sizes}\n\n{severity_md}\n"
-        "## Use\n\n```python\nfrom datasets import load_dataset\n\n"
-        f"ds = load_dataset({repo_id!r})\n```\n\n"
-        "**Not for clinical use.** Research data; check the original dataset's license and terms before use.\n"
-    )
-
-
-def build_dataset_card(dataset: Any, repo_id: str, *, license: Optional[str] = None, card: Any = None,
-                       report: Any = None):
-    """The dataset card of a push.
-
-    ``card`` wins when given (a ``DatasetCard``, README text, or a path to a README). Otherwise
-    :func:`rcl_hf.data.card.build_dataset_card` writes it for datasets loaded through
-    :func:`rcl_hf.data.load_dataset` (``report``: their load report), and a short generic card
-    covers the rest. ``license``, when given, is set on whichever card is built.
-
-    Returns:
-        A ``huggingface_hub.DatasetCard``.
-    """
+def _push_card(dsd: Any, repo_id: str, *, license: Optional[str], card: Any, report: Any):
+    """The dataset card of a push: ``card`` when given (a ``DatasetCard``, README text, or a path to a
+    README), else :func:`rcl_hf.data.build_dataset_card` (``report``: the load report of data loaded
+    through :func:`rcl_hf.data.load_dataset`; ``license`` set on the card it builds)."""
     from huggingface_hub import DatasetCard
 
-    from ..data.card import build_dataset_card as rcl_dataset_card
+    from ..data.card import build_dataset_card
 
-    dsd = as_dataset_dict(dataset)
     if card is not None:
         if isinstance(card, os.PathLike) or (isinstance(card, str) and "\n" not in card and os.path.isfile(card)):
             card = Path(card).read_text(encoding="utf-8")
         return card if isinstance(card, DatasetCard) else DatasetCard(str(card))
-    try:
-        return rcl_dataset_card(dsd, repo_id=repo_id, report=report, license=license)
-    except ValueError as err:  # a DatasetDict not loaded through rcl_hf.data
-        logger.warning("rcl_hf.data.card could not describe this dataset (%s); writing a generic card", err)
-        return _generic_card(dsd, repo_id, license)
+    return build_dataset_card(dsd, repo_id=repo_id, report=report, license=license)
 
 
 def _num_shards(ds: Any, max_shard_size: ShardSize) -> int:
@@ -153,8 +104,8 @@ def prepare_dataset_folder(dataset: Any, out_dir: PathLike, repo_id: str, *, car
                            overwrite: bool = False, report: Any = None) -> Path:
     """Write the repository ``DatasetDict.push_to_hub`` would produce, into ``out_dir``.
 
-    Parquet shards (:func:`write_parquet_shards`) and ``README.md`` = the dataset card
-    (:func:`build_dataset_card`) whose YAML carries ``dataset_info`` (features, splits) and
+    Parquet shards (:func:`write_parquet_shards`) and ``README.md`` = the dataset card (``card``, else
+    :func:`rcl_hf.data.build_dataset_card`) whose YAML carries ``dataset_info`` (features, splits) and
     ``configs`` (the data file patterns), so ``load_dataset(out_dir)`` reads it back with its
     ``ClassLabel`` names.
 
@@ -166,7 +117,7 @@ def prepare_dataset_folder(dataset: Any, out_dir: PathLike, repo_id: str, *, car
 
     check_repo_id(repo_id)
     dsd = as_dataset_dict(dataset)
-    dataset_card = build_dataset_card(dsd, repo_id, license=license, card=card, report=report)
+    dataset_card = _push_card(dsd, repo_id, license=license, card=card, report=report)
     out = prepare_output_dir(out_dir, overwrite)
     info = write_parquet_shards(dsd, out, max_shard_size)
     card_data = dataset_card.data
@@ -206,7 +157,7 @@ def push_dataset(
         repo_id: ``owner/name`` of the dataset repository.
         dry_run_dir: write the upload folder there and upload nothing (works offline).
         token, private: as for :func:`~rcl_hf.hub.push_model`.
-        card: a ``DatasetCard``, README text or path (default: :func:`build_dataset_card`).
+        card: a ``DatasetCard``, README text or path (default: :func:`rcl_hf.data.build_dataset_card`).
         license: Hub license id for a generated card.
         max_shard_size: Parquet shard size (default: datasets' 500MB).
         report: the ``LoadReport`` of :func:`rcl_hf.data.load_dataset`, for the card's skipped files.
@@ -223,7 +174,7 @@ def push_dataset(
     dsd = as_dataset_dict(dataset)
     user, token = check_hub_access(token)
     repo_id = with_namespace(repo_id, user)
-    text = str(build_dataset_card(dsd, repo_id, license=license, card=card, report=report))
+    text = str(_push_card(dsd, repo_id, license=license, card=card, report=report))
     if token in text or TOKEN_PATTERN.search(text):
         raise ValueError("Refusing to upload a dataset card that contains a Hugging Face access token")
     endpoint = endpoint_url()
