@@ -63,6 +63,23 @@ def test_split_fills_every_split_with_few_groups():
     assert all(len(v) == 10 for v in parts.values())
 
 
+def test_split_takes_fractions_that_stratified_group_kfold_cannot():
+    """Why the splitter is not scikit-learn's: ``StratifiedGroupKFold`` makes ``k`` equal folds, so 70/15/15
+    has to be pieced together from k = 20 folds (3 + 3 + 14), and k may not exceed the number of groups: 12
+    patients cannot be split that way at all. Ours takes the fractions as they are."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = [f"p{i // 4}" for i in range(48)]  # 12 patients, 4 images each
+    labels = [(i // 4) % 2 for i in range(48)]  # one class per patient, 6 patients per class
+    fr = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    parts = grouped_stratified_split(labels, groups, fr, seed=0)
+    assert {s: len(v) for s, v in parts.items()} == {"train": 32, "validation": 8, "test": 8}
+    assert all(Counter(labels[i] for i in idx) == {0: len(idx) // 2, 1: len(idx) // 2} for idx in parts.values())
+    check_disjoint_groups({s: [groups[i] for i in idx] for s, idx in parts.items()})
+    with pytest.raises(ValueError, match="greater than the number of groups"):
+        list(StratifiedGroupKFold(n_splits=20, shuffle=True, random_state=0).split(labels, labels, groups))
+
+
 def test_split_errors():
     with pytest.raises(ValueError, match="sum to 1"):
         grouped_stratified_split([0, 1], ["a", "b"], {"train": 0.5, "test": 0.2})

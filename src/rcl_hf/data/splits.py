@@ -5,9 +5,9 @@ validation scores leak.  :func:`grouped_stratified_split` assigns whole groups
 to splits so that every split's class distribution approaches the pool's.
 
 Algorithm (greedy, in the spirit of scikit-learn's ``StratifiedGroupKFold``,
-generalised to unequal split sizes; no scikit-learn needed).  With ``n[g, c]``
-the count of class ``c`` in group ``g``, ``N[c] = sum_g n[g, c]`` and target
-fractions ``f[s]`` (summing to 1), the target count is ``t[s, c] = f[s] * N[c]``.
+generalised to unequal split sizes).  With ``n[g, c]`` the count of class ``c``
+in group ``g``, ``N[c] = sum_g n[g, c]`` and target fractions ``f[s]`` (summing
+to 1), the target count is ``t[s, c] = f[s] * N[c]``.
 Groups are visited in a seeded random order (not largest first: that would
 send every multi-image patient to the largest split); each group goes to the
 split ``s`` that least increases
@@ -20,6 +20,19 @@ a frequent one; the second term keeps split sizes on target when per-class
 rounding ties).  A split left empty while another holds
 several groups then takes the group whose move costs least.  Same inputs and
 seed, same split.
+
+Why not scikit-learn's splitters (scikit-learn is a dependency, and the study's
+cross-fitting uses ``StratifiedGroupKFold``): ``StratifiedGroupKFold`` makes ``k``
+folds of equal size and nothing else.  A 70/15/15 train/validation/test split would
+have to be pieced together from ``k = 20`` folds (3 + 3 + 14), a fraction such as
+0.123 from ``k = 1000``, and ``k`` may not exceed the number of groups (it warns when
+a class has fewer samples than ``k``): 12 patients cannot be split 70/15/15 that way
+at all, while :func:`grouped_stratified_split` takes any positive fractions summing
+to 1 in one pass and needs only as many groups as splits (every split gets at least
+one).  ``GroupShuffleSplit`` takes a fraction but does not stratify by label.  The
+test ``test_split_takes_fractions_that_stratified_group_kfold_cannot`` shows the
+12-patient case.  Keeping this function also keeps every split seed's images, and
+with them cached splits and reported results, as they were.
 """
 
 from __future__ import annotations
