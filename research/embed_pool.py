@@ -3,8 +3,9 @@ which split it falls into, so a grid with several ``split_seeds`` needs the back
 
 :func:`rcl_hf.frozen.cached_embeddings` caches embeddings *per split* (the key holds the split's
 fingerprint). :func:`seed_split_cache` builds, for a cell of another split seed, exactly the cache
-entries that :func:`rcl_hf.train_job.run_training` will look up — same key recipe as
-``train_job._frozen_trainer``, rows in the new split's order — from the entries of a split seed that
+entries that :func:`rcl_hf.train_job.run_training` will look up — the same key
+(:func:`rcl_hf.frozen.embedding_key_parts`, :func:`rcl_hf.frozen.embedding_cache_path`), rows in
+the new split's order — from the entries of a split seed that
 was already embedded, matched image by image (``image_id`` / path column). Eval-mode backbones embed
 each image independently, so the result equals a fresh pass up to float rounding of batched
 convolutions (checked by :func:`seed_split_cache` on the source split: the key it computes must be
@@ -85,7 +86,7 @@ def load_split_embeddings(model_args: Any, data_args: Any) -> Tuple[Dict[str, Tu
 
 def _split_cache(model_args: Any, data_args: Any) -> Tuple[Dict[str, Any], Any]:
     from rcl_hf.data.splits import subsample
-    from rcl_hf.frozen import _cache_key
+    from rcl_hf.frozen import embedding_cache_path, embedding_key_parts
     from rcl_hf.models import build_model
     from rcl_hf.trainer import RiskArguments
     from rcl_hf.train_job import _cache_dir, _resolve_severity, load_data
@@ -101,13 +102,11 @@ def _split_cache(model_args: Any, data_args: Any) -> Tuple[Dict[str, Any], Any]:
                    for s in ("validation", "test") if s in dsd})
     image_size = model_args.image_size or 224
     model, data_config = build_model(model_args.backbone, severity, image_size=image_size, pretrained=model_args.pretrained)
-    key = {"backbone": model_args.backbone, "pretrained": model_args.pretrained, "image_size": image_size,
-           "mean": data_config["mean"], "std": data_config["std"], "dataset": data_args.dataset,
-           "model_args": getattr(model.config, "model_args", None)}
     out = {}
     for s, raw in splits.items():
-        k = _cache_key({**key, "split": s, "fingerprint": getattr(raw, "_fingerprint", None), "n": len(raw)})
-        out[s] = (os.path.join(cache_dir, "embeddings", k), raw)
+        key = embedding_key_parts(model, data_config, backbone=model_args.backbone, pretrained=model_args.pretrained,
+                                  image_size=image_size, dataset=data_args.dataset, split=s)
+        out[s] = (embedding_cache_path(cache_dir, key, raw), raw)
     return out, severity
 
 

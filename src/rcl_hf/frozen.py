@@ -22,8 +22,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .crash_safety import publish_new_dir
+from .data.metadata import dataset_fingerprint
 
-__all__ = ["find_classifier", "extract_embeddings", "cached_embeddings", "LinearHead", "copy_head_into_model"]
+__all__ = ["find_classifier", "extract_embeddings", "embedding_key_parts", "embedding_cache_key", "embedding_cache_path",
+           "cached_embeddings", "LinearHead", "copy_head_into_model"]
 
 
 def find_classifier(model: nn.Module) -> nn.Linear:
@@ -63,8 +65,32 @@ def extract_embeddings(model: nn.Module, dataset: Any, batch_size: int = 64, des
     return torch.cat(captured).numpy() if captured else np.zeros((0, head.in_features), dtype=np.float32)
 
 
-def _cache_key(parts: Dict[str, Any]) -> str:
+def embedding_key_parts(model: nn.Module, data_config: Dict[str, Any], *, backbone: str, pretrained: Optional[str],
+                        image_size: int, dataset: str, split: str) -> Dict[str, Any]:
+    """What a split's embeddings depend on besides its rows: the backbone (name, weights, timm
+    ``model_args`` from ``model.config``), the input size and normalisation (``data_config``'s
+    ``mean`` / ``std``), the dataset argument and the split's name.
+
+    The one recipe of the frozen-backbone cache key: :func:`rcl_hf.train_job.run_training` embeds
+    under it and the study's embedding pool (``research/embed_pool.py``) looks entries up with it.
+    """
+    return {"backbone": backbone, "pretrained": pretrained, "image_size": image_size,
+            "mean": data_config["mean"], "std": data_config["std"], "dataset": dataset,
+            "model_args": getattr(model.config, "model_args", None), "split": split}
+
+
+def embedding_cache_key(key_parts: Dict[str, Any], raw_split: Any) -> str:
+    """The name of a split's entry in the embedding cache: 16 hex digits of the SHA-1 of ``key_parts``
+    (:func:`embedding_key_parts`), the split's ``datasets`` fingerprint
+    (:func:`rcl_hf.data.metadata.dataset_fingerprint`) and its number of rows."""
+    parts = {**key_parts, "fingerprint": dataset_fingerprint(raw_split), "n": len(raw_split)}
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def embedding_cache_path(cache_dir: Optional[str], key_parts: Dict[str, Any], raw_split: Any) -> Optional[str]:
+    """``cache_dir/embeddings/<embedding_cache_key>`` (``None`` without a cache folder): where
+    :func:`cached_embeddings` keeps a split's embeddings."""
+    return os.path.join(cache_dir, "embeddings", embedding_cache_key(key_parts, raw_split)) if cache_dir else None
 
 
 def cached_embeddings(
@@ -79,12 +105,11 @@ def cached_embeddings(
 
     ``dataset`` gives ``pixel_values``; ``raw_split`` (the untransformed split)
     supplies the fingerprint and labels.  With ``cache_dir`` the result is saved
-    under ``cache_dir/embeddings/<key>`` and reloaded by later runs.
+    under :func:`embedding_cache_path` and reloaded by later runs.
     """
     import datasets
 
-    key = _cache_key({**key_parts, "fingerprint": getattr(raw_split, "_fingerprint", None), "n": len(raw_split)})
-    path = os.path.join(cache_dir, "embeddings", key) if cache_dir else None
+    path = embedding_cache_path(cache_dir, key_parts, raw_split)
     if path and os.path.exists(os.path.join(path, "dataset_info.json")):
         return datasets.load_from_disk(path).with_format("torch")
     emb = extract_embeddings(model, dataset, batch_size, desc=f"embedding {key_parts.get('split', '')}".strip())

@@ -367,13 +367,14 @@ def _frozen_trainer(model, transformed, splits, model_args, data_args, risk_args
     Under several processes the main process embeds first and the others load its
     cache (``main_process_first``).
     """
-    from .frozen import LinearHead, cached_embeddings, copy_head_into_model, find_classifier
+    from .frozen import LinearHead, cached_embeddings, copy_head_into_model, embedding_key_parts, find_classifier
 
-    key = {"backbone": model_args.backbone, "pretrained": model_args.pretrained, "image_size": image_size,
-           "mean": data_config["mean"], "std": data_config["std"], "dataset": data_args.dataset,
-           "model_args": getattr(model.config, "model_args", None)}
+    def key(split: str) -> Dict[str, Any]:
+        return embedding_key_parts(model, data_config, backbone=model_args.backbone, pretrained=model_args.pretrained,
+                                   image_size=image_size, dataset=data_args.dataset, split=split)
+
     with training_args.main_process_first(desc="frozen-backbone embeddings"):
-        emb = {s: cached_embeddings(model, transformed[s], splits[s], cache_dir, {**key, "split": s},
+        emb = {s: cached_embeddings(model, transformed[s], splits[s], cache_dir, key(s),
                                     batch_size=max(8, training_args.per_device_eval_batch_size))
                for s in transformed}
     train = emb["train"].with_format("numpy")

@@ -40,6 +40,7 @@ from rcl_hf.data import (
     severity_for,
 )
 from rcl_hf.data.breakhis import parse_filename
+from rcl_hf.data.metadata import dataset_fingerprint
 from rcl_hf.data.sicapv2 import wsi_of
 from rcl_hf.data.splits import check_disjoint_groups
 from rcl_hf.data.transforms import resolve_transform_config
@@ -486,9 +487,21 @@ def test_fingerprint_follows_image_content_so_cached_embeddings_are_not_reused(t
     root = make_brain(tmp_path / "brain", n_train=6, n_test=2)
     first = load_dataset("brain_tumor_mri", root, **KW)
     again = load_dataset("brain_tumor_mri", root, **KW)
-    assert {s: d._fingerprint for s, d in first.items()} == {s: d._fingerprint for s, d in again.items()}
+    assert {s: dataset_fingerprint(d) for s, d in first.items()} == {s: dataset_fingerprint(d) for s, d in again.items()}
     target = next((root / "Testing").rglob("*.jpg"))
     write_image(target, size=(12, 10), mode="L", seed=12345)
     changed = load_dataset("brain_tumor_mri", root, **KW)
-    assert changed["test"]._fingerprint != first["test"]._fingerprint
-    assert changed["train"]._fingerprint == first["train"]._fingerprint
+    assert dataset_fingerprint(changed["test"]) != dataset_fingerprint(first["test"])
+    assert dataset_fingerprint(changed["train"]) == dataset_fingerprint(first["train"])
+
+
+def test_the_datasets_fingerprint_is_still_where_the_caches_read_it():
+    """``datasets`` has no public fingerprint accessor: rcl_hf.data.metadata.dataset_fingerprint reads the private
+    ``Dataset._fingerprint``. If a datasets release drops or renames it, this fails (the caches would otherwise
+    lose their key)."""
+    ds = datasets.Dataset.from_dict({"x": [1, 2, 3]})
+    assert isinstance(ds._fingerprint, str) and dataset_fingerprint(ds) == ds._fingerprint
+    assert dataset_fingerprint(ds.select([0, 1])) == dataset_fingerprint(ds.select([0, 1]))  # deterministic
+    assert dataset_fingerprint(ds.select([0, 1])) != dataset_fingerprint(ds.select([1, 2]))
+    with pytest.raises(TypeError, match="no datasets fingerprint"):
+        dataset_fingerprint({"x": [1, 2, 3]})

@@ -255,6 +255,23 @@ def test_frozen_backbone_caches_embeddings_and_matches_full_model(tmp_path, tiny
         cached_embeddings(None, None, raw, str(cache), {"backbone": "another"})
 
 
+def test_embedding_cache_key_is_the_recipe_existing_caches_were_written_under():
+    """rcl_hf.frozen.embedding_cache_key is the one recipe of the frozen-backbone cache key (the Trainer and
+    the study's embedding pool both use it); it must keep naming the entries earlier runs wrote."""
+    import hashlib
+
+    import datasets
+
+    from rcl_hf.frozen import embedding_cache_key
+
+    ds = datasets.Dataset.from_dict({"label": [0, 1, 1]})
+    parts = {"backbone": "resnet18", "pretrained": None, "image_size": 32, "mean": (0.5,), "std": (0.5,),
+             "dataset": "synthetic", "model_args": None, "split": "train"}
+    recipe = {**parts, "fingerprint": ds._fingerprint, "n": 3}
+    expected = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert embedding_cache_key(parts, ds) == expected
+
+
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_dataset):
     """Interrupt after 6 of 8 steps (mid-epoch 2, random flips on), resume: same final weights and metrics."""
     import shutil

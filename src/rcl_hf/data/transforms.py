@@ -52,6 +52,7 @@ from PIL import Image
 
 from ..crash_safety import commit_dir, staging_dir
 from .images import DEFAULT_MAX_PIXELS, open_image_rgb
+from .metadata import dataset_fingerprint
 
 #: ImageNet statistics, equal to ``timm.data.IMAGENET_DEFAULT_MEAN`` / ``_STD`` (tested); not imported from
 #: timm here so that reading them does not import timm.
@@ -374,7 +375,7 @@ def _cache_key(ds: Any, split: str, size: int, fmt: str, quality: int) -> str:
             h.update((s or "-").encode())
         h.update(str(len(ds)).encode())
     else:
-        h.update(ds._fingerprint.encode())
+        h.update(dataset_fingerprint(ds).encode())
     return h.hexdigest()[:16]
 
 
