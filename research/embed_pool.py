@@ -3,13 +3,14 @@ which split it falls into, so a grid with several ``split_seeds`` needs the back
 
 :func:`rcl_hf.frozen.cached_embeddings` caches embeddings *per split* (the key holds the split's
 fingerprint). :func:`seed_split_cache` builds, for a cell of another split seed, exactly the cache
-entries that :func:`rcl_hf.train_job.run_training` will look up — the same key
+entries that :func:`rcl_hf.train_job.run_training` will look up — the same splits
+(:func:`rcl_hf.train_data.run_splits`), input size (``ModelArguments.input_size``) and key
 (:func:`rcl_hf.frozen.embedding_key_parts`, :func:`rcl_hf.frozen.embedding_cache_path`), rows in
-the new split's order — from the entries of a split seed that
-was already embedded, matched image by image (``image_id`` / path column). Eval-mode backbones embed
-each image independently, so the result equals a fresh pass up to float rounding of batched
-convolutions (checked by :func:`seed_split_cache` on the source split: the key it computes must be
-the one the Trainer wrote, or it refuses).
+the new split's order — from the entries of a split seed that was already embedded, matched image
+by image (``image_id`` / path column). Eval-mode backbones embed each image independently, so the
+result equals a fresh pass up to float rounding of batched convolutions (checked by
+:func:`seed_split_cache` on the source split: the key it computes must be the one the Trainer wrote,
+or it refuses).
 
 For a grid (:func:`research.grid.run_grid`): :func:`embedding_seed_cells` picks the one cell per
 group of identical images and backbone that embeds first, and :func:`share_embeddings` seeds every other
@@ -85,25 +86,22 @@ def load_split_embeddings(model_args: Any, data_args: Any) -> Tuple[Dict[str, Tu
 
 
 def _split_cache(model_args: Any, data_args: Any) -> Tuple[Dict[str, Any], Any]:
-    from rcl_hf.data.splits import subsample
     from rcl_hf.frozen import embedding_cache_path, embedding_key_parts
     from rcl_hf.models import build_model
+    from rcl_hf.train_data import load_data, run_splits
+    from rcl_hf.train_job import resolve_severity
     from rcl_hf.trainer import RiskArguments
-    from rcl_hf.train_job import _cache_dir, _resolve_severity, load_data
 
-    cache_dir = _cache_dir(data_args)
+    cache_dir = data_args.resolved_cache_dir()
     if not cache_dir:
         raise ValueError("seeding the embedding cache needs data.cache_dir")
     dsd, dataset_severity = load_data(data_args)
     labels = dsd["train"].features["label"].names
-    severity = _resolve_severity(RiskArguments(loss="ce"), dataset_severity, labels)
-    splits = {"train": subsample(dsd["train"], data_args.max_train_samples, data_args.subset, seed=data_args.split_seed)}
-    splits.update({s: subsample(dsd[s], data_args.max_eval_samples, data_args.subset, seed=data_args.split_seed)
-                   for s in ("validation", "test") if s in dsd})
-    image_size = model_args.image_size or 224
+    severity = resolve_severity(RiskArguments(loss="ce"), dataset_severity, labels)
+    image_size = model_args.input_size(data_args.dataset)
     model, data_config = build_model(model_args.backbone, severity, image_size=image_size, pretrained=model_args.pretrained)
     out = {}
-    for s, raw in splits.items():
+    for s, raw in run_splits(dsd, data_args).items():
         key = embedding_key_parts(model, data_config, backbone=model_args.backbone, pretrained=model_args.pretrained,
                                   image_size=image_size, dataset=data_args.dataset, split=s)
         out[s] = (embedding_cache_path(cache_dir, key, raw), raw)

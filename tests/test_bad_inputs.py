@@ -156,9 +156,9 @@ REVERSED = ["lesion_ring", "lesion_oval", "lesion_round", "normal"]
 # --------------------------------------------------------------------------- call rows
 def _call_resolve_reordered(ctx: Ctx):
     from rcl_hf.trainer import RiskArguments
-    from rcl_hf.train_job import _resolve_severity
+    from rcl_hf.train_job import resolve_severity
 
-    return _resolve_severity(RiskArguments(severity="synthetic"), None, REVERSED)
+    return resolve_severity(RiskArguments(severity="synthetic"), None, REVERSED)
 
 
 def _call_severity_for_reordered(ctx: Ctx):

@@ -71,6 +71,10 @@ class ModelArguments:
     risk_alpha: float = field(default=0.1, metadata={"help": "Certify risk <= risk_alpha ..."})
     risk_delta: float = field(default=0.1, metadata={"help": "... with probability >= 1 - risk_delta (Learn then Test)."})
 
+    def input_size(self, dataset: str) -> int:
+        """The input side in pixels: ``image_size``, else 32 for the synthetic data and 224 otherwise."""
+        return self.image_size or (32 if dataset == "synthetic" else 224)
+
     def wants_ood_guard(self, dataset: str) -> bool:
         """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets."""
         return self.ood_guard if self.ood_guard is not None else dataset in ("brain_tumor_mri", "isic2018", "breakhis", "sicapv2")
@@ -131,6 +135,17 @@ class DataArguments:
     def __post_init__(self) -> None:
         if self.subset not in SUBSET_MODES:
             raise ValueError(f"--subset must be one of {SUBSET_MODES}, got {self.subset!r}")
+
+    def resolved_cache_dir(self) -> Optional[str]:
+        """The cache folder: ``cache_dir``; ``None`` (no cache) for ``'none'``, ``'false'`` or ``''``; by
+        default :func:`rcl_hf.data.images.default_cache_dir` (``$RCL_HF_CACHE`` or ``~/.cache/rcl_hf``)."""
+        if self.cache_dir is None:
+            from .data.images import default_cache_dir
+
+            return str(default_cache_dir())
+        if self.cache_dir.strip().lower() in ("", "none", "false"):
+            return None
+        return self.cache_dir
 
 
 AUGMENTATIONS = {

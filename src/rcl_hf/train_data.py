@@ -17,7 +17,8 @@ from .train_args import AUGMENTATIONS, DataArguments
 
 logger = logging.getLogger("rcl_hf.train_job")
 
-__all__ = ["load_data", "carve_missing_splits", "SeededAugmentation", "AugmentationEpochCallback", "ROW_COLUMN"]
+__all__ = ["load_data", "carve_missing_splits", "run_splits", "SeededAugmentation", "AugmentationEpochCallback",
+           "ROW_COLUMN"]
 
 
 def load_data(data_args: DataArguments, seed: Optional[int] = None):
@@ -81,6 +82,19 @@ def load_data(data_args: DataArguments, seed: Optional[int] = None):
     except ValueError:
         severity = None
     return dsd, severity
+
+
+def run_splits(dsd: Any, data_args: DataArguments) -> Dict[str, Any]:
+    """The rows a run trains and evaluates on: ``train`` (``max_train_samples``) and ``validation`` /
+    ``test`` when present (``max_eval_samples``), each subsampled by
+    :func:`rcl_hf.data.splits.subsample` (``subset`` mode, seeded by ``split_seed``). Their fingerprints
+    key the frozen-backbone embedding cache, so every reader of that cache takes its splits from here."""
+    from .data.splits import subsample
+
+    out = {"train": subsample(dsd["train"], data_args.max_train_samples, data_args.subset, seed=data_args.split_seed)}
+    out.update({s: subsample(dsd[s], data_args.max_eval_samples, data_args.subset, seed=data_args.split_seed)
+                for s in ("validation", "test") if s in dsd})
+    return out
 
 
 def _rename_columns(dsd: Any, image: str, label: str, name: str) -> Any:
@@ -204,16 +218,3 @@ def _seeded_train_split(train_ds: Any, seed: int) -> Tuple[Any, SeededAugmentati
     augmentation = SeededAugmentation(transform, seed)
     ds = train_ds.with_format(None).add_column(ROW_COLUMN, np.arange(len(train_ds), dtype=np.int64))
     return ds.with_transform(augmentation), augmentation
-
-
-def _cache_dir(data_args: DataArguments) -> Optional[str]:
-    """The cache folder: ``--cache_dir``, ``None`` for 'none', else :func:`rcl_hf.data.images.default_cache_dir`."""
-    if data_args.cache_dir is None:
-        from .data.images import default_cache_dir
-
-        return str(default_cache_dir())
-    if data_args.cache_dir.strip().lower() in ("", "none", "false"):
-        return None
-    return data_args.cache_dir
-
-

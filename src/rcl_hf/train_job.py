@@ -40,7 +40,6 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .crash_safety import atomic_write_json
 from .data.metadata import dataset_metadata
-from .data.splits import subsample
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
 from .severity import SeverityMatrix
@@ -49,10 +48,10 @@ from .train_data import (
     AugmentationEpochCallback,
     SeededAugmentation,
     _augmentation,
-    _cache_dir,
     _seeded_train_split,
     carve_missing_splits,
     load_data,
+    run_splits,
 )
 from .trainer import RiskArguments, RiskCalibratedTrainer
 from .trainer_callbacks import BroadcastBuffersCallback
@@ -73,12 +72,19 @@ __all__ = [
     "AUGMENTATIONS",
     "carve_missing_splits",
     "collapse_warning",
+    "resolve_severity",
 ]
 
 TABLE_KEYS = ("accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
 
 
-def _resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[SeverityMatrix], labels: List[str]) -> SeverityMatrix:
+def resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[SeverityMatrix], labels: List[str]) -> SeverityMatrix:
+    """The severity matrix of a run, in the order of the dataset's ``labels``: ``--severity`` (a preset
+    name or JSON) when given, else the one the dataset carries.
+
+    Raises:
+        ValueError: neither gives one, or its labels are not the dataset's.
+    """
     if risk_args.severity:
         sev = SeverityMatrix.resolve(risk_args.severity)
     elif dataset_severity is not None:
@@ -180,20 +186,18 @@ def run_training(
     training_args.label_names = ["labels"]
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False
-    cache_dir = _cache_dir(data_args)
+    cache_dir = data_args.resolved_cache_dir()
     set_seed(training_args.seed)
     dsd, dataset_severity = load_data(data_args)
     labels = dsd["train"].features["label"].names
-    severity = _resolve_severity(risk_args, dataset_severity, labels)
-    train_raw = subsample(dsd["train"], data_args.max_train_samples, data_args.subset, seed=data_args.split_seed)
-    eval_raw = {s: subsample(dsd[s], data_args.max_eval_samples, data_args.subset, seed=data_args.split_seed)
-                for s in ("validation", "test") if s in dsd}
-    counts = np.bincount(np.asarray(train_raw["label"]), minlength=severity.num_labels)
+    severity = resolve_severity(risk_args, dataset_severity, labels)
+    raw_splits = run_splits(dsd, data_args)
+    counts = np.bincount(np.asarray(raw_splits["train"]["label"]), minlength=severity.num_labels)
     missing = [severity.labels[i] for i in np.flatnonzero(counts == 0)]
     if missing and not model_args.eval_only:
         raise ValueError(f"Classes {missing} have no training sample; the loss and metrics need every class")
 
-    image_size = model_args.image_size or (32 if data_args.dataset == "synthetic" else 224)
+    image_size = model_args.input_size(data_args.dataset)
     set_seed(training_args.seed)
     model, data_config = build_model(model_args.backbone, severity, image_size=image_size, pretrained=model_args.pretrained)
     if model_args.channels_last:
@@ -202,7 +206,7 @@ def run_training(
 
     training_args, model = apply_gpu_path(plan_gpu_path(model, training_args, enabled=model_args.gpu_path), training_args, model)
     processor = build_image_processor(model, data_config)
-    splits = datasets.DatasetDict({"train": train_raw, **eval_raw})
+    splits = datasets.DatasetDict(raw_splits)
     if data_args.cache_resized:
         if not cache_dir:
             raise ValueError("--cache_resized needs a cache directory (--cache_dir)")
