@@ -268,27 +268,25 @@ def as_rgb_image(image: Any, max_pixels: Optional[int] = None) -> Any:
 def forward_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32,
                    embeddings: bool = False):
     """``(probabilities (N, K), embeddings (N, D) or None)``: softmax of the logits and, when asked,
-    the input of the classifier's last ``nn.Linear`` (:func:`rcl_hf.frozen.find_classifier`)."""
+    the input of the classifier's last ``nn.Linear`` (:func:`rcl_hf.frozen.find_classifier`).
+
+    Unlike :func:`rcl_hf.frozen.extract_embeddings` (rows already transformed for training, model
+    switched to eval mode and ``channels_last`` for the pass), this takes raw inputs of any kind
+    :func:`as_rgb_image` reads, preprocesses each batch with the model's image processor, and runs
+    the model as it is (from :func:`load_model`: eval mode). Both share :func:`rcl_hf.frozen.forward_pixels`.
+    """
+    from .frozen import forward_pixels
+
     processor = image_processor or getattr(model, "image_processor", None)
     if processor is None:
         raise ValueError("predict needs an image processor: load the model with rcl_hf.load_model or pass one")
-    device = next(model.parameters()).device
-    probs, feats = [], []
-    hook = None
-    if embeddings:
-        from .frozen import find_classifier
 
-        hook = find_classifier(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float().cpu()))
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = [as_rgb_image(im) for im in images[start : start + batch_size]]
-                pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
-                logits = model(pixel_values=pixel_values).logits.float()
-                probs.append(torch.softmax(logits, -1).cpu().numpy())
-    finally:
-        if hook is not None:
-            hook.remove()
+    def batches():
+        for start in range(0, len(images), batch_size):
+            batch = [as_rgb_image(im) for im in images[start : start + batch_size]]
+            yield processor(images=batch, return_tensors="pt")["pixel_values"]
+
+    probs, feats = forward_pixels(model, batches(), embeddings=embeddings)
     p = np.concatenate(probs) if probs else np.zeros((0, model.config.num_labels))
     z = (torch.cat(feats).flatten(1).numpy() if feats else np.zeros((0, 0))) if embeddings else None
     return p, z
