@@ -16,11 +16,10 @@ from rcl_hf.data.duplicates import (
     audit_duplicates,
     content_groups,
     cross_split_drop_indices,
-    dhash,
     find_duplicates,
-    hamming,
     merge_groups,
 )
+from rcl_hf.data.images import dhash, hamming
 from rcl_hf.data.splits import check_disjoint_groups, group_overlaps, grouped_stratified_split
 
 KW = dict(progress=False, num_workers=2, cache_dir=False)

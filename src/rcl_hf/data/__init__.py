@@ -19,15 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from .duplicates import DuplicateReport, audit_duplicates
-from .images import DEFAULT_MAX_PIXELS, ImageLoadError, default_cache_dir, open_image_rgb, validate_images
+from .images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image_rgb, validate_images
 from .loading import load_dataset
 from .metadata import dataset_metadata, severity_for
 from .records import LoadReport, Problem
-from .registry import DATASETS, available_datasets, dataset_module
+from .registry import available_datasets, dataset_module
 from .splits import check_disjoint_groups, grouped_stratified_split, subsample
 
 __all__ = [
-    "DATASETS",
     "DEFAULT_MAX_PIXELS",
     "DuplicateReport",
     "ImageLoadError",
@@ -42,7 +41,6 @@ __all__ = [
     "check_disjoint_groups",
     "dataset_metadata",
     "dataset_module",
-    "default_cache_dir",
     "grouped_stratified_split",
     "load_dataset",
     "load_synthetic",

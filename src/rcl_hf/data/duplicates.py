@@ -30,23 +30,20 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .images import ahash, dhash, hamming, open_image_rgb, read_image_bytes
+from .images import dhash, open_image_rgb, read_image_bytes
 
 __all__ = [
     "DuplicateGroup",
     "DuplicateReport",
     "SPLIT_ORDER",
-    "ahash",
     "audit_duplicates",
     "content_groups",
     "cross_split_drop_indices",
-    "dhash",
     "find_duplicates",
-    "hamming",
     "merge_groups",
 ]
 
-#: Priority when a copy must go: a duplicate is kept in the earliest split.
+#: The splits in order: a duplicate is kept in the earliest split, and loaded splits come in this order.
 SPLIT_ORDER = ("train", "validation", "test")
 
 
@@ -221,7 +218,8 @@ def _close_pairs(values: np.ndarray, max_distance: int) -> Tuple[np.ndarray, np.
 
 
 def _perceptual_components(hashes: Sequence[Optional[int]], max_distance: int) -> List[List[int]]:
-    """Connected components (of two or more) of ``hamming(h_i, h_j) <= max_distance``, by smallest member.
+    """Connected components (of two or more) of ``hamming(h_i, h_j) <= max_distance``
+    (:func:`~rcl_hf.data.images.hamming`), by smallest member.
 
     Identical hashes are joined directly (each file to the first file with its hash);
     the distinct hashes are paired by :func:`_close_pairs` (multi-index hashing), so

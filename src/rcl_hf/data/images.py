@@ -56,7 +56,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageCheck",
     "ImageLoadError",
-    "ahash",
     "default_cache_dir",
     "dhash",
     "hamming",
@@ -265,13 +264,6 @@ def dhash(img: Image.Image, hash_size: int = 8) -> int:
     px = np.asarray(small, dtype=np.int16)
     bits = (px[:, :-1] < px[:, 1:]).flatten()
     return int(np.packbits(bits).view(">u8")[0]) if hash_size == 8 else int("".join("1" if b else "0" for b in bits), 2)
-
-
-def ahash(img: Image.Image, hash_size: int = 8) -> int:
-    """Average hash: bit set where the 8x8 grayscale thumbnail exceeds its mean."""
-    small = np.asarray(img.convert("L").resize((hash_size, hash_size), Image.Resampling.BOX), dtype=np.float64)
-    bits = (small > small.mean()).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
 
 
 def hamming(a: int, b: int) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from ..severity import SeverityMatrix
-from .duplicates import content_groups, cross_split_drop_indices, find_duplicates
+from .duplicates import SPLIT_ORDER, content_groups, cross_split_drop_indices, find_duplicates
 from .images import DEFAULT_MAX_PIXELS, validate_images
 from .metadata import METADATA_VERSION
 from .records import LoadReport, Problem, raise_for_problems
@@ -42,9 +42,8 @@ from .splits import group_overlaps, grouped_stratified_split
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TEST_SIZE", "SPLIT_NAMES", "derived_split_fractions", "load_dataset"]
+__all__ = ["DEFAULT_TEST_SIZE", "derived_split_fractions", "load_dataset"]
 
-SPLIT_NAMES = ("train", "validation", "test")
 #: Share of the pool carved out as ``test`` when the data has no test split and no ``test_size`` is given.
 DEFAULT_TEST_SIZE = 0.15
 
@@ -304,7 +303,7 @@ def load_dataset(
             names = [names[i] for i in keep_idx]
     report.duplicates = dup
 
-    by_split: Dict[str, List[int]] = {s: [] for s in SPLIT_NAMES}
+    by_split: Dict[str, List[int]] = {s: [] for s in SPLIT_ORDER}
     for i, s in enumerate(splits):
         by_split.setdefault(s, []).append(i)
     by_split = {s: idx for s, idx in by_split.items() if idx}
@@ -363,7 +362,7 @@ def load_dataset(
         license=module.LICENSE,
     )
     out = datasets.DatasetDict()
-    for split in SPLIT_NAMES:
+    for split in SPLIT_ORDER:
         idx = by_split.get(split)
         if not idx:
             continue

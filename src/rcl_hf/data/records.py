@@ -105,7 +105,8 @@ def iter_files(root: Union[str, os.PathLike]) -> Iterator[Path]:
 # --------------------------------------------------------------------------- what loaders hand over
 @dataclass
 class Problem:
-    """One reported file or label row: ``action`` is ``"skipped"``, ``"converted"`` or ``"dropped"``."""
+    """One reported file or label row: ``kind`` is one of :data:`PROBLEM_KINDS`; ``action`` is
+    ``"skipped"``, ``"converted"`` or ``"dropped"``."""
 
     path: str
     kind: str

@@ -125,7 +125,7 @@ def load_input_image(
 
     ``source``: a path (the file Gradio saved), bytes, a file object, a ``data:``
     URL, a ``PIL.Image`` or a numpy array. Conversions (grayscale, palette, alpha,
-    16/32-bit, CMYK, ...) follow rcl_hf's loaders (:func:`rcl_hf.data.to_rgb`);
+    16/32-bit, CMYK, ...) follow rcl_hf's loaders (:func:`rcl_hf.data.images.to_rgb`);
     each becomes a note.
 
     Raises:
