@@ -30,6 +30,7 @@ Softmax: ``torch.softmax`` on the logits.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Union
 
@@ -278,7 +279,13 @@ def forward_images(model: Any, images: Sequence[Any], image_processor: Any = Non
     if embeddings:
         from .frozen import find_classifier
 
-        hook = find_classifier(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float().cpu()))
+        caller = threading.get_ident()  # the hook sits on the shared model: keep only this thread's forward passes
+
+        def keep(m, inp, out):
+            if threading.get_ident() == caller:
+                feats.append(inp[0].detach().float().cpu())
+
+        hook = find_classifier(model).register_forward_hook(keep)
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
