@@ -39,8 +39,8 @@ from .inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, 
 logger = logging.getLogger("rcl_hf.space")
 
 __all__ = [
-    "SpaceStartupError", "SpaceModel", "load_space_model", "as_space_model", "score", "model_outputs", "analyze",
-    "analyze_batch", "make_examples", "examples_root", "model_input_side", "resolve_model_ids", "check_port_free",
+    "SpaceStartupError", "SpaceModel", "load_space_model", "as_space_model", "forward", "forward_batch", "score",
+    "model_outputs", "analyze", "analyze_batch", "make_examples", "examples_root", "model_input_side", "resolve_model_ids", "check_port_free",
     "OOD_MESSAGE", "REFER_HEADLINE", "BUSY_MESSAGE", "UNCERTIFIED_TEXT", "Admission", "ServiceBusy",
 ]
 
@@ -147,12 +147,17 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
             f"{name_or_path!r} is a folder but not a saved model: it has no config.json "
             "(save one with model.save_pretrained and image_processor.save_pretrained)."
         )
+    import torch
+
     from ..hub.errors import HubUnavailableError
     from ..inference import load_model
 
     source = expanded if os.path.exists(expanded) else name_or_path
     try:
         model = load_model(source)
+        # the Space's copy only infers: convolutions run 10-20% faster on CPU with channels-last weights
+        # (outputs equal to float32 rounding, ~1e-8)
+        model.to(memory_format=torch.channels_last)
         space_model = SpaceModel(model=model, name=label or _display_name(name_or_path), source=source)
     except HubUnavailableError as err:
         raise SpaceStartupError(str(err)) from None
@@ -181,6 +186,17 @@ def forward(space_model: SpaceModel, rgb: Image.Image) -> Tuple[np.ndarray, Opti
     guard = space_model.ood_guard
     p, z = forward_images(space_model.model, [rgb], embeddings=guard is not None)
     return p[0], (float(guard.score(z)[0]) if guard is not None else None)
+
+
+def forward_batch(models: Sequence[SpaceModel], rgbs: Sequence[Image.Image]) -> List[List[Tuple[np.ndarray, Optional[float]]]]:
+    """:func:`forward` of several images, one forward pass per model: ``out[image][model]``."""
+    per_model = []
+    for m in models:
+        guard = m.ood_guard
+        p, z = forward_images(m.model, list(rgbs), embeddings=guard is not None)
+        ood = guard.score(z).tolist() if guard is not None else [None] * len(rgbs)
+        per_model.append([(p[i], None if o is None else float(o)) for i, o in enumerate(ood)])
+    return [[outs[i] for outs in per_model] for i in range(len(rgbs))]
 
 
 def _calibration(space_model: SpaceModel, risk: Any) -> Tuple[Optional[str], Any]:
