@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from rcl_hf.plots import plot_severity_matrix
-from rcl_hf.space.batching import set_cpu_threads
+from rcl_hf.space.batching import QUEUE_POLL_S, queue_demo, set_cpu_threads
 from rcl_hf.space.certified import UNCERTIFIED_CHOICE, resolve_choice
 from rcl_hf.space.core import (BUSY_MESSAGE, OOD_MESSAGE, Admission, ServiceBusy, SpaceModel, SpaceStartupError, analyze,
                                as_space_model, check_port_free, examples_root, load_space_model, make_examples,
@@ -46,9 +46,10 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "InputImageError", "In
 
 _examples_root = examples_root  # the one folder served besides uploads (tests/test_security.py checks it)
 DISCLAIMER = "Research demo of rcl_hf, **not a medical device**: do not use it for diagnosis."
-#: Analyses run at once, requests allowed to wait for one, and images one forward pass may take (one torch thread
-#: per pass); the best throughput on 2 cores in benchmarks/results/space_load.md.
-WORKERS, MAX_WAITING, MAX_BATCH_SIZE = 2, 48, 1
+#: Analyses run at once (decode, checks, then a shared forward pass), requests allowed to wait for one, and images one
+#: forward pass may take: 8 and 8 is one forward thread (one torch thread) taking every image waiting, the best
+#: throughput on 2 cores in benchmarks/results/space_load.md; workers + waiting stay within Gradio's 40 threads.
+WORKERS, MAX_WAITING, MAX_BATCH_SIZE = 8, 32, 8
 _HOW = """The model gives each image a probability for every class and weighs them by what each mistake would cost
 a patient (calling a tumour "no tumour" is the worst). It decides the case itself only when the expected cost of
 its decision is low enough; otherwise it refers the case to a specialist. How low is "low enough" was set on
@@ -165,22 +166,21 @@ def _host_port(host: Optional[str], port: Optional[int]) -> Tuple[str, int]:
 
 
 def launch_demo(demo: Any, host: Optional[str] = None, port: Optional[int] = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                prevent_thread_lock: bool = False, quiet: bool = False):
+                prevent_thread_lock: bool = False, quiet: bool = False, queue_poll_s: float = QUEUE_POLL_S):
     """Queue and launch ``demo`` (no share link, upload size capped); host/port default to
     ``$GRADIO_SERVER_NAME`` (else 127.0.0.1) and ``$GRADIO_SERVER_PORT`` (else 7860)."""
     host, port = _host_port(host, port)
-    # Gradio hands every request to its handler at once (no concurrency limit of its own): the handlers' Admission
-    # runs `workers` analyses, lets `max_waiting` wait and answers the rest BUSY_MESSAGE at once. Gradio's queue
-    # bound is only a backstop far beyond that (its own "queue full" text is not ours)
+    # Gradio hands every request to its handler at once (no concurrency limit of its own) on a thread of its own (one
+    # for each admitted request, and spare ones for the other events): the handlers' Admission runs `workers`
+    # analyses, lets `max_waiting` wait and answers the rest BUSY_MESSAGE at once. Gradio's queue bound is only a
+    # backstop far beyond that, for bursts that arrive between two of its dispatch rounds (its "Queue is full" text
+    # is not ours: at 4x the admitted count, 32 clients at once met it)
     admission = getattr(demo, "rcl_admission", None)
     admit = admission.workers + admission.max_waiting if admission is not None else 2
-    # Gradio rebuilds a pandas summary of its last 10,000 events after every event, for a monitoring page this Space
-    # does not enable (3 ms per request, growing with the events kept): every 1,000 events is plenty
-    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
-    demo.queue(default_concurrency_limit=None, max_size=4 * admit)
+    queue_demo(demo, max_size=max(256, 4 * admit), poll_s=queue_poll_s)
     return demo.launch(server_name=host, server_port=port, share=False, max_file_size=int(max_upload_mb * 1024 * 1024),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, footer_links=["api"],
-                       allowed_paths=[str(examples_root())], ssr_mode=False)
+                       allowed_paths=[str(examples_root())], ssr_mode=False, max_threads=max(40, admit + 8))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -207,6 +207,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"requests that may wait for a worker; beyond them the answer is 'busy' (default {MAX_WAITING})")
     p.add_argument("--max_batch_size", type=int, default=MAX_BATCH_SIZE,
                    help=f"images one forward pass may take from concurrent requests (default {MAX_BATCH_SIZE})")
+    p.add_argument("--queue_poll_ms", type=float, default=QUEUE_POLL_S * 1000,
+                   help=f"how often Gradio's idle queue looks for new events (default {QUEUE_POLL_S * 1000:.0f} ms; Gradio's: 1)")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted width*height")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload (MB)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("RCL_TORCH_THREADS") or 1),
@@ -249,7 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.threads and args.threads > 0:
         set_cpu_threads(args.threads)
-    launch_demo(demo, host, port, max_upload_mb=args.max_upload_mb)
+    launch_demo(demo, host, port, max_upload_mb=args.max_upload_mb, queue_poll_s=args.queue_poll_ms / 1000)
     return 0
 
 

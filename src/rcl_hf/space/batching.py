@@ -1,4 +1,4 @@
-"""Forward passes of concurrent Space requests, run together, and the CPU threads of a Space process.
+"""Forward passes of concurrent Space requests, run together; the CPU threads and Gradio queue of a Space process.
 
 Each request decodes and checks its own image in its own thread (:mod:`rcl_hf.space.handlers`); its forward pass
 goes through a :class:`ForwardBatcher`. With ``max_batch_size`` 1 the request's thread runs it. Otherwise a few
@@ -21,7 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ForwardBatcher", "set_cpu_threads"]
+__all__ = ["ForwardBatcher", "set_cpu_threads", "queue_demo", "QUEUE_POLL_S"]
+
+#: How often Gradio's queue looks for new events when it has none to start (Gradio's own: 1 ms on Linux).
+QUEUE_POLL_S: float = 0.01
 
 #: One image's answer from one model: ``(probabilities (K,), OOD score or None)``.
 Output = Tuple[np.ndarray, Optional[float]]
@@ -100,3 +103,24 @@ def set_cpu_threads(n: int) -> None:
     except ImportError:  # scikit-learn's dependency; without it only torch is set
         return
     threadpool_limits(limits=int(n))
+
+
+def queue_demo(demo: Any, max_size: int, poll_s: float = QUEUE_POLL_S) -> Any:
+    """``demo.queue(...)``: every event goes to its handler at once (the handlers' Admission bounds the work), at
+    most ``max_size`` events held, and two per-event costs of Gradio's queue cut:
+
+    * Gradio rebuilds a pandas summary of its last 10,000 events after every event, for a monitoring page the Space
+      does not enable (~3 ms per request, growing with the events kept): every 1,000 events instead
+      (``GRADIO_ANALYTICS_CACHE_FREQUENCY``, when not set already);
+    * its dispatch loop wakes every 1 ms while idle; each wake-up takes the GIL from the analyses, and on busy shared
+      cores the analysis thread then waits for the GIL (a 1 ms loop beside one analysis: 87 ms instead of 56 ms; at
+      10 ms: ~60 ms). ``poll_s`` sets that interval (Gradio's private ``Queue.sleep_when_free``; skipped when absent).
+    """
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    demo = demo.queue(default_concurrency_limit=None, max_size=max_size) or demo
+    queue_obj = getattr(demo, "_queue", None)
+    if poll_s and queue_obj is not None and isinstance(getattr(queue_obj, "sleep_when_free", None), float):
+        queue_obj.sleep_when_free = float(poll_s)
+    return demo
