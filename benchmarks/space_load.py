@@ -6,14 +6,20 @@ Each client is a thread with its own ``gradio_client.Client`` that sends real-si
 files from ``--images_dir`` when given, else synthetic 512x512 JPEGs — to ``/analyze`` back to back.
 Every level is bounded: ``--requests`` requests per client count (at least two per client) and ``--max_seconds``.
 
-Reported per level: requests, errors (any exception), busy answers, p50 / p95 latency, throughput
-(requests / wall second) and the server's resident memory (VmRSS) before and after. Also: the analysis
+Reported per level: requests, errors (any exception), busy answers (and how long they took), p50 / p95 latency,
+throughput (requests / wall second), the server's resident memory (VmRSS) before and after, CPU per request of
+the server and of the clients, the cores they kept busy, and the 1-minute load average. Also: the analysis
 alone in-process (decode, check, forward, answer), so that the round trip's overhead beyond it shows.
+``--configs`` measures several queue settings in one run, each with its own server.
+
+Two things of the client shape the figures: gradio_client waits for the result by looking at its message queue
+every 50 ms (``gradio_client.utils.stream_sse_v1plus``), so one client alone sees round trips in steps of ~50 ms
+that a browser would not; and by default it builds a TLS context for each HTTP call (``--client_tls``).
 
 Usage::
 
     python benchmarks/space_load.py [--model DIR] [--images_dir DIR] [--clients 1 8 32] [--requests 64]
-                                    [--workers 2] [--max_waiting 48]
+                                    [--workers W] [--max_waiting M] [--max_batch_size B] [--configs W:B:M:P ...]
 
 Writes ``benchmarks/results/space_load.json`` and ``space_load.md``. Goal: at 8 clients at least 3x the
 one-client throughput, with p95 <= 2 s.
@@ -94,13 +100,15 @@ def _build_model(work: Path) -> str:
 
 def _server_args(p: argparse.ArgumentParser) -> None:
     """The Space's queue settings, shared with benchmarks/space_profile.py."""
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max_waiting", type=int, default=48)
+    p.add_argument("--workers", type=int, default=None, help="analyses at once (default: the Space's own)")
+    p.add_argument("--max_waiting", type=int, default=None, help="requests that may wait (default: the Space's own)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per forward pass in the server")
     p.add_argument("--max_batch_size", type=int, default=None,
                    help="images one forward pass may take (default: the Space's own default; needs a Space that has it)")
+    p.add_argument("--queue_poll_ms", type=float, default=None,
+                   help="how often Gradio's idle queue looks for events (default: the Space's own; needs a Space that has it)")
     p.add_argument("--client_tls", choices=("shared", "per_call"), default="shared",
-                   help="shared: every client reuses one ssl.SSLContext (httpx_kwargs verify=); per_call: gradio_client's "
+                   help="shared: every client reuses one ssl.SSLContext (ssl_verify=, httpx's verify=); per_call: gradio_client's "
                         "default, a new context (CA bundle loaded) for each of its 3 HTTP calls per request, ~55 ms of "
                         "client CPU per request on this machine although the URL is plain http")
 
@@ -116,7 +124,7 @@ def _client(url: str, args: argparse.Namespace):
     if getattr(args, "client_tls", "per_call") == "shared":
         if _SSL_CONTEXT is None:
             _SSL_CONTEXT = ssl.create_default_context()
-        kwargs["httpx_kwargs"] = {"verify": _SSL_CONTEXT}
+        kwargs["ssl_verify"] = _SSL_CONTEXT  # handed to httpx as verify=: a context is used as it is
     return Client(url, verbose=False, download_files=False, **kwargs)
 
 
@@ -124,16 +132,18 @@ _SSL_CONTEXT = None
 
 
 def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "spaces_demo" / "app.py"), "--model", model, "--host", "127.0.0.1",
-           "--port", str(port), "--threads", str(args.threads), "--workers", str(args.workers),
-           "--max_waiting", str(args.max_waiting)]
-    if getattr(args, "max_batch_size", None):
-        cmd += ["--max_batch_size", str(args.max_batch_size)]
+    root = Path(getattr(args, "space_root", None) or ROOT)  # another checkout: its own app.py and src/ only
+    cmd = [sys.executable, str(root / "spaces_demo" / "app.py"), "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--threads", str(args.threads)]
+    for name in ("workers", "max_waiting", "max_batch_size", "queue_poll_ms"):  # None: the Space's default
+        if getattr(args, name, None) is not None:
+            cmd += [f"--{name}", str(getattr(args, name))]
+    path = [str(root / "src")] + ([os.environ.get("PYTHONPATH", "")] if root == ROOT else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join(path))
     env.pop("RCL_MODEL", None)
     env.pop("RCL_COMPARE", None)
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=root)
     import httpx
 
     deadline = time.monotonic() + 300
@@ -249,7 +259,7 @@ def _run_config(model: str, images: Sequence[str], risk: Any, args: argparse.Nam
     proc = _start_server(model, port, args, work / f"server_{port}.log")
     url = f"http://127.0.0.1:{port}/"
     levels = []
-    tag = f"workers {args.workers}, batch {args.max_batch_size or 'default'}, waiting {args.max_waiting}"
+    tag = _config_name(vars(args))
     try:
         _level(url, 1, 3, images, risk, 60, args)  # warm-up
         rss0 = _rss_mb(proc.pid)
@@ -272,7 +282,8 @@ def _run_config(model: str, images: Sequence[str], risk: Any, args: argparse.Nam
     base = next((lv for lv in levels if lv["clients"] == 1), None)
     at8 = next((lv for lv in levels if lv["clients"] == 8), None)
     return {"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
-            "server_rss_start_mb": rss0, "levels": levels,
+            "queue_poll_ms": args.queue_poll_ms, "space_root": getattr(args, "space_root", None),
+            "label": getattr(args, "label", None), "server_rss_start_mb": rss0, "levels": levels,
             "speedup_8_vs_1": at8["throughput_rps"] / base["throughput_rps"] if base and at8 else None}
 
 
@@ -284,10 +295,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per client)")
     p.add_argument("--max_seconds", type=float, default=120, help="time bound of one level")
     _server_args(p)
-    p.add_argument("--configs", nargs="+", metavar="W:B[:M]",
+    p.add_argument("--configs", nargs="+", metavar="W:B:M:P",
                    help="Space settings to compare, each measured at every --clients level with its own server: W "
-                        "workers, B max_batch_size (0: the Space's default), M max_waiting (default --max_waiting); "
-                        "the first one gives the main table (default: --workers, --max_batch_size, --max_waiting)")
+                        "workers, B max_batch_size, M max_waiting, P queue_poll_ms (an empty or missing field: the option's "
+                        "value, else the Space's default); the first one gives the main table (default: one server with "
+                        "the options given)")
+    p.add_argument("--baseline_root", help="a checkout of an earlier Space (its spaces_demo/app.py and src/), measured "
+                   "last with its own defaults and the same clients: a before/after in one run")
+    p.add_argument("--baseline_label", default="baseline", help="its name in the tables (e.g. the commit)")
     p.add_argument("--risk", default=None, help="target risk sent (default: '10%%' when the model is calibrated)")
     p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -299,11 +314,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     risk = args.risk or ("10%" if RiskCalibration.load(model) is not None else "not certified")
     load_before = os.getloadavg()
-    configs = []
-    for spec in args.configs or [f"{args.workers}:{args.max_batch_size or 0}:{args.max_waiting}"]:
-        w, b, m = (spec.split(":") + ["", "", ""])[:3]
-        configs.append({"workers": int(w), "max_batch_size": int(b) if b and int(b) > 0 else None,
-                        "max_waiting": int(m) if m else args.max_waiting})
+    configs = [{"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
+                "queue_poll_ms": args.queue_poll_ms}]
+    if args.configs:  # "W:B:M:P", an empty field: the option's value (else the Space's default)
+        configs = []
+        for spec in args.configs:
+            w, b, m, q = (spec.split(":") + ["", "", "", ""])[:4]
+            configs.append({"workers": int(w) if w else args.workers, "max_batch_size": int(b) if b else args.max_batch_size,
+                            "max_waiting": int(m) if m else args.max_waiting,
+                            "queue_poll_ms": float(q) if q else args.queue_poll_ms})
+    if args.baseline_root:  # an earlier Space, with its own defaults, in the same run
+        configs.append({"workers": None, "max_batch_size": None, "max_waiting": None, "queue_poll_ms": None,
+                        "space_root": str(Path(args.baseline_root).resolve()), "label": args.baseline_label})
     runs = [_run_config(model, images, risk, argparse.Namespace(**{**vars(args), **cfg}), work) for cfg in configs]
     levels, rss0 = runs[0]["levels"], runs[0]["server_rss_start_mb"]
     alone = _in_process(model, images, risk, 30)
@@ -333,7 +355,14 @@ def _load(lv: Dict[str, Any]) -> str:
 
 
 def _config_name(c: Dict[str, Any]) -> str:
-    return f"{c['workers']} workers, batch {c.get('max_batch_size') or 'default'}, {c['max_waiting']} waiting"
+    if c.get("label"):
+        return f"{c['label']} (its own defaults)"
+
+    def val(key: str, unit: str = "") -> str:
+        return "default" if c.get(key) is None else f"{c[key]:g}{unit}"
+
+    return (f"workers {val('workers')}, batch {val('max_batch_size')}, waiting {val('max_waiting')}, "
+            f"poll {val('queue_poll_ms', ' ms')}")
 
 
 def _markdown(r: Dict[str, Any]) -> str:
@@ -347,9 +376,8 @@ def _markdown(r: Dict[str, Any]) -> str:
         f"after {', '.join(f'{x:.2f}' for x in r['load_average_after'])}",
         f"- machine: {m.get('cpu', '?')}, {m.get('logical_cpus', m.get('cpus', '?'))} logical CPUs (clients and server share them)",
         f"- model: {r['model']}; images: {r['images']}; target risk sent: {r['risk']}",
-        f"- server: {q['workers']} analyses at once, forward passes of up to {q.get('max_batch_size') or 'the default number of'} "
-        f"images ({q['torch_threads']} torch thread each), {q['max_waiting']} may wait, beyond that the answer is "
-        "\"The service is busy\"",
+        f"- server settings: {_config_name(q)} (\"default\": spaces_demo/app.py's own), {q['torch_threads']} torch "
+        "thread per forward pass; beyond the waiting places the answer is \"The service is busy\"",
         f"- clients: gradio_client, one per thread of this process, TLS context {r.get('client_tls', 'per_call')} "
         "(see --client_tls)",
         f"- the analysis alone, in-process (decode, checks, forward, answer): median {r['analysis_in_process']['median_ms']:.0f} ms, "
