@@ -7,7 +7,8 @@
   and OOD score equal those of a forward pass of that image alone;
 * the page's handler, called from many threads at once with batching on, answers every image as one request at a
   time does (headline, decision, referral, OOD verdict, certificate); a full service still answers "busy";
-* the OOD guard's score equals the textbook formula and converts its matrices once.
+* the OOD guard's score equals the textbook formula and converts its matrices once;
+* the traced forward pass gives the eager numbers.
 """
 
 from __future__ import annotations
@@ -192,3 +193,22 @@ def test_ood_score_is_the_mahalanobis_formula_and_converts_once(space_model):
     assert guard._float64()[1] is cached and cached.dtype == np.float64
     other = replace(guard, precision=guard.precision * 2.0)  # new matrices: converted afresh
     assert np.allclose(other.score(z), 2 * ref, rtol=1e-12)
+
+
+def test_traced_forward_gives_the_eager_numbers(space_model):
+    """The Space traces its model once (rcl_hf.space.traced): same probabilities and OOD scores as the eager
+    forward_images; an input of another shape than the traced one goes the eager way."""
+    import torch
+
+    from rcl_hf.inference import forward_images
+    from rcl_hf.space.core import forward_batch
+
+    assert space_model.traced is not None
+    imgs = _images(5)
+    got = forward_batch([space_model], imgs)
+    p0, z0 = forward_images(space_model.model, imgs, embeddings=True)
+    o0 = space_model.ood_guard.score(z0)
+    for i in range(len(imgs)):
+        assert np.allclose(got[i][0][0], p0[i], atol=1e-6) and got[i][0][1] == pytest.approx(o0[i], rel=1e-6)
+    assert space_model.traced.accepts(torch.zeros((2, *space_model.traced.input_shape)))
+    assert not space_model.traced.accepts(torch.zeros((1, 3, 7, 7)))
