@@ -232,12 +232,16 @@ def _level(url: str, clients: int, per_client: int, images: Sequence[str], risk:
 
 
 def _in_process(model: str, images: Sequence[str], risk: Any, n: int) -> Dict[str, float]:
-    """The analysis alone (decode, usability check, forward, answer), in this process, one torch thread."""
+    """The analysis alone (decode, usability check, forward, answer), in this process, one torch and BLAS thread."""
     import importlib.util
 
-    import torch
+    try:  # one torch and one BLAS thread, as the Space sets them (--threads 1)
+        from rcl_hf.space.batching import set_cpu_threads
+    except ImportError:
+        import torch
 
-    torch.set_num_threads(1)
+        set_cpu_threads = torch.set_num_threads
+    set_cpu_threads(1)
     spec = importlib.util.spec_from_file_location("rcl_space_app", ROOT / "spaces_demo" / "app.py")
     app = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = app

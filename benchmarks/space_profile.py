@@ -53,7 +53,7 @@ SERVER_STAGES: Sequence[Tuple[str, Sequence[str]]] = (
     ("usability check (blank/tiny)", ("check_usable",)),
     ("scoring (risk_summary, score)", ("risk_summary", "score (rcl_hf/space/core.py", "model_outputs")),
     ("rendering (HTML, markdown)", ("rcl_hf/space/render.py",)),
-    ("batching (queue of images)", ("rcl_hf/space/batching.py",)),
+    ("forward glue (softmax, tensor copies, batch queue)", ("rcl_hf/space/batching.py", "_probs_and_embeddings")),
     ("Gradio postprocess (Image file, Label, JSON)", ("postprocess_data", "postprocess_update_dict")),
     ("Gradio preprocess", ("preprocess_data",)),
     ("upload route (multipart, file write)", ("upload_file", "multipart", "GradioUploadFile", "upload (gradio/routes")),
