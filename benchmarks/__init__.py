@@ -268,14 +268,16 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_result(result: Mapping[str, Any], out_dir: Path = RESULTS_DIR) -> Dict[str, Path]:
-    """Write ``<name>.json`` and ``<name>.md``; returns their paths."""
+def write_result(result: Mapping[str, Any], out_dir: Path = RESULTS_DIR, *, markdown: Optional[str] = None,
+                 name: Optional[str] = None) -> Dict[str, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` (``name``: ``result["benchmark"]`` by default; ``markdown``: the
+    benchmark's own page, else :func:`render_markdown`); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = result["benchmark"]
+    name = name or result["benchmark"]
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
     _atomic_write(paths["json"], json.dumps(result, indent=2, default=_json_default) + "\n")
-    _atomic_write(paths["md"], render_markdown(result))
+    _atomic_write(paths["md"], markdown if markdown is not None else render_markdown(result))
     return paths
 
 

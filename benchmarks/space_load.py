@@ -6,14 +6,20 @@ Each client is a thread with its own ``gradio_client.Client`` that sends real-si
 files from ``--images_dir`` when given, else synthetic 512x512 JPEGs — to ``/analyze`` back to back.
 Every level is bounded: ``--requests`` requests per client count (at least two per client) and ``--max_seconds``.
 
-Reported per level: requests, errors (any exception), busy answers, p50 / p95 latency, throughput
-(requests / wall second) and the server's resident memory (VmRSS) before and after. Also: the analysis
+Reported per level: requests, errors (any exception), busy answers (and how long they took), p50 / p95 latency,
+throughput (requests / wall second), the server's resident memory (VmRSS) before and after, CPU per request of
+the server and of the clients, the cores they kept busy, and the 1-minute load average. Also: the analysis
 alone in-process (decode, check, forward, answer), so that the round trip's overhead beyond it shows.
+``--configs`` measures several queue settings in one run, each with its own server.
+
+Two things of the client shape the figures: gradio_client waits for the result by looking at its message queue
+every 50 ms (``gradio_client.utils.stream_sse_v1plus``), so one client alone sees round trips in steps of ~50 ms
+that a browser would not; and by default it builds a TLS context for each HTTP call (``--client_tls``).
 
 Usage::
 
     python benchmarks/space_load.py [--model DIR] [--images_dir DIR] [--clients 1 8 32] [--requests 64]
-                                    [--workers 2] [--max_waiting 48]
+                                    [--workers W] [--max_waiting M] [--max_batch_size B] [--configs W:B:M:P ...]
 
 Writes ``benchmarks/results/space_load.json`` and ``space_load.md``. Goal: at 8 clients at least 3x the
 one-client throughput, with p95 <= 2 s.
@@ -92,15 +98,52 @@ def _build_model(work: Path) -> str:
     return str(model_dir)
 
 
+def _server_args(p: argparse.ArgumentParser) -> None:
+    """The Space's queue settings, shared with benchmarks/space_profile.py."""
+    p.add_argument("--workers", type=int, default=None, help="analyses at once (default: the Space's own)")
+    p.add_argument("--max_waiting", type=int, default=None, help="requests that may wait (default: the Space's own)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per forward pass in the server")
+    p.add_argument("--max_batch_size", type=int, default=None,
+                   help="images one forward pass may take (default: the Space's own default; needs a Space that has it)")
+    p.add_argument("--queue_poll_ms", type=float, default=None,
+                   help="how often Gradio's idle queue looks for events (default: the Space's own; needs a Space that has it)")
+    p.add_argument("--client_tls", choices=("shared", "per_call"), default="shared",
+                   help="shared: every client reuses one ssl.SSLContext (ssl_verify=, httpx's verify=); per_call: gradio_client's "
+                        "default, a new context (CA bundle loaded) for each of its 3 HTTP calls per request, ~55 ms of "
+                        "client CPU per request on this machine although the URL is plain http")
+
+
+def _client(url: str, args: argparse.Namespace):
+    """One gradio_client.Client, as configured by ``--client_tls``."""
+    import ssl
+
+    from gradio_client import Client
+
+    global _SSL_CONTEXT
+    kwargs: Dict[str, Any] = {}
+    if getattr(args, "client_tls", "per_call") == "shared":
+        if _SSL_CONTEXT is None:
+            _SSL_CONTEXT = ssl.create_default_context()
+        kwargs["ssl_verify"] = _SSL_CONTEXT  # handed to httpx as verify=: a context is used as it is
+    return Client(url, verbose=False, download_files=False, **kwargs)
+
+
+_SSL_CONTEXT = None
+
+
 def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "spaces_demo" / "app.py"), "--model", model, "--host", "127.0.0.1",
-           "--port", str(port), "--threads", str(args.threads), "--workers", str(args.workers),
-           "--max_waiting", str(args.max_waiting)]
+    root = Path(getattr(args, "space_root", None) or ROOT)  # another checkout: its own app.py and src/ only
+    cmd = [sys.executable, str(root / "spaces_demo" / "app.py"), "--model", model, "--host", "127.0.0.1",
+           "--port", str(port), "--threads", str(args.threads)]
+    for name in ("workers", "max_waiting", "max_batch_size", "queue_poll_ms"):  # None: the Space's default
+        if getattr(args, name, None) is not None:
+            cmd += [f"--{name}", str(getattr(args, name))]
+    path = [str(root / "src")] + ([os.environ.get("PYTHONPATH", "")] if root == ROOT else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join(path))
     env.pop("RCL_MODEL", None)
     env.pop("RCL_COMPARE", None)
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=root)
     import httpx
 
     deadline = time.monotonic() + 300
@@ -117,11 +160,25 @@ def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) ->
     raise RuntimeError("the Space did not start within 300 s")
 
 
-def _level(url: str, clients: int, per_client: int, images: Sequence[str], risk: Any, max_seconds: float) -> Dict[str, Any]:
-    from gradio_client import Client, handle_file
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    conns = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
+
+def _self_cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _level(url: str, clients: int, per_client: int, images: Sequence[str], risk: Any, max_seconds: float,
+           args: argparse.Namespace, server_pid: Optional[int] = None) -> Dict[str, Any]:
+    from gradio_client import handle_file
+
+    conns = [_client(url, args) for _ in range(clients)]
     lat: List[float] = []
+    busy_lat: List[float] = []
     errors: List[str] = []
     busy = [0]
     lock = threading.Lock()
@@ -143,17 +200,22 @@ def _level(url: str, clients: int, per_client: int, images: Sequence[str], risk:
                 with lock:
                     if "busy" in str(err).lower():
                         busy[0] += 1
+                        busy_lat.append(time.perf_counter() - t)
                     errors.append(f"{type(err).__name__}: {str(err)[:160]}")
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
     for t in threads:
         t.start()
     deadline[0] = time.monotonic() + max_seconds
+    load0, cpu0 = os.getloadavg(), (_cpu_s(server_pid) if server_pid else float("nan"), _self_cpu_s())
     t0 = time.perf_counter()
     start.wait()
     for t in threads:
         t.join(max_seconds + 120)
     wall = time.perf_counter() - t0
+    server_cpu = (_cpu_s(server_pid) if server_pid else float("nan")) - cpu0[0]
+    client_cpu = _self_cpu_s() - cpu0[1]
+    n = max(len(lat) + len(errors), 1)
     for c in conns:
         try:
             c.close()
@@ -162,16 +224,24 @@ def _level(url: str, clients: int, per_client: int, images: Sequence[str], risk:
     arr = np.asarray(lat) if lat else np.asarray([np.nan])
     return {"clients": clients, "requests": len(lat) + len(errors), "ok": len(lat), "errors": len(errors), "busy": busy[0],
             "error_examples": errors[:3], "p50_s": float(np.percentile(arr, 50)), "p95_s": float(np.percentile(arr, 95)),
-            "mean_s": float(arr.mean()), "wall_s": wall, "throughput_rps": len(lat) / wall if wall > 0 else float("nan")}
+            "mean_s": float(arr.mean()), "wall_s": wall, "throughput_rps": len(lat) / wall if wall > 0 else float("nan"),
+            "busy_answer_p95_s": float(np.percentile(busy_lat, 95)) if busy_lat else None,
+            "server_cpu_ms_per_request": server_cpu / n * 1e3, "client_cpu_ms_per_request": client_cpu / n * 1e3,
+            "cores_busy": (server_cpu + client_cpu) / wall if wall > 0 else float("nan"),
+            "load_average_before": list(load0), "load_average_after": list(os.getloadavg())}
 
 
 def _in_process(model: str, images: Sequence[str], risk: Any, n: int) -> Dict[str, float]:
-    """The analysis alone (decode, usability check, forward, answer), in this process, one torch thread."""
+    """The analysis alone (decode, usability check, forward, answer), in this process, one torch and BLAS thread."""
     import importlib.util
 
-    import torch
+    try:  # one torch and one BLAS thread, as the Space sets them (--threads 1)
+        from rcl_hf.space.batching import set_cpu_threads
+    except ImportError:
+        import torch
 
-    torch.set_num_threads(1)
+        set_cpu_threads = torch.set_num_threads
+    set_cpu_threads(1)
     spec = importlib.util.spec_from_file_location("rcl_space_app", ROOT / "spaces_demo" / "app.py")
     app = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = app
@@ -187,6 +257,40 @@ def _in_process(model: str, images: Sequence[str], risk: Any, n: int) -> Dict[st
     return {"median_ms": float(np.median(times) * 1e3), "p95_ms": float(np.percentile(times, 95) * 1e3), "n": n}
 
 
+def _run_config(model: str, images: Sequence[str], risk: Any, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
+    """Start the Space with the settings in ``args``, run every ``--clients`` level against it, stop it."""
+    port = _free_port()
+    proc = _start_server(model, port, args, work / f"server_{port}.log")
+    url = f"http://127.0.0.1:{port}/"
+    levels = []
+    tag = _config_name(vars(args))
+    try:
+        _level(url, 1, 3, images, risk, 60, args)  # warm-up
+        rss0 = _rss_mb(proc.pid)
+        for c in args.clients:
+            rss_before = _rss_mb(proc.pid)
+            res = _level(url, c, max(2, args.requests // c), images, risk, args.max_seconds, args, proc.pid)
+            res.update(rss_before_mb=rss_before, rss_after_mb=_rss_mb(proc.pid))
+            levels.append(res)
+            print(f"[{tag}] {c:>3} clients: {res['ok']}/{res['requests']} ok, {res['errors']} errors ({res['busy']} busy), "
+                  f"p50 {res['p50_s'] * 1e3:.0f} ms, p95 {res['p95_s'] * 1e3:.0f} ms, {res['throughput_rps']:.2f} req/s, "
+                  f"RSS {res['rss_before_mb']:.0f} -> {res['rss_after_mb']:.0f} MB, CPU/request server "
+                  f"{res['server_cpu_ms_per_request']:.0f} ms client {res['client_cpu_ms_per_request']:.0f} ms, "
+                  f"load {res['load_average_after'][0]:.2f}", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    base = next((lv for lv in levels if lv["clients"] == 1), None)
+    at8 = next((lv for lv in levels if lv["clients"] == 8), None)
+    return {"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
+            "queue_poll_ms": args.queue_poll_ms, "space_root": getattr(args, "space_root", None),
+            "label": getattr(args, "label", None), "server_rss_start_mb": rss0, "levels": levels,
+            "speedup_8_vs_1": at8["throughput_rps"] / base["throughput_rps"] if base and at8 else None}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: a fresh EfficientNet-Lite0, synthetic labels)")
@@ -194,9 +298,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=64, help="requests per level (at least 2 per client)")
     p.add_argument("--max_seconds", type=float, default=120, help="time bound of one level")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max_waiting", type=int, default=48)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per analysis in the server")
+    _server_args(p)
+    p.add_argument("--configs", nargs="+", metavar="W:B:M:P",
+                   help="Space settings to compare, each measured at every --clients level with its own server: W "
+                        "workers, B max_batch_size, M max_waiting, P queue_poll_ms (an empty or missing field: the option's "
+                        "value, else the Space's default); the first one gives the main table (default: one server with "
+                        "the options given)")
+    p.add_argument("--baseline_root", help="a checkout of an earlier Space (its spaces_demo/app.py and src/), measured "
+                   "last with its own defaults and the same clients: a before/after in one run")
+    p.add_argument("--baseline_label", default="baseline", help="its name in the tables (e.g. the commit)")
     p.add_argument("--risk", default=None, help="target risk sent (default: '10%%' when the model is calibrated)")
     p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -208,27 +318,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     risk = args.risk or ("10%" if RiskCalibration.load(model) is not None else "not certified")
     load_before = os.getloadavg()
-    port = _free_port()
-    proc = _start_server(model, port, args, work / "server.log")
-    url = f"http://127.0.0.1:{port}/"
-    levels = []
-    try:
-        _level(url, 1, 3, images, risk, 60)  # warm-up
-        rss0 = _rss_mb(proc.pid)
-        for c in args.clients:
-            rss_before = _rss_mb(proc.pid)
-            res = _level(url, c, max(2, args.requests // c), images, risk, args.max_seconds)
-            res.update(rss_before_mb=rss_before, rss_after_mb=_rss_mb(proc.pid))
-            levels.append(res)
-            print(f"{c:>3} clients: {res['ok']}/{res['requests']} ok, {res['errors']} errors ({res['busy']} busy), "
-                  f"p50 {res['p50_s'] * 1e3:.0f} ms, p95 {res['p95_s'] * 1e3:.0f} ms, {res['throughput_rps']:.2f} req/s, "
-                  f"RSS {res['rss_before_mb']:.0f} -> {res['rss_after_mb']:.0f} MB", flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    configs = [{"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
+                "queue_poll_ms": args.queue_poll_ms}]
+    if args.configs:  # "W:B:M:P", an empty field: the option's value (else the Space's default)
+        configs = []
+        for spec in args.configs:
+            w, b, m, q = (spec.split(":") + ["", "", "", ""])[:4]
+            configs.append({"workers": int(w) if w else args.workers, "max_batch_size": int(b) if b else args.max_batch_size,
+                            "max_waiting": int(m) if m else args.max_waiting,
+                            "queue_poll_ms": float(q) if q else args.queue_poll_ms})
+    if args.baseline_root:  # an earlier Space, with its own defaults, in the same run
+        configs.append({"workers": None, "max_batch_size": None, "max_waiting": None, "queue_poll_ms": None,
+                        "space_root": str(Path(args.baseline_root).resolve()), "label": args.baseline_label})
+    runs = [_run_config(model, images, risk, argparse.Namespace(**{**vars(args), **cfg}), work) for cfg in configs]
+    levels, rss0 = runs[0]["levels"], runs[0]["server_rss_start_mb"]
     alone = _in_process(model, images, risk, 30)
     base = next((lv for lv in levels if lv["clients"] == 1), None)
     at8 = next((lv for lv in levels if lv["clients"] == 8), None)
@@ -239,8 +342,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "machine": machine_info(), "versions": versions(["gradio", "gradio_client"]),
         "model": model if args.model else "EfficientNet-Lite0 (synthetic labels, built on the fly)",
         "images": args.images_dir or "synthetic 512x512 JPEGs", "risk": risk,
-        "queue": {"workers": args.workers, "max_waiting": args.max_waiting, "torch_threads": args.threads},
-        "server_rss_start_mb": rss0, "levels": levels, "analysis_in_process": alone,
+        "queue": {**configs[0], "torch_threads": args.threads}, "client_tls": args.client_tls,
+        "server_rss_start_mb": rss0, "levels": levels, "configs": runs, "analysis_in_process": alone,
         "speedup_8_vs_1": speedup, "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
         "goal": {"speedup_8_vs_1": GOAL_SPEEDUP, "p95_s": GOAL_P95_S,
                  "met": bool(speedup is not None and speedup >= GOAL_SPEEDUP and at8["p95_s"] <= GOAL_P95_S)},
@@ -249,6 +352,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     write_result(result, Path(args.output_dir), markdown=md, name="space_load")
     print(md)
     return result
+
+
+def _load(lv: Dict[str, Any]) -> str:
+    return f"{lv['load_average_before'][0]:.2f} -> {lv['load_average_after'][0]:.2f}" if "load_average_before" in lv else "-"
+
+
+def _config_name(c: Dict[str, Any]) -> str:
+    if c.get("label"):
+        return f"{c['label']} (its own defaults)"
+
+    def val(key: str, unit: str = "") -> str:
+        return "default" if c.get(key) is None else f"{c[key]:g}{unit}"
+
+    return (f"workers {val('workers')}, batch {val('max_batch_size')}, waiting {val('max_waiting')}, "
+            f"poll {val('queue_poll_ms', ' ms')}")
 
 
 def _markdown(r: Dict[str, Any]) -> str:
@@ -262,20 +380,37 @@ def _markdown(r: Dict[str, Any]) -> str:
         f"after {', '.join(f'{x:.2f}' for x in r['load_average_after'])}",
         f"- machine: {m.get('cpu', '?')}, {m.get('logical_cpus', m.get('cpus', '?'))} logical CPUs (clients and server share them)",
         f"- model: {r['model']}; images: {r['images']}; target risk sent: {r['risk']}",
-        f"- server: {q['workers']} analyses at once ({q['torch_threads']} torch thread each), {q['max_waiting']} may wait, "
-        "beyond that the answer is \"The service is busy\"",
+        f"- server settings: {_config_name(q)} (\"default\": spaces_demo/app.py's own), {q['torch_threads']} torch "
+        "thread per forward pass; beyond the waiting places the answer is \"The service is busy\"",
+        f"- clients: gradio_client, one per thread of this process, TLS context {r.get('client_tls', 'per_call')} "
+        "(see --client_tls)",
         f"- the analysis alone, in-process (decode, checks, forward, answer): median {r['analysis_in_process']['median_ms']:.0f} ms, "
         f"p95 {r['analysis_in_process']['p95_ms']:.0f} ms",
         "",
-        "| clients | requests | errors | busy | p50 ms | p95 ms | throughput req/s | server RSS MB before -> after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| clients | requests | errors | busy | p50 ms | p95 ms | throughput req/s | server RSS MB before -> after | "
+        "CPU ms/request server + client | cores busy | 1-min load before -> after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
     ]
     for lv in r["levels"]:
+        cpu = (f"{lv['server_cpu_ms_per_request']:.0f} + {lv['client_cpu_ms_per_request']:.0f}"
+               if "server_cpu_ms_per_request" in lv else "-")
         lines.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['busy']} | {lv['p50_s'] * 1e3:.0f} | "
-                     f"{lv['p95_s'] * 1e3:.0f} | {lv['throughput_rps']:.2f} | {lv['rss_before_mb']:.0f} -> {lv['rss_after_mb']:.0f} |")
+                     f"{lv['p95_s'] * 1e3:.0f} | {lv['throughput_rps']:.2f} | {lv['rss_before_mb']:.0f} -> {lv['rss_after_mb']:.0f} | "
+                     f"{cpu} | {lv.get('cores_busy', float('nan')):.2f} | {_load(lv)} |")
     sp = r["speedup_8_vs_1"]
     lines += ["", f"Throughput at 8 clients / 1 client: {'n/a' if sp is None else f'{sp:.2f}x'} (goal >= {GOAL_SPEEDUP:.0f}x "
               f"with p95 <= {GOAL_P95_S:.0f} s: {'met' if r['goal']['met'] else 'not met'})."]
+    if len(r.get("configs") or []) > 1:
+        lines += ["", "## Queue settings compared (each with its own server, same run)", "",
+                  "| settings | clients | req/s | p50 ms | p95 ms | errors | busy (p95 of the busy answer) | RSS MB after | "
+                  "8 / 1 clients | 1-min load before -> after |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+        for c in r["configs"]:
+            for lv in c["levels"]:
+                busy = f"{lv['busy']}" + (f" ({lv['busy_answer_p95_s'] * 1e3:.0f} ms)" if lv.get("busy_answer_p95_s") else "")
+                ratio = f"{c['speedup_8_vs_1']:.2f}x" if lv["clients"] == 8 and c.get("speedup_8_vs_1") else ""
+                lines.append(f"| {_config_name(c)} | {lv['clients']} | {lv['throughput_rps']:.2f} | {lv['p50_s'] * 1e3:.0f} | "
+                             f"{lv['p95_s'] * 1e3:.0f} | {lv['errors']} | {busy} | {lv['rss_after_mb']:.0f} | {ratio} | {_load(lv)} |")
     return "\n".join(lines) + "\n"
 
 

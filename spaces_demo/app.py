@@ -24,33 +24,32 @@ import html
 import logging
 import os
 import sys
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
-
 from rcl_hf.plots import plot_severity_matrix
+from rcl_hf.space.batching import QUEUE_POLL_S, queue_demo, set_cpu_threads
 from rcl_hf.space.certified import UNCERTIFIED_CHOICE, resolve_choice
 from rcl_hf.space.core import (BUSY_MESSAGE, OOD_MESSAGE, Admission, ServiceBusy, SpaceModel, SpaceStartupError, analyze,
-                               analyze_batch, as_space_model, check_port_free, examples_root, forward, load_space_model,
-                               make_examples, model_input_side, model_outputs, resolve_model_ids, score)
-from rcl_hf.space.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, InputInfo, check_usable,
-                                 load_input_image)
-from rcl_hf.space.render import (batch_markdown, certificate_markdown, comparison_markdown, decision_card_html,
-                                 input_markdown, refusal_card_html)
+                               as_space_model, check_port_free, examples_root, load_space_model, make_examples,
+                               model_input_side, resolve_model_ids, score)
+from rcl_hf.space.handlers import SpaceHandlers, uploaded_path
+from rcl_hf.space.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, InputInfo, load_input_image
+from rcl_hf.space.render import certificate_markdown
 
 logger = logging.getLogger("rcl_hf.space")
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "InputImageError", "InputInfo", "SpaceModel", "SpaceStartupError",
            "analyze", "build_demo", "launch_demo", "load_input_image", "load_space_model", "main", "make_examples",
-           "resolve_model_ids", "score", "OOD_MESSAGE", "BUSY_MESSAGE"]
+           "resolve_model_ids", "score", "OOD_MESSAGE", "BUSY_MESSAGE", "Admission", "ServiceBusy"]
 
 _examples_root = examples_root  # the one folder served besides uploads (tests/test_security.py checks it)
 DISCLAIMER = "Research demo of rcl_hf, **not a medical device**: do not use it for diagnosis."
-#: Analyses run at once (one torch thread each) and requests allowed to wait for one; see benchmarks/space_load.py.
-WORKERS, MAX_WAITING = 2, 48
+#: Analyses run at once (decode, checks, then a shared forward pass), requests allowed to wait for one, and images one
+#: forward pass may take: 8 and 8 is one forward thread (one torch thread) taking every image waiting, the best
+#: throughput on 2 cores in benchmarks/results/space_load.md; workers + waiting stay within Gradio's 40 threads.
+WORKERS, MAX_WAITING, MAX_BATCH_SIZE = 8, 32, 8
 _HOW = """The model gives each image a probability for every class and weighs them by what each mistake would cost
 a patient (calling a tumour "no tumour" is the worst). It decides the case itself only when the expected cost of
 its decision is low enough; otherwise it refers the case to a specialist. How low is "low enough" was set on
@@ -69,8 +68,10 @@ def build_demo(
     threshold: Optional[float] = None,
     workers: int = WORKERS,
     max_waiting: int = MAX_WAITING,
+    max_batch_size: int = MAX_BATCH_SIZE,
 ):
-    """The Space's ``gr.Blocks`` (``demo.rcl_admission``: the :class:`Admission` that bounds the work in flight).
+    """The Space's ``gr.Blocks`` (``demo.rcl_admission``: the :class:`Admission` that bounds the work in flight;
+    ``demo.rcl_handlers``: the :class:`~rcl_hf.space.handlers.SpaceHandlers` behind the events).
 
     The public API endpoint ``/analyze`` takes ``(image, risk)`` — ``risk`` the target share of critical cases
     missed, one of the offered values (``"10%"``) — and returns, per model, ``(probabilities, card_html,
@@ -84,86 +85,10 @@ def build_demo(
     models = [as_space_model(model, "model")] + ([as_space_model(compare, "compare")] if compare is not None else [])
     if len(models) == 2 and models[0].name == models[1].name:
         models[1] = replace(models[1], name=models[1].name + " (compare)")
-    max_bytes = int(max_upload_mb * 1024 * 1024)
-    admission = Admission(workers, max_waiting)
+    handlers = SpaceHandlers(models, max_pixels=max_pixels, max_bytes=int(max_upload_mb * 1024 * 1024), threshold=threshold,
+                             workers=workers, max_waiting=max_waiting, max_batch_size=max_batch_size)
     choices = list(models[0].calibrations) or [UNCERTIFIED_CHOICE]
     choice0 = resolve_choice(None, models[0].calibrations) or UNCERTIFIED_CHOICE
-
-    def preprocess_upload(payload: Any) -> Optional[str]:
-        """Hand over the uploaded file's path unopened (``load_input_image`` decodes); only Gradio's upload folder."""
-        if payload is None:
-            return None
-        url = getattr(payload, "url", None)
-        if url and url.startswith("data:"):
-            return url
-        path = getattr(payload, "path", None)
-        if not path:
-            return None
-        try:
-            return _uploaded_path(path)
-        except InputImageError as err:
-            raise gr.Error(str(err), title="Refused", print_exception=False) from None
-
-    def outputs_for(probs: Sequence[Any], ood: Sequence[Optional[float]], risk: Any) -> tuple:
-        recs = model_outputs(models, probs, ood, _risk(risk), threshold)
-        out: List[Any] = []
-        for rec in recs:
-            out += [None if rec["out_of_distribution"] else rec["probabilities"], decision_card_html(rec), rec]
-        out.append(comparison_markdown(recs) if len(models) > 1 else "")
-        return tuple(out)
-
-    def _risk(risk: Any) -> Any:
-        return None if risk in (None, "", UNCERTIFIED_CHOICE) or not models[0].calibrations else risk
-
-    def run(image: Any, risk: Any, clear_on_empty: bool = False):
-        if image is None and clear_on_empty:
-            return (*([None, "", None] * len(models)), "", "", None, None)
-        try:
-            with admission.slot():
-                for m in models:
-                    resolve_choice(_risk(risk), m.calibrations or {})
-                rgb, info = load_input_image(image, max_pixels=max_pixels, max_bytes=max_bytes)
-                try:
-                    check_usable(rgb, info)
-                except InputImageError as err:  # an answer, not an error: refer, image unusable
-                    refusal = {"refused": True, "reason_kind": "unusable", "reason": str(err), "refer": True, "diagnosis": None}
-                    cards = [[None, refusal_card_html(str(err), m.expects), {**refusal, "model": m.name}] for m in models]
-                    return (*[x for c in cards for x in c], "", input_markdown(info.as_dict()), None, None)
-                results = [forward(m, rgb) for m in models]
-        except ServiceBusy:
-            raise gr.Error(BUSY_MESSAGE, title="Service busy", print_exception=False) from None
-        except (InputImageError, ValueError) as err:
-            raise gr.Error(str(err), title="Cannot analyse this input", print_exception=False) from None
-        except Exception as err:  # never crash the Space: one message, the trace in the log
-            logger.error("analysis failed:\n%s", traceback.format_exc())
-            raise gr.Error(f"The analysis failed unexpectedly ({type(err).__name__}: {err}).", title="Internal error") from None
-        if info.notes:
-            gr.Info("; ".join(info.notes), title="Input converted")
-        preview = rgb.copy()
-        preview.thumbnail((256, 256))
-        probs, ood = [p for p, _ in results], [o for _, o in results]
-        state = {"probs": [p.tolist() for p in probs], "ood": ood}
-        return (*outputs_for(probs, ood, risk), input_markdown(info.as_dict()), preview, state)
-
-    def rescore(state: Optional[dict], risk: Any):
-        cert = certificate_markdown(models, resolve_choice(_risk(risk), models[0].calibrations or {}))
-        if not state or not state.get("probs"):
-            return (*(gr.skip() for _ in range(3 * len(models) + 1)), cert)
-        return (*outputs_for([np.asarray(p) for p in state["probs"]], state.get("ood") or [None] * len(models), risk), cert)
-
-    def run_batch(files: Any, risk: Any) -> str:
-        paths = [_uploaded_path(getattr(f, "path", None) or str(f)) for f in (files or [])]
-        if not paths:
-            raise gr.Error("No images received: choose one or more image files.", print_exception=False)
-        try:
-            with admission.slot():
-                res = analyze_batch(paths, _risk(risk), models[0], names=[Path(p).name for p in paths],
-                                    max_pixels=max_pixels, max_bytes=max_bytes, threshold=threshold)
-        except ServiceBusy:
-            raise gr.Error(BUSY_MESSAGE, title="Service busy", print_exception=False) from None
-        except ValueError as err:
-            raise gr.Error(str(err), title="Cannot analyse this batch", print_exception=False) from None
-        return batch_markdown(res)
 
     expects = models[0].expects
     with gr.Blocks(title="rcl_hf: risk-aware classification", analytics_enabled=False) as demo:
@@ -176,7 +101,7 @@ def build_demo(
                 with gr.Column(scale=1, min_width=300):
                     image = gr.Image(label="Image (PNG, JPEG, BMP, TIFF, WebP)", type="filepath", image_mode=None,
                                      sources=["upload", "clipboard"], height=300, elem_id="rcl-input")
-                    image.preprocess = preprocess_upload  # type: ignore[method-assign]
+                    image.preprocess = handlers.preprocess_upload  # type: ignore[method-assign]
                     risk = gr.Radio(choices, value=choice0, interactive=models[0].certified, elem_id="rcl-risk",
                                     label="Target: at most this share of critical cases missed",
                                     info="A stricter target refers more cases to a specialist." if models[0].certified
@@ -219,28 +144,21 @@ def build_demo(
 
         def analyze_image(image: Any, risk: str):
             """Analyse one image: per model (probabilities, answer HTML, JSON), comparison, input info, converted input."""
-            return run(image, risk)
+            return handlers.run(image, risk)
 
         def analyze_images(files: Any, risk: str) -> str:
             """Analyse a batch of images with the first model: a table of answers and the drift verdict."""
-            return run_batch(files, risk)
+            return handlers.run_batch(files, risk)
 
         button.click(analyze_image, [image, risk], all_outputs, api_name="analyze")
-        image.change(lambda im, r: run(im, r, clear_on_empty=True), [image, risk], all_outputs, api_visibility="private")
-        risk.change(rescore, [state, risk], [*outputs, summary, certificate], api_visibility="private")
+        image.change(lambda im, r: handlers.run(im, r, clear_on_empty=True), [image, risk], all_outputs, api_visibility="private")
+        risk.change(handlers.rescore, [state, risk], [*outputs, summary, certificate], api_visibility="private")
         batch_button.click(analyze_images, [files, risk], [batch_out], api_name="analyze_batch")
-    demo.rcl_admission = admission
+    demo.rcl_admission, demo.rcl_handlers = handlers.admission, handlers
     return demo
 
 
-def _uploaded_path(path: str) -> str:
-    """Refuse any path outside Gradio's upload/cache folder (defence in depth)."""
-    from gradio.utils import get_upload_folder, is_in_or_equal
-
-    abs_path = os.path.abspath(path)
-    if not is_in_or_equal(abs_path, get_upload_folder()):
-        raise InputImageError("Refusing to read a file that was not uploaded through this page.", "not_uploaded")
-    return abs_path
+_uploaded_path = uploaded_path  # the upload-folder check (tests/test_security.py calls it here)
 
 
 def _host_port(host: Optional[str], port: Optional[int]) -> Tuple[str, int]:
@@ -248,19 +166,21 @@ def _host_port(host: Optional[str], port: Optional[int]) -> Tuple[str, int]:
 
 
 def launch_demo(demo: Any, host: Optional[str] = None, port: Optional[int] = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                prevent_thread_lock: bool = False, quiet: bool = False):
+                prevent_thread_lock: bool = False, quiet: bool = False, queue_poll_s: float = QUEUE_POLL_S):
     """Queue and launch ``demo`` (no share link, upload size capped); host/port default to
     ``$GRADIO_SERVER_NAME`` (else 127.0.0.1) and ``$GRADIO_SERVER_PORT`` (else 7860)."""
     host, port = _host_port(host, port)
-    # Gradio hands every request to its handler at once (no concurrency limit of its own): the handlers' Admission
-    # runs `workers` analyses, lets `max_waiting` wait and answers the rest BUSY_MESSAGE at once. Gradio's queue
-    # bound is only a backstop far beyond that (its own "queue full" text is not ours)
+    # Gradio hands every request to its handler at once (no concurrency limit of its own) on a thread of its own (one
+    # for each admitted request, and spare ones for the other events): the handlers' Admission runs `workers`
+    # analyses, lets `max_waiting` wait and answers the rest BUSY_MESSAGE at once. Gradio's queue bound is only a
+    # backstop far beyond that, for bursts that arrive between two of its dispatch rounds (its "Queue is full" text
+    # is not ours: at 4x the admitted count, 32 clients at once met it)
     admission = getattr(demo, "rcl_admission", None)
     admit = admission.workers + admission.max_waiting if admission is not None else 2
-    demo.queue(default_concurrency_limit=None, max_size=4 * admit)
+    queue_demo(demo, max_size=max(256, 4 * admit), poll_s=queue_poll_s)
     return demo.launch(server_name=host, server_port=port, share=False, max_file_size=int(max_upload_mb * 1024 * 1024),
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, footer_links=["api"],
-                       allowed_paths=[str(examples_root())], ssr_mode=False)
+                       allowed_paths=[str(examples_root())], ssr_mode=False, max_threads=max(40, admit + 8))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -285,10 +205,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=WORKERS, help=f"analyses run at once (default {WORKERS})")
     p.add_argument("--max_waiting", type=int, default=MAX_WAITING,
                    help=f"requests that may wait for a worker; beyond them the answer is 'busy' (default {MAX_WAITING})")
+    p.add_argument("--max_batch_size", type=int, default=MAX_BATCH_SIZE,
+                   help=f"images one forward pass may take from concurrent requests (default {MAX_BATCH_SIZE})")
+    p.add_argument("--queue_poll_ms", type=float, default=QUEUE_POLL_S * 1000,
+                   help=f"how often Gradio's idle queue looks for new events (default {QUEUE_POLL_S * 1000:.0f} ms; Gradio's: 1)")
     p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted width*height")
     p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest accepted upload (MB)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("RCL_TORCH_THREADS") or 1),
-                   help="torch CPU threads per inference (default $RCL_TORCH_THREADS, else 1; see benchmarks/space_latency.py)")
+                   help="torch and BLAS CPU threads per forward pass (default $RCL_TORCH_THREADS, else 1; see "
+                        "benchmarks/space_latency.py)")
     return p.parse_args(argv)
 
 
@@ -320,15 +245,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         examples = make_examples(args.examples_dir, image_size=side, labels=main_model.labels)
         demo = build_demo(main_model, other, examples, max_pixels=args.max_pixels,
                           max_upload_mb=args.max_upload_mb, threshold=args.threshold,
-                          workers=args.workers, max_waiting=args.max_waiting)
+                          workers=args.workers, max_waiting=args.max_waiting, max_batch_size=args.max_batch_size)
     except (SpaceStartupError, ValueError) as err:
         print(f"rcl_hf Space: cannot start: {err}", file=sys.stderr)
         return 2
     if args.threads and args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    launch_demo(demo, host, port, max_upload_mb=args.max_upload_mb)
+        set_cpu_threads(args.threads)
+    launch_demo(demo, host, port, max_upload_mb=args.max_upload_mb, queue_poll_s=args.queue_poll_ms / 1000)
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -47,9 +48,16 @@ def find_classifier(model: nn.Module) -> nn.Linear:
 def classifier_inputs(model: nn.Module) -> Iterator[List[torch.Tensor]]:
     """Inside the block, every forward pass of ``model`` appends the input of its classifier (the
     last ``nn.Linear``, :func:`find_classifier`) to the yielded list, as float32 CPU tensors: the
-    embedding of this package, in training (:func:`extract_embeddings`) and in inference alike."""
+    embedding of this package, in training (:func:`extract_embeddings`) and in inference alike. Passes
+    run by other threads on the same model are not captured."""
     captured: List[torch.Tensor] = []
-    hook = find_classifier(model).register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach().float().cpu()))
+    caller = threading.get_ident()  # the hook sits on a model that other threads (Space requests) may run too
+
+    def keep(mod, inp, out):
+        if threading.get_ident() == caller:  # only this thread's forward passes
+            captured.append(inp[0].detach().float().cpu())
+
+    hook = find_classifier(model).register_forward_hook(keep)
     try:
         yield captured
     finally:

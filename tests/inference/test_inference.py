@@ -196,3 +196,34 @@ def test_load_model_uses_the_saved_processor_class_without_backend_warnings(tmp_
     img = _images()[0]
     ours = processor(images=[img], return_tensors="pt")["pixel_values"]
     assert torch.equal(loaded.image_processor(images=[img], return_tensors="pt")["pixel_values"], ours)
+
+
+def test_concurrent_forward_passes_keep_their_own_embeddings(checkpoint):
+    """The embedding hook sits on a shared model (the Space runs several analyses at once): each caller gets
+    the embeddings of its own images, never another thread's."""
+    import threading
+
+    from rcl_hf.inference import forward_images
+
+    model = load_model(str(checkpoint))
+    rng = np.random.default_rng(7)
+    from PIL import Image
+
+    sets = [[Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(6)] for _ in range(4)]
+    alone = [forward_images(model, imgs, embeddings=True, batch_size=1)[1] for imgs in sets]
+    got, errors = [None] * len(sets), []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                got[i] = forward_images(model, sets[i], embeddings=True, batch_size=1)[1]
+                assert got[i].shape == alone[i].shape and np.allclose(got[i], alone[i], atol=1e-5)
+        except AssertionError as err:  # pragma: no cover - the failure this test exists for
+            errors.append((i, err))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(sets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

@@ -23,11 +23,12 @@ import socket
 import tempfile
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..crash_safety import atomic_write_bytes
@@ -39,8 +40,8 @@ from .inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, 
 logger = logging.getLogger("rcl_hf.space")
 
 __all__ = [
-    "SpaceStartupError", "SpaceModel", "load_space_model", "as_space_model", "score", "model_outputs", "analyze",
-    "analyze_batch", "make_examples", "examples_root", "model_input_side", "resolve_model_ids", "check_port_free",
+    "SpaceStartupError", "SpaceModel", "load_space_model", "as_space_model", "forward", "forward_batch", "score",
+    "model_outputs", "analyze", "analyze_batch", "make_examples", "examples_root", "model_input_side", "resolve_model_ids", "check_port_free",
     "OOD_MESSAGE", "REFER_HEADLINE", "BUSY_MESSAGE", "UNCERTIFIED_TEXT", "Admission", "ServiceBusy",
 ]
 
@@ -98,6 +99,8 @@ class SpaceModel:
     source: str = ""
     calibrations: Optional[Dict[str, Any]] = None
     dataset: Optional[str] = None
+    #: the forward pass traced once (:func:`rcl_hf.space.traced.trace_forward`), or ``None``: the eager model
+    traced: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         folder = self.source if self.source and os.path.isdir(self.source) else None
@@ -149,11 +152,16 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
         )
     from ..hub.errors import HubUnavailableError
     from ..inference import load_model
+    from .traced import trace_forward
 
     source = expanded if os.path.exists(expanded) else name_or_path
     try:
         model = load_model(source)
-        space_model = SpaceModel(model=model, name=label or _display_name(name_or_path), source=source)
+        # the Space's copy only infers: convolutions run 10-20% faster on CPU with channels-last weights
+        # (outputs equal to float32 rounding, ~1e-8)
+        model.to(memory_format=torch.channels_last)
+        space_model = SpaceModel(model=model, name=label or _display_name(name_or_path), source=source,
+                                 traced=trace_forward(model))
     except HubUnavailableError as err:
         raise SpaceStartupError(str(err)) from None
     except (OSError, ValueError) as err:
@@ -178,9 +186,32 @@ def as_space_model(model: Any, default_name: str) -> SpaceModel:
 
 def forward(space_model: SpaceModel, rgb: Image.Image) -> Tuple[np.ndarray, Optional[float]]:
     """``(probabilities (K,), ood_score or None)`` of one image."""
-    guard = space_model.ood_guard
-    p, z = forward_images(space_model.model, [rgb], embeddings=guard is not None)
-    return p[0], (float(guard.score(z)[0]) if guard is not None else None)
+    return forward_batch([space_model], [rgb])[0][0]
+
+
+def _probs_and_embeddings(m: SpaceModel, rgbs: Sequence[Image.Image]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """:func:`rcl_hf.inference.forward_images` of the model, through its trace when it has one (same numbers)."""
+    guard = m.ood_guard
+    if m.traced is not None:
+        from ..inference import as_rgb_image
+
+        x = m.model.image_processor(images=[as_rgb_image(im) for im in rgbs], return_tensors="pt")["pixel_values"]
+        if m.traced.accepts(x):
+            logits, z = m.traced(x.to(next(m.model.parameters()).device))
+            p = torch.softmax(logits.float(), -1).cpu().numpy()
+            return p, (z.float().flatten(1).cpu().numpy() if guard is not None else None)
+    return forward_images(m.model, list(rgbs), embeddings=guard is not None)
+
+
+def forward_batch(models: Sequence[SpaceModel], rgbs: Sequence[Image.Image]) -> List[List[Tuple[np.ndarray, Optional[float]]]]:
+    """:func:`forward` of several images, one forward pass per model: ``out[image][model]``."""
+    per_model = []
+    for m in models:
+        guard = m.ood_guard
+        p, z = _probs_and_embeddings(m, rgbs)
+        ood = guard.score(z).tolist() if guard is not None else [None] * len(rgbs)
+        per_model.append([(p[i], None if o is None else float(o)) for i, o in enumerate(ood)])
+    return [[outs[i] for outs in per_model] for i in range(len(rgbs))]
 
 
 def _calibration(space_model: SpaceModel, risk: Any) -> Tuple[Optional[str], Any]:
