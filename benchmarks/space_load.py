@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,6 +160,27 @@ def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) ->
     raise RuntimeError("the Space did not start within 300 s")
 
 
+def _stop_server(proc: subprocess.Popen) -> None:
+    """Terminate the Space server; kill it if it has not exited within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _inputs(args: argparse.Namespace, prefix: str) -> Tuple[Path, str, List[str], Any]:
+    """``(work folder, model folder, image files, risk sent)`` of a run: the model given or a freshly trained
+    tiny one, 32 images, and the '10%' target when the model is calibrated."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    model = args.model or _build_model(work)
+    images = _images(args.images_dir, 32, work)
+    from rcl_hf.calibration import RiskCalibration
+
+    risk = args.risk or ("10%" if RiskCalibration.load(model) is not None else "not certified")
+    return work, model, images, risk
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -278,11 +299,7 @@ def _run_config(model: str, images: Sequence[str], risk: Any, args: argparse.Nam
                   f"{res['server_cpu_ms_per_request']:.0f} ms client {res['client_cpu_ms_per_request']:.0f} ms, "
                   f"load {res['load_average_after'][0]:.2f}", flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop_server(proc)
     base = next((lv for lv in levels if lv["clients"] == 1), None)
     at8 = next((lv for lv in levels if lv["clients"] == 8), None)
     return {"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
@@ -311,12 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="rcl_space_load_"))
-    model = args.model or _build_model(work)
-    images = _images(args.images_dir, 32, work)
-    from rcl_hf.calibration import RiskCalibration
-
-    risk = args.risk or ("10%" if RiskCalibration.load(model) is not None else "not certified")
+    work, model, images, risk = _inputs(args, "rcl_space_load_")
     load_before = os.getloadavg()
     configs = [{"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
                 "queue_poll_ms": args.queue_poll_ms}]

@@ -34,15 +34,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
 from benchmarks import machine_info, versions, write_result  # noqa: E402
-from benchmarks.space_load import (ROOT, _build_model, _client, _cpu_s, _free_port, _images,  # noqa: E402
-                                   _self_cpu_s, _server_args, _start_server)
+from benchmarks.space_load import (ROOT, _client, _cpu_s, _free_port, _inputs,  # noqa: E402
+                                   _self_cpu_s, _server_args, _start_server, _stop_server)
 
 #: Stages of a server stack, first match wins (a frame containing any of the strings). Idle waits are dropped.
 SERVER_STAGES: Sequence[Tuple[str, Sequence[str]]] = (
@@ -163,12 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     _server_args(p)
     args = p.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="rcl_space_profile_"))
-    model = args.model or _build_model(work)
-    images = _images(args.images_dir, 32, work)
-    from rcl_hf.calibration import RiskCalibration
-
-    risk = args.risk or ("10%" if RiskCalibration.load(model) is not None else "not certified")
+    work, model, images, risk = _inputs(args, "rcl_space_profile_")
     load_before = os.getloadavg()
     port = _free_port()
     proc = _start_server(model, port, args, work / "server.log")
@@ -195,11 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop_server(proc)
     n = args.requests
     sampled = {}
     if args.py_spy:  # sampled from 0.5 s before the first request to the end of the last one
