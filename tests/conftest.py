@@ -9,7 +9,9 @@
 * :func:`tiny_checkpoint` — a random-init ``hf-resnet`` (32 px, synthetic severity) saved with its
   image processor and label maps, as ``scripts/train.py`` saves a run (built by
   ``checkpoints.save_tiny_checkpoint``, which tests that modify a checkpoint call for their own copy);
-* :func:`tiny_dataset` — the synthetic 200 / 40 / 61 ``save_to_disk`` folder the training tests share.
+* :func:`tiny_dataset` — the synthetic 200 / 40 / 61 ``save_to_disk`` folder the training tests share;
+* :func:`cer_metric` — the ``evaluate`` metric, loaded once from its folder (offline);
+* :func:`space_app` — the Space's ``spaces_demo/app.py`` module, loaded once (``space_app.load_space_app``).
 """
 
 from __future__ import annotations
@@ -106,3 +108,21 @@ def tiny_dataset(synthetic_dataset_dir) -> str:
     """A small synthetic DatasetDict saved with ``save_to_disk`` (200 / 40 / 61 images, 32 px): enough to train one
     epoch, with an uneven test split (61) for multi-process evaluation."""
     return str(synthetic_dataset_dir(seed=3, n_train=200, n_validation=40, n_test=61))
+
+
+@pytest.fixture(scope="session")
+def cer_metric():
+    """The Critical Error Rate metric through ``evaluate.load`` on its local folder (no Hub)."""
+    import evaluate
+
+    from rcl_hf.metrics import METRIC_PATH
+
+    return evaluate.load(METRIC_PATH)
+
+
+@pytest.fixture(scope="session")
+def space_app():
+    """The Space's app module (``spaces_demo/app.py`` is a script, not a package module), loaded once."""
+    from space_app import load_space_app
+
+    return load_space_app()

@@ -11,7 +11,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import evaluate
 import numpy as np
 import pytest
 
@@ -117,11 +116,6 @@ def test_evaluate_load_without_rcl_hf_matches_functional(tmp_path):
         want = json.loads(json.dumps(want))  # tuples -> lists, as JSON carries them
         assert out == want
     assert "integer class indices, got 0.5" in got[-1]
-
-
-@pytest.fixture(scope="module")
-def cer_metric():
-    return evaluate.load(METRIC_PATH)
 
 
 def test_float_predictions_are_refused_not_truncated(cer_metric):

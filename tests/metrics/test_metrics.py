@@ -2,7 +2,6 @@
 module, bootstrap intervals, the Bayes-risk decision and the Trainer's compute_metrics."""
 
 
-import evaluate
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
@@ -11,7 +10,6 @@ from transformers import EvalPrediction
 
 from rcl_hf import SeverityMatrix
 from rcl_hf.metrics import (
-    METRIC_PATH,
     bayes_risk_decision,
     confusion_matrix,
     critical_error_rate,
@@ -112,6 +110,11 @@ def test_relative_safety_improvement():
     assert relative_safety_improvement(0.05, 0.2) == pytest.approx(0.75)
     assert relative_safety_improvement(0.3, 0.2) == pytest.approx(-0.5)
     assert np.isnan(relative_safety_improvement(0.1, 0.0))
+    assert isinstance(relative_safety_improvement(0.05, 0.2), float)
+    # bootstrap replicates: elementwise, NaN where the reference is 0
+    out = relative_safety_improvement(np.array([0.05, 0.3, 0.1]), np.array([0.2, 0.2, 0.0]))
+    np.testing.assert_allclose(out[:2], [0.75, -0.5])
+    assert np.isnan(out[2])
 
 
 # ---------------------------------------------------------------- naive reference
@@ -288,11 +291,6 @@ def test_bayes_risk_decision_brute_force(name):
 
 
 # ------------------------------------------------------------- evaluate module
-@pytest.fixture(scope="module")
-def cer_metric():
-    return evaluate.load(METRIC_PATH)
-
-
 @pytest.mark.parametrize("name", ["brain_tumor_mri", "isic2018", "sicapv2"])
 def test_evaluate_module_agrees_with_functional_core(cer_metric, name):
     sev = SeverityMatrix.preset(name)

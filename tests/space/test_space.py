@@ -115,8 +115,8 @@ def _subprocess_env(**extra: str) -> Dict[str, str]:
 
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def app():
-    return load_space_app()
+def app(space_app):
+    return space_app
 
 
 @pytest.fixture(scope="module")
