@@ -20,6 +20,8 @@ RCL_PREFIX = "rcl"
 #: The certificate whose rows make the coverage tables and comparisons (the image rows are the control).
 MAIN_UNIT = "group"
 _KEYS = ["dataset", "risk_kind", "alpha"]
+#: The budget check gives a verdict from this many paired split seeds on (its CI resamples split seeds).
+MIN_SPLIT_SEEDS = 3
 
 
 def _main_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -144,7 +146,9 @@ def budget_check(frame: pd.DataFrame, budget: pd.DataFrame, n_boot: int, kind: s
             m = u if method == "all" else u[u["method"] == method]
             d = m.assign(d=m["test_coverage_budget"] - m["test_coverage_base"]).groupby("split_seed")["d"].mean()
             ci = paired_ci(pd.DataFrame({"split_seed": d.index, "d": d.to_numpy()}), n_boot, nested=False)
-            if ci[0] > 0:
+            if len(d) < MIN_SPLIT_SEEDS:
+                word = f"fewer than {MIN_SPLIT_SEEDS} split seeds: no verdict"
+            elif ci[0] > 0:
                 word = "the larger budget keeps more coverage"
             elif ci[1] < 0:
                 word = "the larger budget keeps less coverage"

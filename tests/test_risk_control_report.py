@@ -173,6 +173,8 @@ def test_budget_check_pairs_runs_by_split_seed_and_seed():
         assert c["ci_split_seeds"] == pytest.approx((0.05, 0.05)) and "more coverage" in c["verdict"]
     assert checks[0]["pairs"] == 5 and checks[2]["pairs"] == 10
     assert checks[0]["held_image_base"] == 5 and checks[0]["held_image_budget"] == 0
+    few = budget_check(main, frame[(frame["grid"] == "budget") & (frame["split_seed"] < 2)], n_boot=200)
+    assert all(c["split_seeds"] == 2 and "no verdict" in c["verdict"] for c in few)
 
 
 def test_paired_ci_designs():
