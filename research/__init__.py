@@ -12,7 +12,9 @@ and CRM), :mod:`.clustered` (split × seed × image bootstrap, Clopper–Pearson
 (AUROC / AUPRC of the critical-class score), :mod:`.symmetric_comparison` (rule against rule, equal-accuracy
 check, generated verdicts) and :mod:`.symmetric_comparison_report`, :mod:`.abstention` /
 :mod:`.abstention_report` (trained abstention against the referral rule), :mod:`.risk_control_report`
-(certified risk control on real data). Results: ``research/results/`` (index in its README).
+(certified risk control on real data, per group and per image), :mod:`.risk_control_runs` (a run's group ids
+recovered from its rebuilt split), :mod:`.risk_control_tables` (what that report writes) and
+:mod:`.group_certificate_check`. Results: ``research/results/`` (index in its README).
 """
 
 from .grid import Cell, Grid, is_done, load_grid, run_cell, run_grid

@@ -4,7 +4,9 @@ The runs' ``validation_predictions.npz`` / ``test_predictions.npz`` were written
 beside the logits. Each run's ``cell.json`` holds its data spec (dataset, data_dir, split_seed, ...): the split
 is rebuilt with the loader the training used (:func:`rcl_hf.train_data.load_data`, deterministic; nothing is
 trained), and its ``group_id`` column is taken as the rows' lesion ids only when the rebuilt split's labels equal
-the saved labels row for row (a run whose labels differ is refused, not guessed). Then, for every run and α:
+the saved labels row for row (a run whose labels differ is refused, not guessed;
+:func:`research.risk_control_runs.recover_group_ids`, which the risk-control report uses too). Then, for every run
+and α:
 
 * ``image (study)``: ``calibrate`` as the study's report calls it (no groups: image-level binomial LTT, tuning
   part not grouped apart from the certification part);
@@ -35,6 +37,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
+from .risk_control_runs import recover_group_ids, test_risks
+
 VARIANTS = {
     "image (study)": dict(groups=False),
     "image, grouped split": dict(groups=True, unit="image", p_value="binomial"),
@@ -43,48 +47,27 @@ VARIANTS = {
 }
 
 
-def _split_ids(spec: Dict[str, Any], cache: Dict[str, Any]) -> Dict[str, Any]:
-    """``{"validation": dataset split, "test": ...}`` rebuilt from a cell's data spec (one load per spec)."""
-    from rcl_hf.data.splits import subsample
-    from rcl_hf.train_args import DataArguments
-    from rcl_hf.train_data import load_data
-
-    key = json.dumps(spec, sort_keys=True)
-    if key not in cache:
-        args = DataArguments(**spec)
-        dsd, _ = load_data(args)
-        cache[key] = {s: subsample(dsd[s], args.max_eval_samples, args.subset, seed=args.split_seed)
-                      for s in ("validation", "test")}
-    return cache[key]
-
-
 def _load_run(folder: str, cache: Dict[str, Any]) -> Dict[str, Any]:
     from rcl_hf.severity import SeverityMatrix
 
     cell = json.load(open(os.path.join(folder, "cell.json"), encoding="utf-8"))
     recipe = json.load(open(os.path.join(folder, "rcl_run.json"), encoding="utf-8"))
-    splits = _split_ids(cell["spec"]["data"], cache)
     run = {"folder": folder, "split_seed": cell["spec"]["data"]["split_seed"], "seed": cell["spec"]["seed"],
            "method": cell["spec"]["risk"]["loss"], "severity": SeverityMatrix.from_dict(recipe["severity"])}
+    saved = {}
     for split, short in (("validation", "val"), ("test", "test")):
         with np.load(os.path.join(folder, f"{split}_predictions.npz")) as z:
-            logits, labels = np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64)
-        rebuilt = splits[split]
-        if len(rebuilt) != len(labels) or not np.array_equal(np.asarray(rebuilt["label"]), labels):
-            raise ValueError(f"{folder}: the rebuilt {split} split does not match the saved labels row for row")
-        run[short] = (logits, labels, np.asarray(rebuilt["group_id"], dtype=str))
+            saved[short] = (np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64))
+    groups = recover_group_ids(folder, {short: labels for short, (_, labels) in saved.items()}, cache)
+    for short, (logits, labels) in saved.items():
+        run[short] = (logits, labels, groups[short])
     return run
 
 
 def _test_risks(cal: Any, z: np.ndarray, y: np.ndarray, groups: np.ndarray, severity: Any) -> Tuple[float, float, float]:
     """``(coverage, image-level critical_miss, lesion-averaged critical_miss)`` on the test split."""
-    from rcl_hf.metrics.functional import softmax
-
-    _, d, _, refer = cal.decide(softmax(z), severity)
-    cap = severity.positive_rows[y]
-    miss = severity.critical[y, d] & cap & ~refer
-    per = pd.DataFrame({"g": groups[cap], "miss": miss[cap]}).groupby("g")["miss"].mean()
-    return float((~refer).mean()), float(miss.sum() / cap.sum()), float(per.mean())
+    r = test_risks(cal, z, y, severity, groups)
+    return r["coverage"], r["critical_miss"], r["group_critical_miss"]
 
 
 def evaluate(runs: List[Dict[str, Any]], alphas: List[float], delta: float) -> pd.DataFrame:
