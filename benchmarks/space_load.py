@@ -144,20 +144,27 @@ def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) ->
     env.pop("RCL_MODEL", None)
     env.pop("RCL_COMPARE", None)
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=root)
+    wait_ready(proc, port, log, timeout_s=300)
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log: Path, timeout_s: float = 300, poll_s: float = 0.5) -> None:
+    """Return once the Space in ``proc`` answers ``/gradio_api/info`` on ``port``; raise when it exits first
+    (with the end of its ``log``) or is not up within ``timeout_s`` (then it is killed)."""
     import httpx
 
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the Space exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/gradio_api/info", timeout=2).status_code == 200:
-                return proc
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(poll_s)
     proc.kill()
-    raise RuntimeError("the Space did not start within 300 s")
+    raise RuntimeError(f"the Space did not start within {timeout_s:.0f} s")
 
 
 def _stop_server(proc: subprocess.Popen) -> None:

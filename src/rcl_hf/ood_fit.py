@@ -3,7 +3,9 @@
 :func:`fit_ood_guard` embeds a seeded sample of the training split (class means and the
 shared covariance) and of the validation split (the threshold) with the model's own
 saved preprocessing, and writes ``ood_guard.safetensors`` beside the weights, where
-:func:`rcl_hf.load_model` finds it.
+:func:`rcl_hf.load_model` finds it. :func:`fit_ood_guard_on_embeddings` does the same from
+embeddings already computed (a frozen-backbone run has them: no image is embedded twice),
+with the same seeded samples, so both give the same guard.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from .inference import forward_images, load_model
 from .ood import DEFAULT_FALSE_ALARM_RATE, fit_guard_from_embeddings
 
-__all__ = ["embed_images", "fit_ood_guard"]
+__all__ = ["embed_images", "fit_ood_guard", "fit_ood_guard_on_embeddings"]
 
 
 def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
@@ -25,11 +27,16 @@ def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None,
     return forward_images(model, images, image_processor, batch_size=batch_size, embeddings=True)[1]
 
 
-def _column_images(split: Any, limit: Optional[int], seed: int):
-    n = len(split)
+def _sample_rows(n: int, limit: Optional[int], seed: int) -> np.ndarray:
+    """The rows a guard is fitted on: all ``n``, or a seeded sample of ``limit`` in their order."""
     idx = np.arange(n)
     if limit is not None and n > limit:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    return idx
+
+
+def _column_images(split: Any, limit: Optional[int], seed: int):
+    idx = _sample_rows(len(split), limit, seed)
     rows = split.select(idx.tolist()) if hasattr(split, "select") else [split[i] for i in idx]
     images = rows["image"] if hasattr(rows, "column_names") else [r["image"] for r in rows]
     labels = np.asarray(rows["label"] if hasattr(rows, "column_names") else [r["label"] for r in rows])
@@ -63,8 +70,7 @@ def fit_ood_guard(
     Returns:
         The path of the written file.
     """
-    if len(validation) < 20:
-        raise ValueError(f"the validation split has {len(validation)} rows: at least 20 are needed to place the threshold")
+    _check_validation(len(validation))
     model = load_model(os.fspath(model_dir))
     tr_images, tr_labels = _column_images(train, max_samples, seed)
     va_images, _ = _column_images(validation, max_calibration_samples, seed)
@@ -74,3 +80,35 @@ def fit_ood_guard(
         labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
     )
     return guard.save(model_dir)
+
+
+def fit_ood_guard_on_embeddings(
+    model_dir: Union[str, os.PathLike],
+    train_embeddings: Any,
+    train_labels: Sequence[int],
+    validation_embeddings: Any,
+    *,
+    labels: Sequence[str],
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    max_samples: Optional[int] = 2000,
+    max_calibration_samples: Optional[int] = 5000,
+    seed: int = 0,
+) -> Path:
+    """:func:`fit_ood_guard` from penultimate embeddings already computed with the model's own preprocessing
+    (``(N, D)`` rows of the training and validation splits, in split order): the same seeded samples, the same
+    guard, no forward pass. Writes ``ood_guard.safetensors`` into ``model_dir`` and returns its path."""
+    train_embeddings, validation_embeddings = np.asarray(train_embeddings), np.asarray(validation_embeddings)
+    train_labels = np.asarray(train_labels)
+    if len(train_embeddings) != len(train_labels):
+        raise ValueError(f"{len(train_embeddings)} training embeddings but {len(train_labels)} labels")
+    _check_validation(len(validation_embeddings))
+    tr = _sample_rows(len(train_embeddings), max_samples, seed)
+    va = _sample_rows(len(validation_embeddings), max_calibration_samples, seed)
+    guard = fit_guard_from_embeddings(train_embeddings[tr], train_labels[tr], validation_embeddings[va],
+                                      false_alarm_rate=false_alarm_rate, labels=list(labels))
+    return guard.save(model_dir)
+
+
+def _check_validation(n: int) -> None:
+    if n < 20:
+        raise ValueError(f"the validation split has {n} rows: at least 20 are needed to place the threshold")

@@ -44,7 +44,12 @@ class ModelArguments:
                           "false alarms on validation) and save ood_guard.safetensors with the model; default: on for "
                           "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
     )
-    ood_guard_samples: int = field(default=500, metadata={"help": "Images of train and of validation embedded for the guard."})
+    ood_guard_samples: Optional[int] = field(
+        default=500,
+        metadata={"help": "Training images (a seeded sample; None: all) for the guard's class means and covariance; its "
+                          "threshold uses up to 5000 validation images. A frozen-backbone run fits the guard from the "
+                          "embeddings it already has."},
+    )
     gpu_path: bool = field(
         default=True,
         metadata={"help": "With CUDA: bf16 autocast, TF32, channels_last for CNNs, dataloader workers, pinned memory "

@@ -317,10 +317,16 @@ def run_training(
         atomic_write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
         if (model_args.wants_ood_guard(data_args.dataset) and not model_args.eval_only
                 and "validation" in splits and len(splits["validation"]) >= 20):
-            from .ood_fit import fit_ood_guard
+            from .ood_fit import fit_ood_guard, fit_ood_guard_on_embeddings
 
-            fit_ood_guard(out_dir, splits["train"], splits["validation"], max_samples=model_args.ood_guard_samples,
-                          seed=training_args.seed)
+            if model_args.freeze_backbone:  # the embeddings are at hand: no image is embedded again
+                train_emb, val_emb = (eval_sets[s].with_format("numpy") for s in ("train", "validation"))
+                fit_ood_guard_on_embeddings(out_dir, train_emb["embeddings"], train_emb["labels"], val_emb["embeddings"],
+                                            labels=severity.labels, max_samples=model_args.ood_guard_samples,
+                                            seed=training_args.seed)
+            else:
+                fit_ood_guard(out_dir, splits["train"], splits["validation"], max_samples=model_args.ood_guard_samples,
+                              seed=training_args.seed)
         if model_args.calibrate and not model_args.eval_only and "validation" in results:
             results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
                                                  training_args.seed)

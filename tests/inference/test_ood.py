@@ -91,14 +91,48 @@ def synthetic_model(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ood_model")
     data_args = DataArguments(dataset="synthetic", max_train_samples=400, max_eval_samples=200, cache_dir="none")
-    run_training(ModelArguments(backbone="resnet18", image_size=32, freeze_backbone=True), data_args,
+    run_training(ModelArguments(backbone="resnet18", image_size=32, freeze_backbone=True, ood_guard=True,
+                                ood_guard_samples=300), data_args,
                  RiskArguments(loss="ce"),
                  default_training_args(str(out), num_train_epochs=3, learning_rate=1e-2, save_strategy="no",
                                        eval_strategy="no", load_best_model_at_end=False, disable_tqdm=True,
                                        per_device_train_batch_size=64))
+    os.replace(out / OOD_GUARD_FILE, out / "guard_fitted_by_the_run.safetensors")  # kept for the test below
     dsd = load_synthetic(seed=0, n_train=400, n_validation=200, n_test=200)
     path = fit_ood_guard(out, dsd["train"], dsd["validation"])
     return out, dsd
+
+
+def test_a_frozen_run_fits_its_guard_from_its_own_embeddings_as_from_the_images(synthetic_model, tmp_path):
+    """run_training on a frozen backbone fits the guard from the embeddings it trained on (no second forward
+    pass): the same guard as fit_ood_guard embedding the run's images again, with the same seeded sample."""
+    import shutil
+
+    from rcl_hf.train_data import load_data, run_splits
+    from rcl_hf.train_job import DataArguments
+
+    folder, _ = synthetic_model
+    data_args = DataArguments(dataset="synthetic", max_train_samples=400, max_eval_samples=200, cache_dir="none")
+    splits = run_splits(load_data(data_args)[0], data_args)
+    again = tmp_path / "again"
+    shutil.copytree(folder, again, ignore=shutil.ignore_patterns(OOD_GUARD_FILE, "guard_*"))
+    seed = json.loads((folder / "rcl_run.json").read_text())["seed"]  # the run samples its guard rows with its seed
+    fit_ood_guard(again, splits["train"], splits["validation"], max_samples=300, seed=seed)
+    from_run = OODGuard.load(folder / "guard_fitted_by_the_run.safetensors")
+    from_images = OODGuard.load(again / OOD_GUARD_FILE)
+    assert from_run.meta["n_calibration"] == from_images.meta["n_calibration"] == 200
+
+    def gap(a: OODGuard, b: OODGuard) -> float:  # largest mean difference, relative to the means' scale
+        return float(np.abs(a.means - b.means).max() / np.abs(b.means).max())
+
+    # the two preprocessing paths (the training's transform, the processor at inference) agree to float noise
+    assert gap(from_run, from_images) < 1e-4, gap(from_run, from_images)
+    np.testing.assert_allclose(from_run.precision, from_images.precision, rtol=1e-3,
+                               atol=1e-4 * np.abs(from_images.precision).max())
+    assert from_run.threshold == pytest.approx(from_images.threshold, rel=1e-3)
+    # another training sample gives another guard: the comparison can fail
+    fit_ood_guard(again, splits["train"], splits["validation"], max_samples=300, seed=seed + 1)
+    assert gap(from_run, OODGuard.load(again / OOD_GUARD_FILE)) > 10 * gap(from_run, from_images)
 
 
 def test_synthetic_model_flags_noise_and_another_domain_not_its_own_images(synthetic_model):

@@ -3,22 +3,18 @@
 A frozen ImageNet EfficientNet-Lite0 backbone (the package's offline weights)
 embeds the images once (the embedding cache is shared by both runs); a cross-entropy
 head and a risk-calibrated (RCL) head are trained on the cached embeddings
-(``run_training`` with ``freeze_backbone``, lr 1e-3, which also writes the default
-``risk_calibration.json``), then:
-
-* the OOD guard is fitted **once** (:func:`rcl_hf.ood_fit.fit_ood_guard`, threshold on
-  validation) and copied to the other model: the guard reads the frozen backbone's
-  embeddings, the same for both heads on the same images, so it is the same guard;
-* each model is calibrated at every target risk the Space offers
-  (:func:`rcl_hf.space.certified.save_alpha_calibrations`, from the run's validation logits).
-
-The dataset is loaded and subsampled here once, for the guard and the calibration groups.
+(``run_training`` with ``freeze_backbone``, lr 1e-3), and each run fits its OOD guard
+from those same embeddings (:func:`rcl_hf.ood_fit.fit_ood_guard_on_embeddings`: no image
+is embedded twice, and both heads get the same guard: it reads the frozen backbone's
+embeddings, not the head) and writes its default ``risk_calibration.json``. Then each
+model is calibrated at every target risk the Space offers
+(:func:`rcl_hf.space.certified.save_alpha_calibrations`, from the run's validation logits,
+grouped by the dataset's group ids when it has them).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Dict, Optional, Sequence
 
 __all__ = ["train_space_pair", "SPACE_LOSSES"]
@@ -38,29 +34,27 @@ def train_space_pair(
     learning_rate: float = 1e-3,
     image_size: int = 224,
     seed: int = 0,
-    false_alarm_rate: float = 0.05,
     alphas: Optional[Sequence[float]] = None,
 ) -> Dict[str, str]:
-    """Train ``{"ce": folder, "rcl": folder}`` under ``out_dir`` with their OOD guard and per-α calibrations.
+    """Train ``{"ce": folder, "rcl": folder}`` under ``out_dir`` with their OOD guards and per-α calibrations.
 
     Folders that already hold a model, its guard and its calibrations are reused (delete them to retrain).
     """
-    from ..data.splits import subsample
-    from ..ood import OOD_GUARD_FILE
-    from ..ood_fit import fit_ood_guard
     from transformers import AutoConfig
 
     from ..models import severity_from_config
-    from ..train_job import DataArguments, ModelArguments, default_training_args, load_data, run_training
+    from ..ood import OOD_GUARD_FILE
+    from ..train_data import load_data, run_splits
+    from ..train_job import DataArguments, ModelArguments, default_training_args, run_training
     from ..trainer import RiskArguments
     from .certified import CALIBRATIONS_DIR, SPACE_ALPHAS, save_alpha_calibrations
 
     alphas = tuple(SPACE_ALPHAS if alphas is None else alphas)
     data_args = DataArguments(dataset=dataset, data_dir=data_dir, max_train_samples=max_train_samples,
                               max_eval_samples=max_eval_samples, split_seed=seed)
-    # the guard is fitted below, once for the pair (run_training would fit one per model)
     model_args = ModelArguments(backbone="efficientnet_lite0", pretrained="efficientnet-lite0-package",
-                                image_size=image_size, freeze_backbone=True, ood_guard=False)
+                                image_size=image_size, freeze_backbone=True, ood_guard=True,
+                                ood_guard_samples=max_train_samples)
     out = {name: os.path.join(out_dir, name) for name in SPACE_LOSSES}
 
     def done(folder: str) -> bool:
@@ -70,26 +64,16 @@ def train_space_pair(
     if not todo:
         return out
     for name in todo:
-        if not os.path.isfile(os.path.join(out[name], "validation_predictions.npz")):
+        if not os.path.isfile(os.path.join(out[name], OOD_GUARD_FILE)):
             training_args = default_training_args(
                 out[name], num_train_epochs=epochs, learning_rate=learning_rate, per_device_train_batch_size=64,
                 per_device_eval_batch_size=64, seed=seed, save_strategy="no", load_best_model_at_end=False,
                 eval_strategy="no", disable_tqdm=True, logging_strategy="no",
             )
             run_training(model_args, data_args, RiskArguments(loss=SPACE_LOSSES[name]), training_args)
-    dsd, _ = load_data(data_args)
-    splits = {s: subsample(dsd[s], max_train_samples if s == "train" else max_eval_samples, data_args.subset, seed=seed)
-              for s in ("train", "validation") if s in dsd}
-    guard = next((os.path.join(out[n], OOD_GUARD_FILE) for n in SPACE_LOSSES
-                  if os.path.isfile(os.path.join(out[n], OOD_GUARD_FILE))), None)
-    if guard is None:
-        guard = str(fit_ood_guard(out[todo[0]], splits["train"], splits["validation"], false_alarm_rate=false_alarm_rate,
-                                  max_samples=max_train_samples, seed=seed))
+    splits = run_splits(load_data(data_args)[0], data_args)
     grouped = all("group_id" in splits[s].column_names for s in ("train", "validation"))
     for name in todo:
-        target = os.path.join(out[name], OOD_GUARD_FILE)
-        if os.path.abspath(guard) != os.path.abspath(target):  # same frozen backbone, same images: the same guard
-            shutil.copyfile(guard, target)
         severity = severity_from_config(AutoConfig.from_pretrained(out[name]))
         save_alpha_calibrations(out[name], severity, alphas, delta=model_args.risk_delta, risk_kind=model_args.risk_kind,
                                 groups=splits["validation"]["group_id"] if grouped else None,
