@@ -85,10 +85,11 @@ def test_close_pairs_equal_all_pairs_on_distinct_hashes(max_distance, bucket_lim
     assert bool(got) == (max_distance > 0)  # distinct hashes are never at distance 0; the near-copies are found
 
 
-def test_too_few_bands_would_miss_pairs(monkeypatch):
-    """The comparison can fail: with d bands instead of d + 1 (no pigeonhole), planted pairs are missed."""
-    real = duplicates._bands
-    monkeypatch.setattr(duplicates, "_bands", lambda bits, parts: real(bits, max(1, parts - 1)))
+def test_keys_without_the_pigeonhole_would_miss_pairs(monkeypatch):
+    """The comparison can fail: keyed on unions of m - d + 1 of the m bands (no pigeonhole: two codes at distance d
+    may agree on only m - d bands), planted pairs are missed."""
+    real = duplicates._band_keys
+    monkeypatch.setattr(duplicates, "_band_keys", lambda bits, max_distance: real(bits, max(0, max_distance - 1)))
     hashes = planted(2, seed=3)
     assert _perceptual_components(hashes, 2) != all_pairs_components(hashes, 2)
 

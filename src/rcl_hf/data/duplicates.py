@@ -136,6 +136,9 @@ class DuplicateReport:
 
 #: A band bucket larger than this is split again on its remaining bits instead of being paired out.
 _BUCKET_LIMIT = 256
+#: Bands beyond the ``d + 1`` that pigeonhole needs: keys on unions of bands are more selective (see
+#: :func:`_close_pairs`); 1 measured fastest on 64k structured dHashes (0.04 s against 0.20 s with none).
+_EXTRA_BANDS = 1
 
 
 def _has_bit(bits: np.ndarray, mask: np.uint64) -> np.ndarray:
@@ -144,8 +147,19 @@ def _has_bit(bits: np.ndarray, mask: np.uint64) -> np.ndarray:
 
 
 def _bands(bits: np.ndarray, parts: int) -> List[np.uint64]:
-    """Masks of ``parts`` contiguous, non-empty chunks of the bit positions ``bits``."""
-    return [np.uint64(sum(1 << int(b) for b in chunk)) for chunk in np.array_split(bits, parts)]
+    """Masks of ``parts`` interleaved chunks of the bit positions ``bits`` (chunk ``k``: every ``parts``-th
+    position from the ``k``-th). A dHash's bits run row by row, and rows differ in how much they vary
+    (a black border fixes whole rows), so contiguous chunks would be unequally selective."""
+    return [np.uint64(sum(1 << int(b) for b in bits[k::parts])) for k in range(parts)]
+
+
+def _band_keys(bits: np.ndarray, max_distance: int, extra_bands: int = _EXTRA_BANDS) -> List[np.uint64]:
+    """The keys of the multi-index search: every union of ``m - d`` of ``m = d + 1 + extra_bands`` bands."""
+    import itertools
+
+    bands = _bands(bits, max_distance + 1 + extra_bands)
+    return [np.uint64(np.bitwise_or.reduce(np.array(combo, dtype=np.uint64)))
+            for combo in itertools.combinations(bands, len(bands) - max_distance)]
 
 
 def _run_pairs(run_of: np.ndarray, members: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -168,16 +182,20 @@ def _close_pairs(values: np.ndarray, max_distance: int) -> Tuple[np.ndarray, np.
     """All pairs ``i < j`` of distinct ``values`` (``uint64``) with ``popcount(values[i] ^ values[j]) <= max_distance``.
 
     Multi-index hashing (M. Norouzi, A. Punjani, D. J. Fleet, "Fast Search in Hamming
-    Space with Multi-Index Hashing", CVPR 2012): cut the 64 bits into ``d + 1``
-    bands (``d = max_distance``); two codes within distance ``d`` agree exactly on at
-    least one band (pigeonhole: ``d`` differing bits cannot touch ``d + 1`` bands).
-    Codes are bucketed by each band's value (a sort), pairs inside a bucket are the
-    candidates, and each candidate is verified on the full code.  A bucket of more
+    Space with Multi-Index Hashing", CVPR 2012): cut the 64 bits into ``m = d + 2``
+    interleaved bands (``d = max_distance``); two codes within distance ``d`` agree
+    exactly on at least ``m - d`` bands (pigeonhole: ``d`` differing bits touch at most
+    ``d`` bands), so on all bands of at least one of the ``C(m, m - d)`` unions of
+    ``m - d`` bands. Codes are bucketed by each union's value (a sort), pairs inside a
+    bucket are the candidates, and each candidate is verified on the full code. The
+    unions are longer keys than the ``d + 1`` single bands of the basic scheme, so far
+    fewer unrelated codes collide: on 64k structured dHashes (a disc on black, planted
+    near-copies), 0.6 million candidates instead of 5.2 million.  A bucket of more
     than :data:`_BUCKET_LIMIT` codes (a band shared by many, e.g. black background
     rows) is searched the same way on its remaining bits: its members agree on the
     band, so their distance is the distance on the other bits.  A bucket that cannot
-    be cut again (fewer than ``d + 1`` bits left) is paired out; it holds at most
-    ``2**d`` distinct codes.  Time about ``n (d + 1) log n`` plus the candidates,
+    be cut again (``d`` bits or fewer left) is paired out; it holds at most
+    ``2**d`` distinct codes.  Time about ``n C(d + 2, 2) log n`` plus the candidates,
     against ``n**2 / 2`` for all pairs.
     """
     if not isinstance(max_distance, (int, np.integer)) or not 0 <= max_distance <= 64:
@@ -196,7 +214,7 @@ def _close_pairs(values: np.ndarray, max_distance: int) -> Tuple[np.ndarray, np.
             rows.append(r)
             cols.append(c)
             continue
-        for mask in _bands(free, d + 1):
+        for mask in _band_keys(free, d):
             keys = values[members] & mask
             order = np.argsort(keys, kind="stable")
             sorted_keys, sorted_members = keys[order], members[order]
@@ -234,10 +252,13 @@ def _perceptual_components(hashes: Sequence[Optional[int]], max_distance: int) -
     rows = np.concatenate([np.arange(len(arr)), first[r]])
     cols = np.concatenate([first[inverse.ravel()], first[c]])
     labels = _components(len(valid), rows, cols)
-    comps: Dict[int, List[int]] = {}
-    for k, lab in enumerate(labels):
-        comps.setdefault(int(lab), []).append(valid[k])
-    return sorted((c for c in comps.values() if len(c) > 1), key=lambda c: c[0])
+    sizes = np.bincount(labels)
+    keep = np.flatnonzero(sizes[labels] > 1)  # files in a component of two or more, in file order
+    order = keep[np.argsort(labels[keep], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0]) if order.size else np.empty(0, np.int64)
+    files = np.asarray(valid, dtype=np.int64)[order]
+    comps = [part.tolist() for part in np.split(files, starts[1:])] if order.size else []
+    return sorted(comps, key=lambda c: c[0])
 
 
 def find_duplicates(
