@@ -361,7 +361,7 @@ def run_cell(cell: Cell, keep_models: bool = False) -> Dict[str, Any]:
     with open(os.path.join(cell.output_dir, log_name), "w", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         # a grid cell is scored from its logits: no out-of-distribution guard unless the grid asks for one
-        # (fitting it re-embeds 1,000 images, most of a frozen cell's time); not part of the cell's spec
+        # (a fine-tuned cell's guard embeds up to 500 training and all validation images again); not part of the spec
         model_args = {"ood_guard": False, **cell.model}
         result = run_training(ModelArguments(**model_args), DataArguments(**cell.data),
                               ExperimentRiskArguments(**cell.risk), training_args)

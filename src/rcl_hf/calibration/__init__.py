@@ -9,13 +9,14 @@
 """
 
 from .drift import DriftReport, check_drift
-from .fit import DEFAULT_ALPHA, DEFAULT_DELTA, DEFAULT_RISK_KIND, calibrate, check_calibration_groups, evaluate_calibration
+from .fit import DEFAULT_ALPHA, DEFAULT_DELTA, DEFAULT_RISK_KIND, calibrate, check_calibration_groups, evaluate_calibration, summarize_decisions
 from .record import RISK_CALIBRATION_FILE, RISK_DESCRIPTIONS, RiskCalibration
 from .risk_control import METHODS, RISK_KINDS, smallest_certifiable_alpha
 
 __all__ = [
     "calibrate",
     "evaluate_calibration",
+    "summarize_decisions",
     "check_calibration_groups",
     "RiskCalibration",
     "RISK_CALIBRATION_FILE",

@@ -161,10 +161,14 @@ def evaluate_calibration(cal: RiskCalibration, logits: Any, labels: Any, severit
     realised risk of each kind, accuracy among the accepted cases, and accuracy / CER of the decisions."""
     z, y = _validate(logits, labels, severity)
     _, d, s, refer = cal.decide(softmax(z), severity, threshold)
-    return _summary(d, s, refer, y, severity)
+    return summarize_decisions(d, refer, y, severity)
 
 
-def _summary(d: np.ndarray, s: np.ndarray, refer: np.ndarray, y: np.ndarray, severity: SeverityMatrix) -> dict:
+def summarize_decisions(d: np.ndarray, refer: np.ndarray, y: np.ndarray, severity: SeverityMatrix) -> dict:
+    """Coverage, ``critical_miss``, ``cer_accepted``, accuracy among accepted, accuracy and CER of decisions ``d``
+    with referrals ``refer`` on true labels ``y`` (e.g. a :class:`rcl_hf.inference.Prediction`'s ``decision`` and
+    ``refer``)."""
+    d, refer, y = np.asarray(d), np.asarray(refer, dtype=bool), np.asarray(y)
     crit = severity.critical[y, d]
     cap = severity.positive_rows[y]
     acc = ~refer
@@ -300,7 +304,7 @@ def calibrate(
         logger.warning("risk calibration: no threshold certified for %s <= %g (δ = %g) on %d cases; every case is "
                        "referred", risk_kind, alpha, delta, len(cert))
     refer = s > tau
-    on_cert = _summary(d[cert], s[cert], refer[cert], y[cert], severity)
+    on_cert = summarize_decisions(d[cert], refer[cert], y[cert], severity)
     quantiles = np.quantile(s[cert], np.linspace(0, 1, 101)).tolist()
     return RiskCalibration(
         risk_kind=risk_kind, alpha=float(alpha), delta=float(delta), method=method, p_value=p_value,

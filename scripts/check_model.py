@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Acceptance check of a trained model folder on its own grouped test split, through the user's path (``predict``).
+
+    python scripts/check_model.py runs/brain_tumor_mri_cpu [--data_dir DIR] [--out model_cards/brain_tumor_mri_cpu]
+
+Rebuilds the run's test split from its ``rcl_run.json`` (dataset, data folder, split seed: the same loader, the
+same grouped split), runs :func:`rcl_hf.predict` on every test image as a user would (the saved preprocessing,
+the calibrated decision layer, the OOD guard), and reports:
+
+* argmax accuracy and CER, and the decision layer's coverage, certified risk and accuracy among accepted cases
+  (:func:`rcl_hf.calibration.summarize_decisions` on the predictions), beside the run's own test figures;
+* the OOD guard's false alarms on the test images (target: its calibrated rate) and its flags on images that
+  are not MRIs of anything: uniform black, grey and white, random noise, and the test images rotated by 90°;
+* each figure against the goal given (``--goal_accuracy``, ``--goal_cer``, ``--goal_false_alarms``).
+
+Writes ``check.json`` and ``check.md`` into ``--out`` (default: the model folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+
+def _probe_images(side: int, seed: int = 0) -> Dict[str, list]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    uniform = {f"uniform {name}": [Image.new("RGB", (side, side), (v, v, v))] for name, v in
+               (("black", 0), ("grey", 128), ("white", 255))}
+    noise = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(20)]
+    return {**uniform, "random noise": noise}
+
+
+def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
+    from rcl_hf import load_model, predict
+    from rcl_hf.calibration import summarize_decisions
+    from rcl_hf.metrics.functional import critical_error_rate
+    from rcl_hf.train_args import DataArguments
+    from rcl_hf.train_data import load_data, run_splits
+
+    folder_path = Path(folder)
+    recipe = json.loads((folder_path / "rcl_run.json").read_text(encoding="utf-8"))
+    saved = json.loads((folder_path / "rcl_results.json").read_text(encoding="utf-8"))
+    data_args = DataArguments(dataset=recipe["dataset"], data_dir=data_dir or recipe["data_dir"],
+                              split_seed=recipe["split_seed"])
+    test = run_splits(load_data(data_args)[0], data_args).get("test")
+    if test is None:
+        raise SystemExit(f"{recipe['dataset']!r} has no test split to check on")
+    model = load_model(folder)
+    severity = model.severity
+    images, labels = list(test["image"]), np.asarray(test["label"])
+    if len(labels) != recipe["split_sizes"]["test"]:
+        raise SystemExit(f"the rebuilt test split has {len(labels)} images, the run's had {recipe['split_sizes']['test']}")
+    pred = predict(model, images)
+    m = critical_error_rate(pred.argmax, labels, severity, n_bootstrap=1000)  # image bootstrap, 95% percentile CIs
+    out: Dict[str, Any] = {
+        "model": os.path.abspath(folder), "dataset": recipe["dataset"], "test_images": int(len(labels)),
+        "argmax": {k: m[k] for k in ("accuracy", "cer", "balanced_accuracy", "accuracy_ci", "cer_ci")},
+        "run_test_figures": {k: saved.get("test", {}).get(k) for k in ("accuracy", "cer", "balanced_accuracy")},
+    }
+    cal = pred.calibration
+    if cal is not None and pred.certified:
+        out["decision_layer"] = {"risk_kind": cal.risk_kind, "alpha": cal.alpha, "delta": cal.delta, "unit": cal.unit,
+                                 **summarize_decisions(pred.decision, pred.refer, labels, severity)}
+    side = 256  # probe images at a typical upload size; predict resizes them like any image
+    if pred.out_of_distribution is not None:
+        out["ood"] = {"threshold": pred.ood_threshold, "target_false_alarms": model.ood_guard.false_alarm_rate,
+                      "test_false_alarms": float(pred.out_of_distribution.mean())}
+        probes = _probe_images(side)
+        probes["test images rotated 90°"] = [im.rotate(90, expand=True) for im in images[:200]]
+        out["ood"]["flagged"] = {name: float(predict(model, ims).out_of_distribution.mean()) for name, ims in probes.items()}
+    return out
+
+
+def markdown(result: Dict[str, Any], goals: Dict[str, float], command: str) -> str:
+    def pct(x: Optional[float]) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    def ci(pair: Sequence[float]) -> str:
+        return f" [{100 * pair[0]:.2f}, {100 * pair[1]:.2f}]"
+
+    a, lines = result["argmax"], []
+    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    lines += [f"# Acceptance check: {os.path.basename(result['model'])}", "", f"- command: `{command}`",
+              f"- dataset: {result['dataset']}, grouped test split of {result['test_images']} images, through `rcl_hf.predict`",
+              "", "Values with 95% intervals from an image bootstrap of the test split.",
+              "", "| figure | value | goal | |", "|---|---:|---:|---|",
+              f"| test balanced accuracy (argmax) | {pct(a['balanced_accuracy'])} | - | |",
+              f"| test accuracy (argmax) | {pct(a['accuracy'])}{ci(a['accuracy_ci'])} | ≥ {pct(goals['accuracy'])} | {verdict(a['accuracy'] >= goals['accuracy'])} |",
+              f"| test CER (argmax) | {pct(a['cer'])}{ci(a['cer_ci'])} | ≤ {pct(goals['cer'])} | {verdict(a['cer'] <= goals['cer'])} |"]
+    ood = result.get("ood")
+    if ood:
+        fa = ood["test_false_alarms"]
+        lines.append(f"| OOD false alarms on test | {pct(fa)} | ≤ {pct(goals['false_alarms'])} | {verdict(fa <= goals['false_alarms'])} |")
+        for name, rate in ood["flagged"].items():
+            lines.append(f"| flagged as outside: {name} | {pct(rate)} | - | |")
+    dl = result.get("decision_layer")
+    if dl:
+        lines += ["", f"Decision layer (certified {dl['risk_kind']} ≤ {pct(dl['alpha'])} at δ = {dl['delta']}) on test: "
+                  f"coverage {pct(dl.get('coverage'))}, realised {dl['risk_kind']} {pct(dl.get(dl['risk_kind']))}, "
+                  f"accuracy among accepted {pct(dl.get('accuracy_accepted'))}."]
+    run = result["run_test_figures"]
+    lines += ["", f"The run's own test figures (rcl_results.json, from the Trainer): accuracy {pct(run.get('accuracy'))}, "
+              f"CER {pct(run.get('cer'))}, balanced accuracy {pct(run.get('balanced_accuracy'))}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="a model folder written by scripts/train.py")
+    p.add_argument("--data_dir", help="the dataset folder (default: the one in the run's rcl_run.json)")
+    p.add_argument("--out", help="where check.json / check.md go (default: the model folder)")
+    p.add_argument("--goal_accuracy", type=float, default=0.97)
+    p.add_argument("--goal_cer", type=float, default=0.005)
+    p.add_argument("--goal_false_alarms", type=float, default=0.05)
+    args = p.parse_args(argv)
+    result = check(args.model, args.data_dir)
+    goals = {"accuracy": args.goal_accuracy, "cer": args.goal_cer, "false_alarms": args.goal_false_alarms}
+    result["goals"] = goals
+    command = "python scripts/check_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = command
+    from rcl_hf.crash_safety import atomic_write_json, atomic_write_text
+
+    out = Path(args.out or args.model)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "check.json", result)
+    md = markdown(result, goals, command)
+    atomic_write_text(out / "check.md", md)
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
