@@ -116,7 +116,8 @@ class RiskCalibration:
         if self.refers_everything:
             return (f"No threshold could be certified for at most {self.alpha:.0%} {what} on {self.n_certify:,} "
                     f"{self.split} images: every case is referred.")
-        grouped = f" in {self.n_groups:,} independent groups (lesions or patients)" if self.unit == "group" else ""
+        grouped = (f" in {self.n_groups:,} independent groups (the dataset's group ids: a lesion, a patient, or "
+                   "near-copies of one image)" if self.unit == "group" else "")
         return (f"Decides {cov:.0%} of cases itself; at most {self.alpha:.0%} {what}, certified on "
                 f"{self.n_certify:,} {self.split} images{grouped}{f' of {self.dataset}' if self.dataset else ''} at {conf}.")
 
