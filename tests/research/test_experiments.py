@@ -420,8 +420,8 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
 
 
 def test_grid_cells_fit_no_ood_guard_unless_asked(tmp_path, monkeypatch):
-    """Grid cells are scored from logits: the OOD guard (on by default for the medical datasets, and costly:
-    it re-embeds images) is off in a cell unless the grid's model entry asks for it; the spec is unchanged."""
+    """Grid cells are scored from logits: the OOD guard (on by default for the medical datasets, and costly in a
+    fine-tuned cell: it re-embeds images) is off in a cell unless the grid's model entry asks for it; the spec is unchanged."""
     import rcl_hf.ood_fit as ood_fit
     from rcl_hf.train_args import ModelArguments
 
@@ -429,6 +429,7 @@ def test_grid_cells_fit_no_ood_guard_unless_asked(tmp_path, monkeypatch):
                         lambda self, dataset: True if self.ood_guard is None else self.ood_guard)  # default on
     fitted = []
     monkeypatch.setattr(ood_fit, "fit_ood_guard", lambda *a, **k: fitted.append(1))
+    monkeypatch.setattr(ood_fit, "fit_ood_guard_on_embeddings", lambda *a, **k: fitted.append(1))  # frozen cells
     g = load_grid({**GRID, "seeds": [0], "methods": [{"name": "ce"}]}, output_dir=str(tmp_path))
     res = run_grid(g, progress=False)
     assert res["failed"] == {} and fitted == []

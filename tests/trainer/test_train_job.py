@@ -186,6 +186,21 @@ def test_shipped_configs_parse():
     assert seen == set(available_datasets())
 
 
+def test_cpu_budget_configs_parse():
+    """configs/cpu/<dataset>.yaml: the recipes sized for a 2-core CPU (the shipped Brain-MRI model) parse, name their
+    dataset, select on validation expected cost and certify the decision layer."""
+    from transformers import TrainingArguments
+
+    types = (ModelArguments, DataArguments, RiskArguments, TrainingArguments)
+    paths = sorted(glob.glob(str(REPO / "configs" / "cpu" / "*.yaml")))
+    assert paths, "no CPU-budget config"
+    for path in paths:
+        m, d, r, t = parse_args(types, [path], defaults=TRAIN_DEFAULTS)
+        assert os.path.basename(path) == f"{d.dataset}.yaml"
+        assert t.metric_for_best_model == "expected_cost" and t.load_best_model_at_end
+        assert m.calibrate and m.risk_kind == "critical_miss"
+
+
 def test_greater_is_better_inferred_from_metric():
     from rcl_hf import cli
 
