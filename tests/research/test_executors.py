@@ -83,6 +83,7 @@ def _fake_or_die(cell, keep_models, threads, processes):
     return cell.cell_id, {"status": "done"}, None
 
 
+@pytest.mark.slow  # 25-35 s of subprocesses; CI runs it (make test-slow)
 def test_a_failed_job_is_reported_with_its_log_and_the_other_cells_finish(tmp_path):
     import cloudpickle
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
@@ -75,6 +77,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 25-35 s of subprocesses; CI runs it (make test-slow)
 def test_two_process_ddp_on_cpu_matches_one_process_evaluation(tmp_path, tiny_dataset):
     """Two gloo ranks train and evaluate; evaluating the saved model on one process gives identical metrics."""
     from rcl_hf.trainer import RiskArguments

@@ -86,6 +86,7 @@ def _checkpoint_steps(out_dir: Path) -> List[int]:
 
 
 # ============================================================================ crash and resume
+@pytest.mark.slow  # 25-35 s of subprocesses; CI runs it (make test-slow)
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(synthetic_dir, tmp_path):
     """SIGKILL after a checkpoint, resume with ``--resume_from_checkpoint last``: same metrics and weights."""
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
