@@ -49,6 +49,7 @@ __all__ = [
     "interleave",
     "load_average",
     "machine_info",
+    "profile_stages",
     "make_ratio",
     "render_markdown",
     "stats",
@@ -379,3 +380,29 @@ def finish(result: Dict[str, Any], *, started: float, load_before: Optional[List
     result["versions"] = versions()
     result["load_average"] = {"before": load_before, "after": load_average()}
     return result
+
+
+# ----------------------------------------------------------------------------- profiles
+def profile_stages(stats: Any, stages: Sequence[Sequence[str]], top: int = 20) -> Dict[str, Any]:
+    """A ``pstats.Stats`` split into named stages and its top functions by cumulative time.
+
+    ``stages``: ``(label, file suffix, function name)``; a stage's seconds are the largest cumulative time of a
+    function of that name in a file ending so (nested calls are not counted twice), with its call count. Stages
+    may nest (a training stage contains its data loading). Returns ``{"stages": [...], "top_cumulative": [...]}``.
+    """
+    found: Dict[tuple, tuple] = {}
+    rows = []
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+        file = file.replace(os.sep, "/")
+        short = file.split("site-packages/")[-1].split("/src/")[-1]
+        rows.append((ct, tt, nc, f"{short}:{line}({func})"))
+        for _, suffix, name in stages:
+            if func == name and file.endswith(suffix):
+                prev = found.get((suffix, name), (0.0, 0))
+                found[(suffix, name)] = (max(prev[0], ct), prev[1] + nc)
+    rows.sort(reverse=True)
+    return {"stages": [{"stage": label, "function": f"{suffix}:{name}",
+                        "seconds": round(found.get((suffix, name), (0.0, 0))[0], 2),
+                        "calls": found.get((suffix, name), (0.0, 0))[1]} for label, suffix, name in stages],
+            "top_cumulative": [{"cumulative_s": round(ct, 2), "own_s": round(tt, 2), "calls": nc, "function": f}
+                               for ct, tt, nc, f in rows[:top]]}

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
-from benchmarks import load_average, machine_info, render_markdown, versions, write_result  # noqa: E402
+from benchmarks import load_average, machine_info, profile_stages, render_markdown, versions, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 10.0
@@ -96,23 +96,7 @@ def profile_cell(config: str, cell_id: str, output_dir: Path, top: int = 20) -> 
     t0 = time.perf_counter()
     prof.runcall(run_cell, cell)
     wall = time.perf_counter() - t0
-    stats = pstats.Stats(prof)
-    found: Dict[Tuple[str, str], Tuple[float, int]] = {}
-    rows = []
-    for (file, line, func), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        file = file.replace(os.sep, "/")
-        rows.append((ct, tt, nc, f"{file.split('site-packages/')[-1].split('/src/')[-1]}:{line}({func})"))
-        for _, suffix, name in STAGES:
-            if func == name and file.endswith(suffix):
-                prev = found.get((suffix, name), (0.0, 0))
-                found[(suffix, name)] = (max(prev[0], ct), prev[1] + nc)
-    rows.sort(reverse=True)
-    return {"cell_id": cell_id, "wall_s": round(wall, 2),
-            "stages": [{"stage": label, "function": f"{suffix}:{name}",
-                        "seconds": round(found.get((suffix, name), (0.0, 0))[0], 2),
-                        "calls": found.get((suffix, name), (0.0, 0))[1]} for label, suffix, name in STAGES],
-            "top_cumulative": [{"cumulative_s": round(ct, 2), "own_s": round(tt, 2), "calls": nc, "function": f}
-                               for ct, tt, nc, f in rows[:top]]}
+    return {"cell_id": cell_id, "wall_s": round(wall, 2), **profile_stages(pstats.Stats(prof), STAGES, top=top)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

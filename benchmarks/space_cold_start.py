@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
-from benchmarks import load_average, machine_info, render_markdown, versions, write_result  # noqa: E402
-from benchmarks.space_load import ROOT, _free_port, _stop_server, wait_ready  # noqa: E402
+from benchmarks import load_average, machine_info, profile_stages, render_markdown, versions, write_result  # noqa: E402
+from benchmarks.space_load import ROOT, _free_port, _rss_mb, _stop_server, wait_ready  # noqa: E402
 
 GOAL_COLD_S, GOAL_WARM_S = 60.0, 15.0
 
@@ -80,16 +80,6 @@ def _env(work: Path) -> Dict[str, str]:
     return env
 
 
-def _peak_rss_mb(pid: int) -> Optional[float]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def time_start(train_args: List[str], work: Path, log: Path, timeout_s: float) -> Dict[str, Any]:
     """Start the Space, wait until it answers, stop it: seconds to ready and its peak RSS."""
     port = _free_port()
@@ -99,7 +89,7 @@ def time_start(train_args: List[str], work: Path, log: Path, timeout_s: float) -
     try:
         wait_ready(proc, port, log, timeout_s=timeout_s, poll_s=0.2)
         ready = time.perf_counter() - t0
-        rss = _peak_rss_mb(proc.pid)
+        rss = _rss_mb(proc.pid, "VmHWM")
     finally:
         _stop_server(proc)
     return {"seconds": round(ready, 2), "peak_rss_mb": rss, "load_average_after": list(os.getloadavg())}
@@ -122,31 +112,7 @@ def profile_start(train_args: List[str], work: Path, top: int = 25) -> Dict[str,
     wall = time.perf_counter() - t0
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"the profiled start failed ({done.returncode}): {done.stderr[-2000:]}")
-    stats = pstats.Stats(str(out))
-    cumulative: Dict[Tuple[str, str], Tuple[float, int]] = {}
-    rows = []
-    for (file, line, func), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append((ct, tt, nc, f"{_short(file)}:{line}({func})"))
-        for _, suffix, name in STAGES:
-            if func == name and file.replace(os.sep, "/").endswith(suffix):
-                prev = cumulative.get((suffix, name), (0.0, 0))
-                cumulative[(suffix, name)] = (max(prev[0], ct), prev[1] + nc)
-    stages = [{"stage": label, "function": f"{suffix}:{name}",
-               "seconds": round(cumulative[(suffix, name)][0], 2) if (suffix, name) in cumulative else 0.0,
-               "calls": cumulative.get((suffix, name), (0.0, 0))[1]}
-              for label, suffix, name in STAGES]
-    rows.sort(reverse=True)
-    return {"wall_s": round(wall, 2), "stages": stages,
-            "top_cumulative": [{"cumulative_s": round(ct, 2), "own_s": round(tt, 2), "calls": nc, "function": f}
-                               for ct, tt, nc, f in rows[:top]]}
-
-
-def _short(file: str) -> str:
-    file = file.replace(os.sep, "/")
-    for marker in ("site-packages/", "/src/", "/spaces_demo/"):
-        if marker in file:
-            return file.split(marker, 1)[1] if marker != "/spaces_demo/" else "spaces_demo/" + file.split(marker, 1)[1]
-    return file
+    return {"wall_s": round(wall, 2), **profile_stages(pstats.Stats(str(out)), STAGES, top=top)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

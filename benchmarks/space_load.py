@@ -55,10 +55,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rss_mb(pid: int) -> Optional[float]:
+def _rss_mb(pid: int, field: str = "VmRSS") -> Optional[float]:
+    """Resident memory of process ``pid`` in MiB from ``/proc/PID/status`` (``VmHWM``: its peak so far)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
