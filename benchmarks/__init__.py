@@ -49,6 +49,7 @@ __all__ = [
     "interleave",
     "load_average",
     "machine_info",
+    "profile_markdown",
     "profile_stages",
     "make_ratio",
     "render_markdown",
@@ -406,3 +407,14 @@ def profile_stages(stats: Any, stages: Sequence[Sequence[str]], top: int = 20) -
                         "calls": found.get((suffix, name), (0.0, 0))[1]} for label, suffix, name in stages],
             "top_cumulative": [{"cumulative_s": round(ct, 2), "own_s": round(tt, 2), "calls": nc, "function": f}
                                for ct, tt, nc, f in rows[:top]]}
+
+
+def profile_markdown(profile: Mapping[str, Any], heading: str) -> str:
+    """The markdown of a :func:`profile_stages` result: ``heading``, the stage table, the top functions."""
+    lines = ["", heading, "", "| stage | function | seconds | calls |", "|---|---|---:|---:|"]
+    lines += [f"| {s['stage']} | `{s['function']}` | {s['seconds']:.2f} | {s['calls']} |" for s in profile["stages"]]
+    lines += ["", "Top functions by cumulative time:", "", "| cumulative s | own s | calls | function |",
+              "|---:|---:|---:|---|"]
+    lines += [f"| {r['cumulative_s']:.2f} | {r['own_s']:.2f} | {r['calls']} | `{r['function']}` |"
+              for r in profile["top_cumulative"]]
+    return "\n".join(lines) + "\n"

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
-from benchmarks import load_average, machine_info, profile_stages, render_markdown, versions, write_result  # noqa: E402
+from benchmarks import (load_average, machine_info, profile_markdown, profile_stages, render_markdown,  # noqa: E402
+                        versions, write_result)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 10.0
@@ -140,13 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "cells": cells, "median_after_first_s": median, "profile": prof, "table": table, "findings": findings,
         "goal": {"seconds": GOAL_S, "met": median <= GOAL_S},
     }
-    md = render_markdown(result) + "\n".join(
-        ["", "Stages of the profiled warm cell (cumulative seconds):", "", "| stage | function | seconds | calls |",
-         "|---|---|---:|---:|"]
-        + [f"| {s['stage']} | `{s['function']}` | {s['seconds']:.2f} | {s['calls']} |" for s in prof["stages"]]
-        + ["", "Top functions by cumulative time:", "", "| cumulative s | own s | calls | function |", "|---:|---:|---:|---|"]
-        + [f"| {r['cumulative_s']:.2f} | {r['own_s']:.2f} | {r['calls']} | `{r['function']}` |" for r in prof["top_cumulative"]]
-    ) + "\n"
+    md = render_markdown(result) + profile_markdown(prof, "Stages of the profiled warm cell (cumulative seconds):")
     write_result(result, Path(args.output_dir), markdown=md, name="grid_cell")
     print(md)
     return result

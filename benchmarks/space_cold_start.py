@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
-from benchmarks import load_average, machine_info, profile_stages, render_markdown, versions, write_result  # noqa: E402
-from benchmarks.space_load import ROOT, _free_port, _rss_mb, _stop_server, wait_ready  # noqa: E402
+from benchmarks import (load_average, machine_info, profile_markdown, profile_stages, render_markdown,  # noqa: E402
+                        versions, write_result)
+from benchmarks.space_load import ROOT, _free_port, _rss_mb, _stop_server, space_env, wait_ready  # noqa: E402
 
 GOAL_COLD_S, GOAL_WARM_S = 60.0, 15.0
 
@@ -72,12 +73,9 @@ print("PROFILE_WALL_S", time.perf_counter() - t0, "RC", code)
 
 
 def _env(work: Path) -> Dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               RCL_HF_CACHE=str(work / "rcl_cache"), HF_DATASETS_CACHE=str(work / "hf_datasets"),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    for name in ("RCL_MODEL", "RCL_COMPARE"):
-        env.pop(name, None)
-    return env
+    """The Space's benchmark environment with every cache under ``work``."""
+    return space_env([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")], RCL_HF_CACHE=str(work / "rcl_cache"),
+                     HF_DATASETS_CACHE=str(work / "hf_datasets"))
 
 
 def time_start(train_args: List[str], work: Path, log: Path, timeout_s: float) -> Dict[str, Any]:
@@ -168,13 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     md = render_markdown(result)
     if prof:
-        md += "\n".join(["", "Stages of the profiled cold start (cumulative seconds; stages nest):", "",
-                         "| stage | function | seconds | calls |", "|---|---|---:|---:|"]
-                        + [f"| {s['stage']} | `{s['function']}` | {s['seconds']:.2f} | {s['calls']} |" for s in prof["stages"]]
-                        + ["", "Top functions by cumulative time:", "", "| cumulative s | own s | calls | function |",
-                           "|---:|---:|---:|---|"]
-                        + [f"| {r['cumulative_s']:.2f} | {r['own_s']:.2f} | {r['calls']} | `{r['function']}` |"
-                           for r in prof["top_cumulative"]]) + "\n"
+        md += profile_markdown(prof, "Stages of the profiled cold start (cumulative seconds; stages nest):")
     write_result(result, Path(args.output_dir), markdown=md, name="space_cold_start")
     print(md)
     return result

@@ -140,13 +140,20 @@ def _start_server(model: str, port: int, args: argparse.Namespace, log: Path) ->
         if getattr(args, name, None) is not None:
             cmd += [f"--{name}", str(getattr(args, name))]
     path = [str(root / "src")] + ([os.environ.get("PYTHONPATH", "")] if root == ROOT else [])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONPATH=os.pathsep.join(path))
-    env.pop("RCL_MODEL", None)
-    env.pop("RCL_COMPARE", None)
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=root)
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=space_env(path), cwd=root)
     wait_ready(proc, port, log, timeout_s=300)
     return proc
+
+
+def space_env(pythonpath: Sequence[str], **extra: str) -> Dict[str, str]:
+    """The environment a benchmarked Space process runs in: offline, no analytics, ``pythonpath`` first, and no
+    ``RCL_MODEL`` / ``RCL_COMPARE`` from the caller's shell (they would override the models given); ``extra``
+    variables on top."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONPATH=os.pathsep.join(pythonpath), **extra)
+    env.pop("RCL_MODEL", None)
+    env.pop("RCL_COMPARE", None)
+    return env
 
 
 def wait_ready(proc: subprocess.Popen, port: int, log: Path, timeout_s: float = 300, poll_s: float = 0.5) -> None:
