@@ -70,16 +70,17 @@ def fit_ood_guard(
     Returns:
         The path of the written file.
     """
-    _check_validation(len(validation))
+    _check_validation(len(validation))  # before the model is loaded
     model = load_model(os.fspath(model_dir))
     tr_images, tr_labels = _column_images(train, max_samples, seed)
     va_images, _ = _column_images(validation, max_calibration_samples, seed)
-    guard = fit_guard_from_embeddings(
-        embed_images(model, tr_images, batch_size=batch_size), tr_labels,
+    # the rows are sampled already: the embeddings path fits on all of them
+    return fit_ood_guard_on_embeddings(
+        model_dir, embed_images(model, tr_images, batch_size=batch_size), tr_labels,
         embed_images(model, va_images, batch_size=batch_size), false_alarm_rate=false_alarm_rate,
-        labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+        labels=[model.config.id2label[i] for i in range(model.config.num_labels)], max_samples=None,
+        max_calibration_samples=None, seed=seed,
     )
-    return guard.save(model_dir)
 
 
 def fit_ood_guard_on_embeddings(
@@ -96,7 +97,8 @@ def fit_ood_guard_on_embeddings(
 ) -> Path:
     """:func:`fit_ood_guard` from penultimate embeddings already computed with the model's own preprocessing
     (``(N, D)`` rows of the training and validation splits, in split order): the same seeded samples, the same
-    guard, no forward pass. Writes ``ood_guard.safetensors`` into ``model_dir`` and returns its path."""
+    guard, no forward pass (:func:`fit_ood_guard` samples and embeds its rows, then fits here). Writes
+    ``ood_guard.safetensors`` into ``model_dir`` and returns its path."""
     train_embeddings, validation_embeddings = np.asarray(train_embeddings), np.asarray(validation_embeddings)
     train_labels = np.asarray(train_labels)
     if len(train_embeddings) != len(train_labels):

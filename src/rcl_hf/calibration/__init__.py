@@ -9,7 +9,8 @@
 """
 
 from .drift import DriftReport, check_drift
-from .fit import DEFAULT_ALPHA, DEFAULT_DELTA, DEFAULT_RISK_KIND, calibrate, check_calibration_groups, evaluate_calibration, summarize_decisions
+from .fit import (DEFAULT_ALPHA, DEFAULT_DELTA, DEFAULT_RISK_KIND, calibrate, check_calibration_groups, evaluate_calibration,
+                  summarize_decisions)
 from .record import RISK_CALIBRATION_FILE, RISK_DESCRIPTIONS, RiskCalibration
 from .risk_control import METHODS, RISK_KINDS, smallest_certifiable_alpha
 

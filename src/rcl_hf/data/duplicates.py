@@ -23,6 +23,7 @@ multi-index hashing (:func:`_close_pairs`), not from comparing all pairs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -155,8 +156,6 @@ def _bands(bits: np.ndarray, parts: int) -> List[np.uint64]:
 
 def _band_keys(bits: np.ndarray, max_distance: int, extra_bands: int = _EXTRA_BANDS) -> List[np.uint64]:
     """The keys of the multi-index search: every union of ``m - d`` of ``m = d + 1 + extra_bands`` bands."""
-    import itertools
-
     bands = _bands(bits, max_distance + 1 + extra_bands)
     return [np.uint64(np.bitwise_or.reduce(np.array(combo, dtype=np.uint64)))
             for combo in itertools.combinations(bands, len(bands) - max_distance)]
@@ -252,13 +251,13 @@ def _perceptual_components(hashes: Sequence[Optional[int]], max_distance: int) -
     rows = np.concatenate([np.arange(len(arr)), first[r]])
     cols = np.concatenate([first[inverse.ravel()], first[c]])
     labels = _components(len(valid), rows, cols)
-    sizes = np.bincount(labels)
-    keep = np.flatnonzero(sizes[labels] > 1)  # files in a component of two or more, in file order
+    keep = np.flatnonzero(np.bincount(labels)[labels] > 1)  # files in a component of two or more, in file order
+    if not keep.size:
+        return []
     order = keep[np.argsort(labels[keep], kind="stable")]
-    starts = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0]) if order.size else np.empty(0, np.int64)
+    starts = np.flatnonzero(np.diff(labels[order]) != 0) + 1
     files = np.asarray(valid, dtype=np.int64)[order]
-    comps = [part.tolist() for part in np.split(files, starts[1:])] if order.size else []
-    return sorted(comps, key=lambda c: c[0])
+    return sorted((part.tolist() for part in np.split(files, starts)), key=lambda c: c[0])
 
 
 def find_duplicates(
