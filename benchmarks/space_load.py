@@ -44,9 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the benchmarks package
 from benchmarks import machine_info, versions, write_result  # noqa: E402
+from benchmarks.space_load_report import GOAL_P95_S, GOAL_SPEEDUP, at_level, config_name, goal_met, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GOAL_SPEEDUP, GOAL_P95_S = 3.0, 2.0
 
 
 def _free_port() -> int:
@@ -299,7 +299,7 @@ def _run_config(model: str, images: Sequence[str], risk: Any, args: argparse.Nam
     proc = _start_server(model, port, args, work / f"server_{port}.log")
     url = f"http://127.0.0.1:{port}/"
     levels = []
-    tag = _config_name(vars(args))
+    tag = config_name(vars(args))
     try:
         _level(url, 1, 3, images, risk, 60, args)  # warm-up
         rss0 = _rss_mb(proc.pid)
@@ -320,7 +320,12 @@ def _run_config(model: str, images: Sequence[str], risk: Any, args: argparse.Nam
     return {"workers": args.workers, "max_batch_size": args.max_batch_size, "max_waiting": args.max_waiting,
             "queue_poll_ms": args.queue_poll_ms, "space_root": getattr(args, "space_root", None),
             "label": getattr(args, "label", None), "server_rss_start_mb": rss0, "levels": levels,
-            "speedup_8_vs_1": at8["throughput_rps"] / base["throughput_rps"] if base and at8 else None}
+            "speedup_8_vs_1": _ratio(at8, base)}
+
+
+def _ratio(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> Optional[float]:
+    """Throughput of level ``a`` over that of level ``b`` (None when either is missing or ``b`` served nothing)."""
+    return a["throughput_rps"] / b["throughput_rps"] if a and b and b["throughput_rps"] > 0 else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -339,6 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--baseline_root", help="a checkout of an earlier Space (its spaces_demo/app.py and src/), measured "
                    "last with its own defaults and the same clients: a before/after in one run")
     p.add_argument("--baseline_label", default="baseline", help="its name in the tables (e.g. the commit)")
+    p.add_argument("--baseline_risk", default=None,
+                   help="the second input sent to the baseline's /analyze when it differs from today's (e.g. 0.5 for a "
+                        "Space whose second input was a referral threshold slider); default: the same as --risk")
     p.add_argument("--risk", default=None, help="target risk sent (default: '10%%' when the model is calibrated)")
     p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -357,12 +365,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.baseline_root:  # an earlier Space, with its own defaults, in the same run
         configs.append({"workers": None, "max_batch_size": None, "max_waiting": None, "queue_poll_ms": None,
                         "space_root": str(Path(args.baseline_root).resolve()), "label": args.baseline_label})
-    runs = [_run_config(model, images, risk, argparse.Namespace(**{**vars(args), **cfg}), work) for cfg in configs]
+    baseline_risk = _number_or_text(args.baseline_risk) if args.baseline_risk is not None else risk
+    runs = [_run_config(model, images, baseline_risk if cfg.get("label") else risk,
+                        argparse.Namespace(**{**vars(args), **cfg}), work) for cfg in configs]
     levels, rss0 = runs[0]["levels"], runs[0]["server_rss_start_mb"]
     alone = _in_process(model, images, risk, 30)
-    base = next((lv for lv in levels if lv["clients"] == 1), None)
-    at8 = next((lv for lv in levels if lv["clients"] == 8), None)
-    speedup = at8["throughput_rps"] / base["throughput_rps"] if base and at8 else None
+    base, at8 = at_level(levels, 1), at_level(levels, 8)
+    speedup = _ratio(at8, base)
+    before = at_level(runs[-1]["levels"], 1) if args.baseline_root else None
+    vs_before = _ratio(at8, before)
+    ceiling = (os.cpu_count() or 1) / base["cores_busy"] if base and base.get("cores_busy") else None
     result = {
         "benchmark": "space_load", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/space_load.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
@@ -371,74 +383,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "images": args.images_dir or "synthetic 512x512 JPEGs", "risk": risk,
         "queue": {**configs[0], "torch_threads": args.threads}, "client_tls": args.client_tls,
         "server_rss_start_mb": rss0, "levels": levels, "configs": runs, "analysis_in_process": alone,
-        "speedup_8_vs_1": speedup, "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
-        "goal": {"speedup_8_vs_1": GOAL_SPEEDUP, "p95_s": GOAL_P95_S,
-                 "met": bool(speedup is not None and speedup >= GOAL_SPEEDUP and at8["p95_s"] <= GOAL_P95_S)},
+        "speedup_8_vs_1": speedup, "speedup_ceiling_8_vs_1": ceiling,
+        "speedup_8_vs_baseline_1": vs_before, "baseline_risk": baseline_risk if args.baseline_root else None,
+        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "goal": {"speedup": GOAL_SPEEDUP, "p95_s": GOAL_P95_S,
+                 "met_vs_1_client": goal_met(speedup, at8), "met_vs_baseline_1_client": goal_met(vs_before, at8)},
     }
-    md = _markdown(result)
+    md = markdown(result)
     write_result(result, Path(args.output_dir), markdown=md, name="space_load")
     print(md)
     return result
 
 
-def _load(lv: Dict[str, Any]) -> str:
-    return f"{lv['load_average_before'][0]:.2f} -> {lv['load_average_after'][0]:.2f}" if "load_average_before" in lv else "-"
-
-
-def _config_name(c: Dict[str, Any]) -> str:
-    if c.get("label"):
-        return f"{c['label']} (its own defaults)"
-
-    def val(key: str, unit: str = "") -> str:
-        return "default" if c.get(key) is None else f"{c[key]:g}{unit}"
-
-    return (f"workers {val('workers')}, batch {val('max_batch_size')}, waiting {val('max_waiting')}, "
-            f"poll {val('queue_poll_ms', ' ms')}")
-
-
-def _markdown(r: Dict[str, Any]) -> str:
-    m = r["machine"]
-    q = r["queue"]
-    lines = [
-        "# Space load test: concurrent clients on 127.0.0.1",
-        "",
-        f"- command: `{r['command']}`",
-        f"- date: {r['date']}; load average before {', '.join(f'{x:.2f}' for x in r['load_average_before'])}, "
-        f"after {', '.join(f'{x:.2f}' for x in r['load_average_after'])}",
-        f"- machine: {m.get('cpu', '?')}, {m.get('logical_cpus', m.get('cpus', '?'))} logical CPUs (clients and server share them)",
-        f"- model: {r['model']}; images: {r['images']}; target risk sent: {r['risk']}",
-        f"- server settings: {_config_name(q)} (\"default\": spaces_demo/app.py's own), {q['torch_threads']} torch "
-        "thread per forward pass; beyond the waiting places the answer is \"The service is busy\"",
-        f"- clients: gradio_client, one per thread of this process, TLS context {r.get('client_tls', 'per_call')} "
-        "(see --client_tls)",
-        f"- the analysis alone, in-process (decode, checks, forward, answer): median {r['analysis_in_process']['median_ms']:.0f} ms, "
-        f"p95 {r['analysis_in_process']['p95_ms']:.0f} ms",
-        "",
-        "| clients | requests | errors | busy | p50 ms | p95 ms | throughput req/s | server RSS MB before -> after | "
-        "CPU ms/request server + client | cores busy | 1-min load before -> after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|",
-    ]
-    for lv in r["levels"]:
-        cpu = (f"{lv['server_cpu_ms_per_request']:.0f} + {lv['client_cpu_ms_per_request']:.0f}"
-               if "server_cpu_ms_per_request" in lv else "-")
-        lines.append(f"| {lv['clients']} | {lv['requests']} | {lv['errors']} | {lv['busy']} | {lv['p50_s'] * 1e3:.0f} | "
-                     f"{lv['p95_s'] * 1e3:.0f} | {lv['throughput_rps']:.2f} | {lv['rss_before_mb']:.0f} -> {lv['rss_after_mb']:.0f} | "
-                     f"{cpu} | {lv.get('cores_busy', float('nan')):.2f} | {_load(lv)} |")
-    sp = r["speedup_8_vs_1"]
-    lines += ["", f"Throughput at 8 clients / 1 client: {'n/a' if sp is None else f'{sp:.2f}x'} (goal >= {GOAL_SPEEDUP:.0f}x "
-              f"with p95 <= {GOAL_P95_S:.0f} s: {'met' if r['goal']['met'] else 'not met'})."]
-    if len(r.get("configs") or []) > 1:
-        lines += ["", "## Queue settings compared (each with its own server, same run)", "",
-                  "| settings | clients | req/s | p50 ms | p95 ms | errors | busy (p95 of the busy answer) | RSS MB after | "
-                  "8 / 1 clients | 1-min load before -> after |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
-        for c in r["configs"]:
-            for lv in c["levels"]:
-                busy = f"{lv['busy']}" + (f" ({lv['busy_answer_p95_s'] * 1e3:.0f} ms)" if lv.get("busy_answer_p95_s") else "")
-                ratio = f"{c['speedup_8_vs_1']:.2f}x" if lv["clients"] == 8 and c.get("speedup_8_vs_1") else ""
-                lines.append(f"| {_config_name(c)} | {lv['clients']} | {lv['throughput_rps']:.2f} | {lv['p50_s'] * 1e3:.0f} | "
-                             f"{lv['p95_s'] * 1e3:.0f} | {lv['errors']} | {busy} | {lv['rss_after_mb']:.0f} | {ratio} | {_load(lv)} |")
-    return "\n".join(lines) + "\n"
+def _number_or_text(value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 if __name__ == "__main__":

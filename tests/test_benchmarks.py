@@ -279,3 +279,51 @@ def test_data_scaling_quick_run(tmp_path):
     assert all(r["stages"]["one epoch"]["s"] > 0 and r["epoch_images"] == r["splits"]["train"] for r in result["raw"])
     md = (tmp_path / "data_scaling.md").read_text()
     assert "python benchmarks/data_scaling.py --quick" in md and "| one epoch | exponent |" in md
+
+
+def _load_level(clients, rps, p95=0.4, errors=0, cores=1.0):
+    return {"clients": clients, "requests": 64, "ok": 64 - errors, "errors": errors, "busy": 0, "p50_s": p95 / 2,
+            "p95_s": p95, "throughput_rps": rps, "rss_before_mb": 1000.0, "rss_after_mb": 1010.0,
+            "server_cpu_ms_per_request": 40.0, "client_cpu_ms_per_request": 6.0, "cores_busy": cores}
+
+
+def _load_result(now_1, now_8, before_1, p95_8=0.4, cores_1=0.8):
+    from benchmarks.space_load import _ratio
+    from benchmarks.space_load_report import goal_met
+
+    now = [_load_level(1, now_1, cores=cores_1), _load_level(8, now_8, p95=p95_8, cores=1.5)]
+    before = [_load_level(1, before_1), _load_level(8, before_1)]
+    cfg = {"workers": None, "max_batch_size": None, "max_waiting": None, "queue_poll_ms": None}
+    return {"command": "python benchmarks/space_load.py", "date": "2026-12-03", "machine": {"cpu": "x", "logical_cpus": 2},
+            "load_average_before": [0.1] * 3, "load_average_after": [0.2] * 3, "model": "m", "images": "i", "risk": "10%",
+            "queue": {**cfg, "torch_threads": 1}, "levels": now, "analysis_in_process": {"median_ms": 70, "p95_ms": 80},
+            "configs": [{**cfg, "levels": now, "speedup_8_vs_1": _ratio(now[1], now[0])},
+                        {**cfg, "label": "commit abc", "levels": before, "speedup_8_vs_1": 1.0}],
+            "speedup_8_vs_1": _ratio(now[1], now[0]), "speedup_8_vs_baseline_1": _ratio(now[1], before[0]),
+            "speedup_ceiling_8_vs_1": 2 / cores_1,
+            "goal": {"met_vs_1_client": goal_met(_ratio(now[1], now[0]), now[1]),
+                     "met_vs_baseline_1_client": goal_met(_ratio(now[1], before[0]), now[1])}}
+
+
+@pytest.mark.parametrize("now_8, before_1, p95_8, against_before", [
+    (30.0, 8.0, 0.4, "3.75x (at least 3x with p95 <= 2 s and no error: **met**)"),
+    (30.0, 12.0, 0.4, "2.50x (at least 3x with p95 <= 2 s and no error: **not met**)"),
+    (30.0, 8.0, 2.5, "3.75x (at least 3x with p95 <= 2 s and no error: **not met**)"),  # too slow at p95
+])
+def test_space_load_findings_give_the_goal_verdicts_and_the_machine_ceiling(now_8, before_1, p95_8, against_before):
+    from benchmarks.space_load_report import findings, markdown
+
+    result = _load_result(16.0, now_8, before_1, p95_8=p95_8, cores_1=0.8)
+    lines = findings(result)
+    assert against_before in lines[0] and "commit abc" in lines[0]
+    assert f"{now_8 / 16.0:.2f}x" in lines[1] and "**not met**" in lines[1]  # 1.88x against today's one client
+    assert "2 / 0.80 = 2.50x" in lines[2]  # one client keeps 0.8 of 2 CPUs busy: no more than 2.5x
+    assert "## Findings (computed from the tables of this run)" in markdown(result)
+
+
+def test_space_load_ratio_of_a_level_that_served_nothing_is_none():
+    from benchmarks.space_load import _ratio
+
+    assert _ratio(_load_level(8, 20.0), _load_level(1, 0.0)) is None
+    assert _ratio(_load_level(8, 20.0), None) is None
+    assert _ratio(_load_level(8, 20.0), _load_level(1, 10.0)) == 2.0

@@ -323,3 +323,37 @@ def test_readme_block_runs(block: Block, tmp_path, request):
         cmd = ["bash", "-euo", "pipefail", "-c", code]
     proc = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"README block at line {block.line} failed:\n{block.code}\n---\n{proc.stderr[-3000:]}"
+
+
+BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
+DECIMAL = re.compile(r"(?<![\w.])(\d[\d,]*\.\d+)")
+
+
+def unsupported_benchmark_figures(text: str, base: Path, results: Path = BENCHMARK_RESULTS) -> List[str]:
+    """Decimal figures of each paragraph of ``text`` that links a benchmark page (``results/*.md``) not found on
+    the pages it links. Each entry: "figure (in: paragraph start)"."""
+    missing = []
+    for block in _blocks(text):
+        pages = [p for _, p in _links(block, base) if p.parent == results.resolve() and p.suffix == ".md"]
+        if not pages:
+            continue
+        page = "\n".join(_report_text(p) for p in dict.fromkeys(pages)).replace(",", "")
+        for fig in DECIMAL.findall(_norm(block)):
+            if fig.replace(",", "") not in page:
+                missing.append(f"{fig} (in: {block.strip()[:70]!r})")
+    return missing
+
+
+def test_readme_benchmark_figures_are_on_the_benchmark_pages_they_link():
+    """Every decimal figure in a README paragraph that links a page of benchmarks/results/ is on that page."""
+    missing = unsupported_benchmark_figures(README.read_text(encoding="utf-8"), ROOT)
+    assert not missing, f"README benchmark figures not on the pages they link: {missing}"
+
+
+def test_benchmark_figure_check_catches_a_figure_missing_from_its_page(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "load.md").write_text("| 8 | 30.46 | 1,102 |\n")
+    good = "8 clients got 30.46 requests/s, p95 1,102 ms ([load.md](results/load.md)).\n\nUnlinked 9.99.\n"
+    bad = "8 clients got 30.47 requests/s ([load.md](results/load.md)).\n"
+    assert unsupported_benchmark_figures(good, tmp_path, tmp_path / "results") == []
+    assert unsupported_benchmark_figures(bad, tmp_path, tmp_path / "results") == ["30.47 (in: '8 clients got 30.47 requests/s ([load.md](results/load.md)).')"]
