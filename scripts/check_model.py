@@ -71,8 +71,11 @@ def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
                                  **summarize_decisions(pred.decision, pred.refer, labels, severity)}
     side = 256  # probe images at a typical upload size; predict resizes them like any image
     if pred.out_of_distribution is not None:
-        out["ood"] = {"threshold": pred.ood_threshold, "target_false_alarms": model.ood_guard.false_alarm_rate,
-                      "test_false_alarms": float(pred.out_of_distribution.mean())}
+        guard = model.ood_guard
+        out["ood"] = {"threshold": pred.ood_threshold, "target_false_alarms": guard.false_alarm_rate,
+                      "delta": guard.delta, "n_calibration": guard.meta.get("n_calibration"),
+                      "test_false_alarms": float(pred.out_of_distribution.mean()),
+                      "test_flagged": int(pred.out_of_distribution.sum())}
         probes = _probe_images(side)
         probes["test images rotated 90°"] = [im.rotate(90, expand=True) for im in images[:200]]
         out["ood"]["flagged"] = {name: float(predict(model, ims).out_of_distribution.mean()) for name, ims in probes.items()}
@@ -101,6 +104,11 @@ def markdown(result: Dict[str, Any], goals: Dict[str, float], command: str) -> s
         lines.append(f"| OOD false alarms on test | {pct(fa)} | ≤ {pct(goals['false_alarms'])} | {verdict(fa <= goals['false_alarms'])} |")
         for name, rate in ood["flagged"].items():
             lines.append(f"| flagged as outside: {name} | {pct(rate)} | - | |")
+        rule = ("on average (split-conformal)" if ood.get("delta") is None else
+                f"with {1 - ood['delta']:.0%} confidence (training-conditional conformal)")
+        lines += ["", f"OOD guard: its threshold, set on {ood.get('n_calibration', '?')} validation images, flags at most "
+                  f"{pct(ood['target_false_alarms'])} of in-domain images {rule}; on test it flagged "
+                  f"{ood.get('test_flagged', '?')} of {result['test_images']}."]
     dl = result.get("decision_layer")
     if dl:
         lines += ["", f"Decision layer (certified {dl['risk_kind']} ≤ {pct(dl['alpha'])} at δ = {dl['delta']}) on test: "

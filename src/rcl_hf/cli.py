@@ -170,10 +170,13 @@ def greater_is_better_for(metric: str) -> bool:
 
 
 def _one_line_errors(fn):
-    """Run ``fn``; a ``ValueError``/``OSError`` of the user's input exits 2 with one line."""
+    """Run ``fn``; a ``ValueError``, a missing file or a model that is neither a folder nor in the Hub cache
+    (:class:`~rcl_hf.hub.errors.HubUnavailableError`) exits 2 with one line."""
+    from .hub.errors import HubUnavailableError
+
     try:
         return fn()
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, HubUnavailableError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except FloatingPointError as err:  # NonFiniteLossError: the run diverged

@@ -40,9 +40,16 @@ class ModelArguments:
     channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (faster CNNs on GPU)."})
     ood_guard: Optional[bool] = field(
         default=None,
-        metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold at 5%% "
-                          "false alarms on validation) and save ood_guard.safetensors with the model; default: on for "
+        metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold set on "
+                          "validation so that at most 5%% of in-domain images are flagged, with confidence 1 - "
+                          "ood_guard_delta) and save ood_guard.safetensors with the model; default: on for "
                           "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
+    )
+    ood_guard_delta: Optional[float] = field(
+        default=0.1,
+        metadata={"help": "The guard's false alarms stay at most 5%% with probability 1 - ood_guard_delta over the "
+                          "validation draw (training-conditional conformal threshold). None, or a validation split too "
+                          "small for it (under 45 images at 0.1): at most 5%% on average (split-conformal), with a warning."},
     )
     ood_guard_samples: Optional[int] = field(
         default=500,

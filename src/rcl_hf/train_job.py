@@ -319,14 +319,17 @@ def run_training(
                 and "validation" in splits and len(splits["validation"]) >= 20):
             from .ood_fit import fit_ood_guard, fit_ood_guard_on_embeddings
 
-            if model_args.freeze_backbone:  # the embeddings are at hand: no image is embedded again
+            delta = _guard_delta(model_args.ood_guard_delta, len(splits["validation"]))
+            # the guard is calibrated on images as predict() sees them: the original files, not the resized cache
+            # (re-encoded at the training size; its validation scores would not be the ones inference gives)
+            if model_args.freeze_backbone and not data_args.cache_resized:  # the embeddings at hand: none computed again
                 train_emb, val_emb = (eval_sets[s].with_format("numpy") for s in ("train", "validation"))
                 fit_ood_guard_on_embeddings(out_dir, train_emb["embeddings"], train_emb["labels"], val_emb["embeddings"],
                                             labels=severity.labels, max_samples=model_args.ood_guard_samples,
-                                            seed=training_args.seed)
+                                            seed=training_args.seed, delta=delta)
             else:
-                fit_ood_guard(out_dir, splits["train"], splits["validation"], max_samples=model_args.ood_guard_samples,
-                              seed=training_args.seed)
+                fit_ood_guard(out_dir, raw_splits["train"], raw_splits["validation"],
+                              max_samples=model_args.ood_guard_samples, seed=training_args.seed, delta=delta)
         if model_args.calibrate and not model_args.eval_only and "validation" in results:
             results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
                                                  training_args.seed)
@@ -339,6 +342,19 @@ def run_training(
     results["split_sizes"] = {s: len(d) for s, d in splits.items()}
     results["wall_time_s"] = time.time() - t0
     return results
+
+
+def _guard_delta(delta: Optional[float], n_validation: int) -> Optional[float]:
+    """The OOD guard's ``delta`` for a validation split of ``n_validation`` images: ``delta`` when the confidence
+    rule can place a threshold on that many, else ``None`` (split-conformal, at most 5% on average), with a warning."""
+    from .ood import DEFAULT_FALSE_ALARM_RATE, min_calibration_size
+
+    if delta is None or n_validation >= min_calibration_size(DEFAULT_FALSE_ALARM_RATE, delta):
+        return delta
+    logger.warning("the OOD guard's threshold holds its %.0f%% false alarms on average only (split-conformal): %d "
+                   "validation images are too few for %.0f%% confidence (at least %d are needed)", 100 * DEFAULT_FALSE_ALARM_RATE,
+                   n_validation, 100 * (1 - delta), min_calibration_size(DEFAULT_FALSE_ALARM_RATE, delta))
+    return None
 
 
 def _group_array(split: Any, label_ids: Any) -> Dict[str, np.ndarray]:

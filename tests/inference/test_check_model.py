@@ -38,13 +38,17 @@ def test_check_rebuilds_the_run_test_split_and_reports_against_the_goals(synthet
     # the rebuilt split and predict() give the run's own test figures (same images, same model, same preprocessing)
     assert result["argmax"]["accuracy"] == pytest.approx(saved["accuracy"], abs=1e-6)
     assert result["argmax"]["cer"] == pytest.approx(saved["cer"], abs=1e-6)
-    assert 0.0 <= result["ood"]["test_false_alarms"] <= 1.0
+    ood = result["ood"]
+    assert ood["test_false_alarms"] == pytest.approx(ood["test_flagged"] / result["test_images"])
+    assert ood["delta"] == 0.1 and ood["n_calibration"] >= 45  # the default rule: 90% confidence
     assert set(result["ood"]["flagged"]) >= {"uniform black", "uniform grey", "uniform white", "random noise"}
     assert all(0.0 <= v <= 1.0 for v in result["ood"]["flagged"].values())
     dl = result["decision_layer"]
     assert dl["risk_kind"] == "critical_miss" and 0.0 <= dl["coverage"] <= 1.0
     md = (tmp_path / "check.md").read_text()
     assert "| test accuracy (argmax) |" in md and "≥ 20.00% | met |" in md
+    assert (f"flags at most 5.00% of in-domain images with 90% confidence (training-conditional conformal); on test it "
+            f"flagged {ood['test_flagged']} of {result['test_images']}.") in md
     assert json.loads((tmp_path / "check.json").read_text())["goals"]["accuracy"] == 0.2
 
 

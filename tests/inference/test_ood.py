@@ -50,6 +50,7 @@ def test_guard_on_gaussian_embeddings_flags_shifted_points_and_keeps_its_false_a
     assert path.name == OOD_GUARD_FILE and path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
     back = OODGuard.load(tmp_path)
     assert back.threshold == pytest.approx(guard.threshold) and back.meta["classes"] == ["a", "b", "c"]
+    assert guard.delta == 0.1 and back.delta == 0.1  # the default rule: at most 5% with 90% confidence
     assert np.allclose(back.score(z_fresh[:50]), guard.score(z_fresh[:50]), rtol=1e-4)
     assert OODGuard.load(tmp_path / "absent") is None
 
@@ -70,13 +71,39 @@ def test_conformal_threshold_keeps_false_alarms_at_most_the_target_on_average():
         conformal_threshold(s[:10], 0.05)
 
 
+def test_confidence_threshold_keeps_each_guards_false_alarms_under_the_target_in_all_but_delta_of_draws():
+    """Training-conditional rule: a calibration draw gives a threshold whose own false-alarm rate exceeds ε in at
+    most δ of draws; split-conformal exceeds it in about half of them. Scores are uniform, so a threshold t has a
+    false-alarm rate of exactly 1 - t."""
+    from scipy.stats import binom
+
+    from rcl_hf.ood import conformal_threshold, min_calibration_size
+
+    rng = np.random.default_rng(2)
+    draws, n, eps, delta = 2000, 400, 0.05, 0.1
+    over_pac = sum(1 - conformal_threshold(rng.uniform(size=n), eps, delta) > eps for _ in range(draws))
+    over_split = sum(1 - conformal_threshold(rng.uniform(size=n), eps) > eps for _ in range(draws))
+    assert over_pac <= binom.ppf(0.999, draws, delta)  # at most δ, up to sampling noise
+    assert over_pac >= binom.ppf(0.001, draws, 0.06)  # and not needlessly conservative (the exact tail is ~0.09)
+    assert over_split >= 0.35 * draws  # the average-only rule leaves a given guard above ε far more often
+    assert min_calibration_size(0.05, 0.1) == 45 and min_calibration_size(0.05) == 19  # (1 - ε)^45 <= δ < (1 - ε)^44
+    assert conformal_threshold(np.arange(1.0, 46.0), 0.05, 0.1) == 45.0  # n = 45: only the largest score will do
+    with pytest.raises(ValueError, match="with 90% confidence .need at least 45"):
+        conformal_threshold(np.arange(1.0, 45.0), 0.05, 0.1)
+    with pytest.raises(ValueError, match="delta must be in"):
+        conformal_threshold(np.arange(1.0, 100.0), 0.05, 1.5)
+
+
 def test_guard_rejects_bad_inputs():
     z = np.zeros((30, 4))
     with pytest.raises(ValueError, match="false_alarm_rate"):
         fit_guard_from_embeddings(z, np.zeros(30, int), z, false_alarm_rate=0.9)
     with pytest.raises(ValueError, match="validation embeddings"):
         fit_guard_from_embeddings(z, np.zeros(30, int), z[:5])
-    guard = fit_guard_from_embeddings(np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2, np.ones((20, 4)))
+    with pytest.raises(ValueError, match="with 90% confidence .the conformal rule needs at least 45"):
+        fit_guard_from_embeddings(z, np.zeros(30, int), np.ones((44, 4)))
+    guard = fit_guard_from_embeddings(np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2, np.ones((20, 4)),
+                                      delta=None)
     with pytest.raises(ValueError, match=r"embeddings must be \(N, 4\)"):
         guard.score(np.zeros((2, 5)))
 
@@ -211,3 +238,61 @@ def test_brain_mri_model_flags_isic_and_synthetic_images(tmp_path):
                                             "meta": model.ood_guard.meta}, indent=2))
     assert rates["isic2018"] >= 0.95 and rates["synthetic"] >= 0.95, rates
     assert rates["brain_mri_validation"] <= 0.05, rates
+
+
+def test_a_training_run_with_too_few_validation_images_for_the_confidence_rule_falls_back_and_says_so(caplog):
+    from rcl_hf.train_job import _guard_delta
+
+    with caplog.at_level("WARNING", logger="rcl_hf.train_job"):
+        assert _guard_delta(0.1, 45) == 0.1 and not caplog.records
+        assert _guard_delta(None, 30) is None and not caplog.records  # asked for the average-only rule
+        assert _guard_delta(0.1, 44) is None
+    assert "44 validation images are too few for 90% confidence (at least 45 are needed)" in caplog.text
+
+
+def test_the_guard_command_fits_the_guard_the_run_fitted(synthetic_model, tmp_path, capsys):
+    """``python -m rcl_hf.ood_fit`` with the run's data arguments and seed gives the run's own guard."""
+    import shutil
+
+    from rcl_hf.ood_fit import main
+
+    folder, _ = synthetic_model
+    again = tmp_path / "again"
+    shutil.copytree(folder, again, ignore=shutil.ignore_patterns(OOD_GUARD_FILE, "guard_*"))
+    seed = json.loads((folder / "rcl_run.json").read_text())["seed"]
+    main(["--model", str(again), "--dataset", "synthetic", "--max_train_samples", "400", "--max_eval_samples", "200",
+          "--cache_dir", "none", "--max_samples", "300", "--seed", str(seed)])
+    from_run, from_cli = OODGuard.load(folder / "guard_fitted_by_the_run.safetensors"), OODGuard.load(again)
+    assert from_cli.delta == from_run.delta == 0.1 and from_cli.meta["n_fit"] == 300
+    assert from_cli.threshold == pytest.approx(from_run.threshold, rel=1e-3)
+    assert "flags at most 5% of in-domain images with 90% confidence" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a model folder that is not there: one line, exit 2
+        main(["--model", str(tmp_path / "absent"), "--dataset", "synthetic", "--max_train_samples", "60",
+              "--max_eval_samples", "60", "--cache_dir", "none"])
+
+
+def test_a_run_on_the_resized_image_cache_fits_its_guard_on_the_original_images(tmp_path):
+    """--cache_resized trains on re-encoded downscaled copies; the guard is scored at inference on the originals
+    (predict), so the run fits it on the originals: the same guard as fit_ood_guard on the raw splits."""
+    from rcl_hf.train_data import load_data, run_splits
+    from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
+    from rcl_hf.trainer import RiskArguments
+
+    data_args = DataArguments(dataset="synthetic", max_train_samples=120, max_eval_samples=60,
+                              cache_dir=str(tmp_path / "cache"), cache_resized=True)
+    run = tmp_path / "run"
+    run_training(ModelArguments(backbone="resnet18", image_size=32, ood_guard=True, ood_guard_samples=100), data_args,
+                 RiskArguments(loss="ce"),
+                 default_training_args(str(run), num_train_epochs=1, max_steps=1, save_strategy="no", eval_strategy="no",
+                                       load_best_model_at_end=False, disable_tqdm=True, per_device_train_batch_size=32))
+    splits = run_splits(load_data(data_args)[0], data_args)
+    again = tmp_path / "again"
+    again.mkdir()
+    for f in run.iterdir():
+        if f.is_file() and f.name != OOD_GUARD_FILE:
+            (again / f.name).write_bytes(f.read_bytes())
+    seed = json.loads((run / "rcl_run.json").read_text())["seed"]
+    fit_ood_guard(again, splits["train"], splits["validation"], max_samples=100, seed=seed)
+    from_run, from_raw = OODGuard.load(run), OODGuard.load(again)
+    assert from_run.threshold == pytest.approx(from_raw.threshold, rel=1e-6)
+    np.testing.assert_allclose(from_run.means, from_raw.means, rtol=1e-5, atol=1e-6)

@@ -2,8 +2,9 @@
 
 Two checks on a batch of ``n`` images, each a one-sided test at level ``level`` (default 1%):
 
-* **out-of-distribution share**: with the OOD guard's split-conformal threshold, an image like the
-  calibration images is flagged with probability at most ``ε`` (its false-alarm rate), so the count
+* **out-of-distribution share**: with the OOD guard's conformal threshold, an image like the
+  calibration images is flagged with probability at most ``ε`` (its false-alarm rate; with confidence
+  ``1 − δ`` over the guard's validation draw under the default rule, :mod:`rcl_hf.ood`), so the count
   of flags is at most ``Bin(n, ε)``; ``scipy.stats.binomtest(k, n, ε, alternative="greater")``;
 * **referral-score shift**: the batch's referral scores (expected cost of the decision) against
   the calibration scores' distribution (101 stored quantiles, interpolated), by the
