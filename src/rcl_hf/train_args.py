@@ -127,7 +127,9 @@ class DataArguments:
         metadata={"help": "Cache for resized images and frozen-backbone embeddings (default: $RCL_HF_CACHE or "
                           "~/.cache/rcl_hf, outside the repository); 'none' disables it."},
     )
-    cache_resized: bool = field(default=False, metadata={"help": "Cache images resized to image_size (faster later epochs)."})
+    cache_resized: bool = field(default=False, metadata={"help": "Cache images resized to image_size (faster later epochs); "
+                                                                 "the OOD guard and the decision layer are still fitted "
+                                                                 "on the original images, as predict sees them."})
     train_dir: Optional[str] = field(
         default=None,
         metadata={"help": "A folder of class sub-folders (<train_dir>/<class>/*.jpg) to train on, as in transformers' "

@@ -332,7 +332,7 @@ def run_training(
                               max_samples=model_args.ood_guard_samples, seed=training_args.seed, delta=delta)
         if model_args.calibrate and not model_args.eval_only and "validation" in results:
             results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
-                                                 training_args.seed)
+                                                 training_args.seed, raw_splits if data_args.cache_resized else None)
         atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
@@ -370,17 +370,29 @@ def _group_array(split: Any, label_ids: Any) -> Dict[str, np.ndarray]:
 
 
 def _calibrate(out_dir: str, splits: Any, severity: SeverityMatrix, model_args: ModelArguments,
-               dataset: Optional[str], seed: int) -> Dict[str, Any]:
+               dataset: Optional[str], seed: int, originals: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Calibrate the saved model's decision layer on its validation logits (:func:`rcl_hf.calibration.
-    model_folder.calibrate_run`); a validation split too small to certify is a warning, not a lost run."""
+    model_folder.calibrate_run`); a validation split too small to certify is a warning, not a lost run.
+    ``originals``: the raw splits of a run trained on the resized-image cache: the saved model's logits on the
+    original validation and test images are used instead, as ``predict`` will see images."""
     from .calibration.model_folder import calibrate_run
 
+    predictions = None
+    if originals is not None:
+        from .inference import forward_images, load_model
+
+        model = load_model(out_dir)
+        predictions = {}
+        for name in ("validation", "test"):
+            if name in originals:
+                probs, _ = forward_images(model, originals[name]["image"])
+                predictions[name] = (np.log(np.maximum(probs, 1e-300)), np.asarray(originals[name]["label"]))
     grouped = all("group_id" in splits[s].column_names for s in ("train", "validation"))
     try:
         return calibrate_run(out_dir, severity, risk_kind=model_args.risk_kind, alpha=model_args.risk_alpha,
                              delta=model_args.risk_delta, dataset=dataset, seed=seed,
                              groups=splits["validation"]["group_id"] if grouped else None,
-                             train_groups=splits["train"]["group_id"] if grouped else None)
+                             train_groups=splits["train"]["group_id"] if grouped else None, predictions=predictions)
     except ValueError as err:
         logger.warning("risk calibration skipped: %s", err)
         return {"error": str(err)}

@@ -271,15 +271,26 @@ def test_the_guard_command_fits_the_guard_the_run_fitted(synthetic_model, tmp_pa
               "--max_eval_samples", "60", "--cache_dir", "none"])
 
 
-def test_a_run_on_the_resized_image_cache_fits_its_guard_on_the_original_images(tmp_path):
-    """--cache_resized trains on re-encoded downscaled copies; the guard is scored at inference on the originals
-    (predict), so the run fits it on the originals: the same guard as fit_ood_guard on the raw splits."""
+def test_a_run_on_the_resized_image_cache_fits_its_guard_and_decision_layer_on_the_original_images(tmp_path, monkeypatch):
+    """--cache_resized trains on re-encoded downscaled copies; the guard and the decision layer act at inference on
+    the originals (predict), so the run fits them on the originals: the same guard as fit_ood_guard and the same
+    calibration as calibrate_folder on the raw splits."""
     from rcl_hf.train_data import load_data, run_splits
     from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
     from rcl_hf.trainer import RiskArguments
 
     data_args = DataArguments(dataset="synthetic", max_train_samples=120, max_eval_samples=60,
                               cache_dir=str(tmp_path / "cache"), cache_resized=True)
+    import rcl_hf.calibration.model_folder as model_folder
+
+    captured = {}
+    real = model_folder.calibrate_run
+
+    def spy(*args, **kwargs):
+        captured.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_folder, "calibrate_run", spy)
     run = tmp_path / "run"
     run_training(ModelArguments(backbone="resnet18", image_size=32, ood_guard=True, ood_guard_samples=100), data_args,
                  RiskArguments(loss="ce"),
@@ -296,3 +307,15 @@ def test_a_run_on_the_resized_image_cache_fits_its_guard_on_the_original_images(
     from_run, from_raw = OODGuard.load(run), OODGuard.load(again)
     assert from_run.threshold == pytest.approx(from_raw.threshold, rel=1e-6)
     np.testing.assert_allclose(from_run.means, from_raw.means, rtol=1e-5, atol=1e-6)
+    # the decision layer too: calibrated on the model's answers for the original validation images, which differ
+    # from the Trainer's answers on the cache (validation_predictions.npz)
+    from rcl_hf.inference import forward_images, load_model
+
+    raw_probs, _ = forward_images(load_model(again), splits["validation"]["image"])
+    used = captured["predictions"]["validation"][0]
+    used_probs = np.exp(used - used.max(1, keepdims=True))
+    np.testing.assert_allclose(used_probs / used_probs.sum(1, keepdims=True), raw_probs, atol=1e-6)
+    with np.load(run / "validation_predictions.npz") as z:
+        cached = np.exp(z["logits"] - z["logits"].max(1, keepdims=True))
+    assert np.abs(cached / cached.sum(1, keepdims=True) - raw_probs).max() > 5e-6  # the cache is not the originals
+    assert (run / "risk_calibration.json").is_file()

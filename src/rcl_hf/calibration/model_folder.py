@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,11 +39,17 @@ def _load_predictions(path: str):
 
 def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alpha: float, delta: float,
                   groups: Optional[Sequence[Any]] = None, train_groups: Optional[Sequence[Any]] = None,
-                  dataset: Optional[str] = None, seed: int = 0) -> Dict[str, Any]:
+                  dataset: Optional[str] = None, seed: int = 0,
+                  predictions: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None) -> Dict[str, Any]:
     """Calibrate a finished run on its validation logits; returns ``{"calibration": ..., "test": ...}``
     (``test``: what the certified pipeline does on the test split, and the argmax beside it).
-    ``groups``: the validation cases' group ids; ``None`` reads them from the npz when it has them."""
+    ``groups``: the validation cases' group ids; ``None`` reads them from the npz when it has them.
+    ``predictions``: ``{"validation": (logits, labels), "test": ...}`` to use instead of the saved npz files (a
+    run trained on the resized-image cache passes those of the original images, as ``predict`` sees them)."""
+    predictions = predictions or {}
     z_val, y_val, saved_groups = _load_predictions(os.path.join(out_dir, "validation_predictions.npz"))
+    if "validation" in predictions:
+        z_val, y_val = (np.asarray(a) for a in predictions["validation"])
     if groups is None:
         groups = saved_groups
     cal = calibrate(z_val, y_val, severity, risk_kind=risk_kind, alpha=alpha, delta=delta, groups=groups,
@@ -51,8 +57,8 @@ def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alp
     cal.save(out_dir)
     out: Dict[str, Any] = {"calibration": cal.to_dict()}
     test_path = os.path.join(out_dir, "test_predictions.npz")
-    if os.path.isfile(test_path):
-        z_test, y_test, _ = _load_predictions(test_path)
+    if "test" in predictions or os.path.isfile(test_path):
+        z_test, y_test = (np.asarray(a) for a in predictions["test"]) if "test" in predictions else _load_predictions(test_path)[:2]
         out["test"] = evaluate_calibration(cal, z_test, y_test, severity)
         argmax = replace(cal, temperature=1.0, class_scale=None, class_bias=None, blend_weight=0.0, threshold=1.0)
         out["test_argmax"] = evaluate_calibration(argmax, z_test, y_test, severity)
