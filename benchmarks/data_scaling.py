@@ -36,7 +36,6 @@ log(n) over the sizes.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil

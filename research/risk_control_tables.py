@@ -5,7 +5,7 @@ certificate unit, coverage per training family, the paired coverage comparisons,
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd

@@ -195,7 +195,7 @@ def train_help(dataclass_types: Sequence[type]) -> str:
     """The short ``--help``: our flags by group, then the common ``TrainingArguments`` flags."""
     import argparse
 
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import HfArgumentParser
 
     *ours, training = dataclass_types
     parts = ["usage: scripts/train.py [CONFIG.yaml] [--flag value ...]",
