@@ -25,6 +25,7 @@ import numpy as np
 
 from .inference import forward_images, load_model
 from .ood import DEFAULT_FALSE_ALARM_DELTA, DEFAULT_FALSE_ALARM_RATE, fit_guard_from_embeddings
+from .train_args import DataArguments, ModelArguments
 
 __all__ = ["embed_images", "fit_ood_guard", "fit_ood_guard_on_embeddings", "GuardArguments", "main"]
 
@@ -132,8 +133,8 @@ class GuardArguments:
     """Which model gets a guard, and how it is fitted (the training job's defaults)."""
 
     model: str = field(metadata={"help": "Model folder saved by rcl_hf (its ood_guard.safetensors is replaced)."})
-    max_samples: Optional[int] = field(default=500, metadata={"help": "Training images for the class means and "
-                                                                      "covariance (a seeded sample; as --ood_guard_samples)."})
+    max_samples: Optional[int] = field(default=ModelArguments.__dataclass_fields__["ood_guard_samples"].default, metadata={
+        "help": "Training images for the class means and covariance (a seeded sample; the training job's --ood_guard_samples)."})
     false_alarm_rate: float = field(default=DEFAULT_FALSE_ALARM_RATE, metadata={"help": "Share of in-domain images flagged."})
     delta: Optional[float] = field(default=DEFAULT_FALSE_ALARM_DELTA, metadata={
         "help": "... at most false_alarm_rate with probability 1 - delta (None: on average, split-conformal)."})
@@ -146,7 +147,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     ``DataArguments``: the same splits as its training) and print what it holds."""
     from .cli import _one_line_errors, parse_args
     from .ood import OODGuard
-    from .train_args import DataArguments
     from .train_data import load_data, run_splits
 
     def go() -> Path:

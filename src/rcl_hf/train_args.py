@@ -16,6 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from .data.splits import SUBSET_MODES
+from .ood import DEFAULT_FALSE_ALARM_DELTA
 
 __all__ = ["ModelArguments", "DataArguments", "AUGMENTATIONS", "multiprocess_cpu_launch", "default_training_args",
            "first_run_defaults"]
@@ -46,7 +47,7 @@ class ModelArguments:
                           "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
     )
     ood_guard_delta: Optional[float] = field(
-        default=0.1,
+        default=DEFAULT_FALSE_ALARM_DELTA,
         metadata={"help": "The guard's false alarms stay at most 5%% with probability 1 - ood_guard_delta over the "
                           "validation draw (training-conditional conformal threshold). None, or a validation split too "
                           "small for it (under 45 images at 0.1): at most 5%% on average (split-conformal), with a warning."},
