@@ -340,7 +340,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help="Space settings to compare, each measured at every --clients level with its own server: W "
                         "workers, B max_batch_size, M max_waiting, P queue_poll_ms (an empty or missing field: the option's "
                         "value, else the Space's default); the first one gives the main table (default: one server with "
-                        "the options given)")
+                        "the options given); a setting listed several times is run that often, in the order given, "
+                        "and the settings are compared by their median")
     p.add_argument("--baseline_root", help="a checkout of an earlier Space (its spaces_demo/app.py and src/), measured "
                    "last with its own defaults and the same clients: a before/after in one run")
     p.add_argument("--baseline_label", default="baseline", help="its name in the tables (e.g. the commit)")

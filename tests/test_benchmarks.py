@@ -327,3 +327,20 @@ def test_space_load_ratio_of_a_level_that_served_nothing_is_none():
     assert _ratio(_load_level(8, 20.0), _load_level(1, 0.0)) is None
     assert _ratio(_load_level(8, 20.0), None) is None
     assert _ratio(_load_level(8, 20.0), _load_level(1, 10.0)) == 2.0
+
+
+def test_space_load_findings_compare_repeated_settings_by_their_median():
+    from benchmarks.space_load_report import findings
+
+    result = _load_result(16.0, 30.0, 8.0)
+    base = result["configs"][0]
+    alt = {**base, "max_batch_size": 4}
+    result["configs"] = [base, {**alt, "levels": [_load_level(1, 16.0), _load_level(8, 40.0)]},
+                         {**base, "levels": [_load_level(1, 16.0), _load_level(8, 31.0)]},
+                         {**alt, "levels": [_load_level(1, 16.0), _load_level(8, 29.0)]},
+                         {**base, "levels": [_load_level(1, 16.0), _load_level(8, 32.0)]},
+                         {**alt, "levels": [_load_level(1, 16.0), _load_level(8, 28.0)]}, result["configs"][1]]
+    line = findings(result)[-1]
+    assert "workers default, batch default, waiting default, poll default: 31.00 (30.00, 31.00, 32.00)" in line
+    assert "batch 4, waiting default, poll default: 29.00 (40.00, 29.00, 28.00)" in line  # one lucky run is not enough
+    assert line.endswith("Highest: workers default, batch default, waiting default, poll default.")
