@@ -1,6 +1,6 @@
 """Loss overhead: one training step with the risk-calibrated loss vs cross-entropy.
 
-Issue 2's target: ResNet-18 at 64 px, batch 32, the same model and batch in the
+The target: ResNet-18 at 64 px, batch 32, the same model and batch in the
 same run; the risk-calibrated step may take at most 2% longer (ratio <= 1.02).
 
 A step is ``zero_grad -> forward -> loss -> backward -> AdamW step`` on the

@@ -1,4 +1,4 @@
-"""Wall time of the main job (``make main`` = ``python scripts/main_job.py``), issue 15 item 1: target ≤ 120 s.
+"""Wall time of the main job (``make main`` = ``python scripts/main_job.py``): target ≤ 120 s after set-up.
 
     python benchmarks/main_job.py            # times one default run, writes benchmarks/results/main_job.{md,json}
     python benchmarks/main_job.py --no-write # print only
@@ -79,7 +79,7 @@ def _machine(info: Dict[str, Any]) -> str:
 
 def render(result: Dict[str, Any]) -> str:
     lines = [
-        "# Main job wall time (issue 15 item 1)", "",
+        "# Main job wall time", "",
         f"Command: `{result['command']}`", "",
         "| wall s | CPU s (user+sys) | target s | met | load average before (1/5/15 min) | after | nice |",
         "|---|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""README's command blocks run as written (issue 15, "Also found": the first lines a newcomer copies must work).
+"""README's command blocks run as written (the first lines a newcomer copies must work).
 
 Every ```bash / ```python block of README.md runs offline in a subprocess, unless the line before it is
 ``<!-- readme-test: skip REASON -->`` (real data, the network, or minutes of training).
@@ -9,7 +9,7 @@ by this interpreter.
 
 The study's figures: every interval ("x [a, b]") and percentage in README's study paragraphs and in
 research/results/README.md must be in a generated report that its paragraph links, every relative link of both
-pages must exist, and a link labelled with a path must point there (issue 21).
+pages must exist, and a link labelled with a path must point there.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def test_readme_research_figures_are_in_the_reports_they_link():
 
 def test_study_readme_figures_are_in_the_reports_they_link():
     """research/results/README.md (the study's index): every interval and percentage on a line is in a report the
-    line links (issue 21: all figures in both READMEs come from a generated report)."""
+    line links (all figures in both READMEs come from a generated report)."""
     text = STUDY_README.read_text(encoding="utf-8")
     assert len(figures(text)) >= 20, "the study's README quotes too few figures"
     missing = unsupported_figures(text, STUDY_README.parent)

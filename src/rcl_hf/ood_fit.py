@@ -7,17 +7,12 @@ saved preprocessing, and writes ``ood_guard.safetensors`` beside the weights, wh
 embeddings already computed (a frozen-backbone run has them: no image is embedded twice),
 with the same seeded samples, so both give the same guard.
 
-From the shell (the training job's guard again, e.g. after the rule changed; ``--seed`` the run's seed)::
-
-    python -m rcl_hf.ood_fit --model runs/brain_tumor_mri_cpu --dataset brain_tumor_mri \
-        --data_dir ../shared/data/brain_tumor_mri --split_seed 0 --seed 0
+From the shell: ``rcl-ood-guard`` (:mod:`rcl_hf.ood_cli`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -25,9 +20,8 @@ import numpy as np
 
 from .inference import forward_images, load_model
 from .ood import DEFAULT_FALSE_ALARM_DELTA, DEFAULT_FALSE_ALARM_RATE, fit_guard_from_embeddings
-from .train_args import DataArguments, ModelArguments
 
-__all__ = ["embed_images", "fit_ood_guard", "fit_ood_guard_on_embeddings", "GuardArguments", "main"]
+__all__ = ["embed_images", "fit_ood_guard", "fit_ood_guard_on_embeddings"]
 
 
 def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
@@ -126,46 +120,3 @@ def fit_ood_guard_on_embeddings(
 def _check_validation(n: int) -> None:
     if n < 20:
         raise ValueError(f"the validation split has {n} rows: at least 20 are needed to place the threshold")
-
-
-@dataclass
-class GuardArguments:
-    """Which model gets a guard, and how it is fitted (the training job's defaults)."""
-
-    model: str = field(metadata={"help": "Model folder saved by rcl_hf (its ood_guard.safetensors is replaced)."})
-    max_samples: Optional[int] = field(default=ModelArguments.__dataclass_fields__["ood_guard_samples"].default, metadata={
-        "help": "Training images for the class means and covariance (a seeded sample; the training job's --ood_guard_samples)."})
-    false_alarm_rate: float = field(default=DEFAULT_FALSE_ALARM_RATE, metadata={"help": "Share of in-domain images flagged."})
-    delta: Optional[float] = field(default=DEFAULT_FALSE_ALARM_DELTA, metadata={
-        "help": "... at most false_alarm_rate with probability 1 - delta (None: on average, split-conformal)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the samples (the run's --seed gives the run's guard)."})
-    batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Path:
-    """Fit the guard of ``--model`` on the training and validation splits of the dataset given (the run's
-    ``DataArguments``: the same splits as its training) and print what it holds."""
-    from .cli import _one_line_errors, parse_args
-    from .ood import OODGuard
-    from .train_data import load_data, run_splits
-
-    def go() -> Path:
-        args, data_args = parse_args((GuardArguments, DataArguments), list(sys.argv[1:] if argv is None else argv))
-        splits = run_splits(load_data(data_args)[0], data_args)
-        if "validation" not in splits:
-            raise ValueError(f"the dataset has no validation split (it has {list(splits)}) to place the threshold on")
-        path = fit_ood_guard(args.model, splits["train"], splits["validation"], false_alarm_rate=args.false_alarm_rate,
-                             delta=args.delta, max_samples=args.max_samples, batch_size=args.batch_size, seed=args.seed)
-        guard = OODGuard.load(path)
-        conf = "on average" if guard.delta is None else f"with {1 - guard.delta:.0%} confidence"
-        print(f"{path}: flags at most {guard.false_alarm_rate:.0%} of in-domain images {conf}; threshold "
-              f"{guard.threshold:.6g} from {guard.meta['n_calibration']} validation images "
-              f"({guard.meta['validation_flagged']:.2%} of them above it), class means and covariance from "
-              f"{guard.meta['n_fit']} training images")
-        return path
-
-    return _one_line_errors(go)
-
-
-if __name__ == "__main__":
-    main()

@@ -48,9 +48,8 @@ class ModelArguments:
     )
     ood_guard_delta: Optional[float] = field(
         default=DEFAULT_FALSE_ALARM_DELTA,
-        metadata={"help": "The guard's false alarms stay at most 5%% with probability 1 - ood_guard_delta over the "
-                          "validation draw (training-conditional conformal threshold). None, or a validation split too "
-                          "small for it (under 45 images at 0.1): at most 5%% on average (split-conformal), with a warning."},
+        metadata={"help": "Guard false alarms <= 5%% with probability 1 - ood_guard_delta (None or < 45 validation "
+                          "images: on average only)."},
     )
     ood_guard_samples: Optional[int] = field(
         default=500,
@@ -128,9 +127,8 @@ class DataArguments:
         metadata={"help": "Cache for resized images and frozen-backbone embeddings (default: $RCL_HF_CACHE or "
                           "~/.cache/rcl_hf, outside the repository); 'none' disables it."},
     )
-    cache_resized: bool = field(default=False, metadata={"help": "Cache images resized to image_size (faster later epochs); "
-                                                                 "the OOD guard and the decision layer are still fitted "
-                                                                 "on the original images, as predict sees them."})
+    cache_resized: bool = field(default=False, metadata={"help": "Cache images resized to image_size (faster later epochs; "
+                                                                 "guard and calibration still see the originals)."})
     train_dir: Optional[str] = field(
         default=None,
         metadata={"help": "A folder of class sub-folders (<train_dir>/<class>/*.jpg) to train on, as in transformers' "

@@ -157,7 +157,7 @@ def test_import_rcl_hf_is_light_and_the_public_api_resolves_lazily():
 
 
 def test_predict_accepts_paths_bytes_arrays_and_refuses_bad_inputs_clearly(checkpoint, tmp_path):
-    """Issue 15: ``predict(model, ["x.jpg"])`` used to fail with AttributeError on str."""
+    """``predict(model, ["x.jpg"])`` once failed with AttributeError on str."""
     model = load_model(str(checkpoint))
     img = _images()[0]
     img.save(tmp_path / "x.png")

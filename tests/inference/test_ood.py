@@ -251,10 +251,10 @@ def test_a_training_run_with_too_few_validation_images_for_the_confidence_rule_f
 
 
 def test_the_guard_command_fits_the_guard_the_run_fitted(synthetic_model, tmp_path, capsys):
-    """``python -m rcl_hf.ood_fit`` with the run's data arguments and seed gives the run's own guard."""
+    """``rcl-ood-guard`` with the run's data arguments and seed gives the run's own guard."""
     import shutil
 
-    from rcl_hf.ood_fit import main
+    from rcl_hf.ood_cli import main
 
     folder, _ = synthetic_model
     again = tmp_path / "again"

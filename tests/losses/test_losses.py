@@ -384,7 +384,7 @@ def test_integer_label_dtypes_and_float_labels():
             loss_fn(zt, torch.as_tensor(y, dtype=torch.float32))
 
 
-# ----------------------------------------------------------------------------- issue 13 methods
+# ----------------------------------------------------------------------------- the other training-time methods
 from rcl_hf.losses import (  # noqa: E402
     AUCMarginLoss,
     DeferredRiskLoss,

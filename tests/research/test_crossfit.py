@@ -1,4 +1,4 @@
-"""Cross-fitted risk weights (issue 9, point 5) and the trainer's ``sample_weight`` column."""
+"""Cross-fitted risk weights and the trainer's ``sample_weight`` column."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Round 2 of the comparison (issue 13): symmetric selection, clustered statistics, equal-accuracy check,
+"""The symmetric comparison: symmetric selection, clustered statistics, equal-accuracy check,
 generated verdicts, ranking, new post-hoc rules and the grid's split-seed axis."""
 
 from __future__ import annotations

@@ -548,7 +548,7 @@ def test_cli_missing_model_folder_exits_with_a_message(tmp_path):
 
 
 def test_busy_port_is_one_line_before_any_model_loads(app, tmp_path, capsys, monkeypatch):
-    """Issue 15: a busy port gave a gradio traceback after the models loaded; now one line, exit 2, nothing loaded."""
+    """A busy port once gave a gradio traceback after the models loaded; now one line, exit 2, nothing loaded."""
     monkeypatch.delenv("RCL_MODEL", raising=False)
     loaded = []
     monkeypatch.setattr(app, "load_space_model", lambda *a, **k: loaded.append(a))

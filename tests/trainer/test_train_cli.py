@@ -122,7 +122,7 @@ def test_a_dataset_without_splits_gets_grouped_validation_and_test(caplog):
 
 
 def test_no_validation_split_raises_instead_of_selecting_on_test(tmp_path):
-    """Issue 13 item 7: best-checkpoint selection never falls back to the test split."""
+    """Best-checkpoint selection never falls back to the test split."""
     import datasets
     from transformers import TrainingArguments
 
