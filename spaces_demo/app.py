@@ -47,9 +47,10 @@ __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "InputImageError", "In
 _examples_root = examples_root  # the one folder served besides uploads (tests/test_security.py checks it)
 DISCLAIMER = "Research demo of rcl_hf, **not a medical device**: do not use it for diagnosis."
 #: Analyses run at once (decode, checks, then a shared forward pass), requests allowed to wait for one, and images one
-#: forward pass may take: 8 and 8 is one forward thread (one torch thread) taking every image waiting, the best
-#: throughput on 2 cores in benchmarks/results/space_load.md; workers + waiting stay within Gradio's 40 threads.
-WORKERS, MAX_WAITING, MAX_BATCH_SIZE = 8, 32, 8
+#: forward pass may take: 8 and 4 is two forward threads (one torch thread each) taking up to 4 waiting images each,
+#: which beat one thread taking up to 8 at 8 and 32 clients on 2 cores in every repeat of benchmarks/results/space_load.md;
+#: workers + waiting stay within Gradio's 40 threads.
+WORKERS, MAX_WAITING, MAX_BATCH_SIZE = 8, 32, 4
 _HOW = """The model gives each image a probability for every class and weighs them by what each mistake would cost
 a patient (calling a tumour "no tumour" is the worst). It decides the case itself only when the expected cost of
 its decision is low enough; otherwise it refers the case to a specialist. How low is "low enough" was set on
