@@ -168,7 +168,7 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
         raise SpaceStartupError(f"Cannot load model {name_or_path!r}: {err}") from None
     if model.ood_guard is None:
         logger.warning("%s has no OOD guard (ood_guard.safetensors): every input gets a diagnosis; fit one with "
-                       "rcl_hf.ood_fit.fit_ood_guard", name_or_path)
+                       "rcl-ood-guard --model DIR --dataset NAME --data_dir DIR", name_or_path)
     if not space_model.certified:
         logger.warning("%s has no risk calibration (risk_calibration.json): its answers are not certified", name_or_path)
     return space_model
