@@ -164,6 +164,27 @@ def test_model_card_body(run_dir):
     assert "{{" not in text and "{%" not in text
 
 
+def test_model_card_states_the_ood_guard_and_its_guarantee(tmp_path):
+    """A folder with ood_guard.safetensors gets the "Out-of-distribution guard" section, its figures read from the
+    guard file (a bare checkpoint gets none)."""
+    import numpy as np
+
+    from rcl_hf.ood import fit_guard_from_embeddings
+
+    folder = _save_tiny_model(tmp_path / "guarded")
+    assert "## Out-of-distribution guard" not in str(hub.build_model_card(folder, "owner/guarded"))
+    rng = np.random.default_rng(0)
+    guard = fit_guard_from_embeddings(rng.normal(size=(120, 4)), np.arange(120) % 3, rng.normal(size=(200, 4)))
+    guard.save(folder)
+    text = str(hub.build_model_card(folder, "owner/guarded"))
+    section = text.split("## Out-of-distribution guard", 1)[1].split("\n## ", 1)[0]
+    assert f"exceeds {guard.threshold:.6g}. That threshold was set on 200 validation images" in section
+    assert "covariance from 120 training images" in section
+    assert "with 90% confidence over the draw of the calibration images" in section
+    assert f"{guard.meta['validation_flagged']:.2%} of those validation images lie above it" in section
+    hub.validate_model_card(text)
+
+
 def test_card_for_a_bare_checkpoint_and_a_baseline(tmp_path):
     bare = _save_tiny_model(tmp_path / "bare")
     text = str(hub.build_model_card(bare, "owner/bare"))

@@ -197,6 +197,23 @@ def _risk_control(folder: Path) -> Optional[Dict[str, Any]]:
     return {"certificate": cal.certificate(), "rows": [{"name": n, "value": v} for n, v in rows], "test": test}
 
 
+def _ood_guard(folder: Path) -> Optional[str]:
+    """The card's sentence on the out-of-distribution guard (``ood_guard.safetensors``), or ``None`` without one."""
+    from ..ood import OODGuard
+
+    guard = OODGuard.load(folder)
+    if guard is None:
+        return None
+    m = guard.meta
+    rule = ("on average over calibration draws (split-conformal)" if guard.delta is None else
+            f"with {1 - guard.delta:.0%} confidence over the draw of the calibration images (training-conditional conformal)")
+    return (f"An image is flagged as outside what the model knows when its Mahalanobis score on the classifier's input "
+            f"embedding (class means and a Ledoit–Wolf covariance from {m.get('n_fit', '?'):,} training images) exceeds "
+            f"{guard.threshold:.6g}. That threshold was set on {m.get('n_calibration', '?'):,} validation images so that "
+            f"at most {guard.false_alarm_rate:.0%} of in-domain images are flagged, {rule}; "
+            f"{m.get('validation_flagged', float('nan')):.2%} of those validation images lie above it.")
+
+
 def _eval_results(results: Dict[str, Dict[str, float]], dataset_type: str, dataset_title: str) -> List[Any]:
     from huggingface_hub import EvalResult
 
@@ -343,6 +360,7 @@ def build_model_card(
         dataset_title=dataset_title,
         files=list(files),
         risk_control=_risk_control(folder),
+        ood_guard=_ood_guard(folder),
         plots=[{"path": f, "title": Path(f).stem.replace("_", " ").capitalize()}
                for f in files if f.lower().endswith(PLOT_SUFFIXES)],
         **_summary(run, severity, dataset_title),
