@@ -183,6 +183,12 @@ def test_model_card_states_the_ood_guard_and_its_guarantee(tmp_path):
     assert "with 90% confidence over the draw of the calibration images" in section
     assert f"{guard.meta['validation_flagged']:.2%} of those validation images lie above it" in section
     hub.validate_model_card(text)
+    # a guard saved without its provenance (hand-built, meta={}) still gets the section, without the counts
+    guard.meta = {}
+    guard.save(folder)
+    section = str(hub.build_model_card(folder, "owner/guarded")).split("## Out-of-distribution guard", 1)[1]
+    assert (f"(class means and a Ledoit–Wolf covariance) exceeds {guard.threshold:.6g}. That threshold was set so that "
+            "at most 5% of in-domain images are flagged, with 90% confidence") in section
 
 
 def test_card_for_a_bare_checkpoint_and_a_baseline(tmp_path):

@@ -207,11 +207,16 @@ def _ood_guard(folder: Path) -> Optional[str]:
     m = guard.meta
     rule = ("on average over calibration draws (split-conformal)" if guard.delta is None else
             f"with {1 - guard.delta:.0%} confidence over the draw of the calibration images (training-conditional conformal)")
+
+    def count(key: str, words: str) -> str:  # a guard saved without its provenance (meta) still gets a card
+        return f" {words.format(f'{m[key]:,}')}" if isinstance(m.get(key), int) else ""
+
+    flagged = m.get("validation_flagged")
     return (f"An image is flagged as outside what the model knows when its Mahalanobis score on the classifier's input "
-            f"embedding (class means and a Ledoit–Wolf covariance from {m.get('n_fit', '?'):,} training images) exceeds "
-            f"{guard.threshold:.6g}. That threshold was set on {m.get('n_calibration', '?'):,} validation images so that "
-            f"at most {guard.false_alarm_rate:.0%} of in-domain images are flagged, {rule}; "
-            f"{m.get('validation_flagged', float('nan')):.2%} of those validation images lie above it.")
+            f"embedding (class means and a Ledoit–Wolf covariance{count('n_fit', 'from {} training images')}) exceeds "
+            f"{guard.threshold:.6g}. That threshold was set{count('n_calibration', 'on {} validation images')} "
+            f"so that at most {guard.false_alarm_rate:.0%} of in-domain images are flagged, {rule}"
+            + (f"; {flagged:.2%} of those validation images lie above it." if isinstance(flagged, float) else "."))
 
 
 def _eval_results(results: Dict[str, Dict[str, float]], dataset_type: str, dataset_title: str) -> List[Any]:
