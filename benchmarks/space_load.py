@@ -375,11 +375,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     speedup = _ratio(at8, base)
     before = at_level(runs[-1]["levels"], 1) if args.baseline_root else None
     vs_before = _ratio(at8, before)
-    ceiling = (os.cpu_count() or 1) / base["cores_busy"] if base and base.get("cores_busy") else None
+    machine = machine_info()
+    n_cpus = machine.get("logical_cpus") or os.cpu_count() or 1  # the count the page prints beside the ceiling
+    ceiling = n_cpus / base["cores_busy"] if base and base.get("cores_busy") else None
     result = {
         "benchmark": "space_load", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/space_load.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "machine": machine_info(), "versions": versions(["gradio", "gradio_client"]),
+        "machine": machine, "versions": versions(["gradio", "gradio_client"]),
         "model": model if args.model else "EfficientNet-Lite0 (synthetic labels, built on the fly)",
         "images": args.images_dir or "synthetic 512x512 JPEGs", "risk": risk,
         "queue": {**configs[0], "torch_threads": args.threads}, "client_tls": args.client_tls,

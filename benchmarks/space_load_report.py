@@ -97,7 +97,10 @@ def findings(r: Dict[str, Any]) -> List[str]:
     goal = f"at least {GOAL_SPEEDUP:.0f}x with p95 <= {GOAL_P95_S:.0f} s and no error"
     out = []
     before = runs[-1] if runs and runs[-1].get("label") else None
-    if before and at_level(before["levels"], 1):
+    if before and at_level(before["levels"], 1) and r.get("speedup_8_vs_baseline_1") is None:
+        out.append(f"The Space before this work ({before['label']}) served no request with one client: no ratio "
+                   f"against it (its errors: {at_level(before['levels'], 1).get('error_examples') or 'none recorded'}).")
+    elif before and at_level(before["levels"], 1):
         b1, b8 = at_level(before["levels"], 1), at_level(before["levels"], 8)
         out.append(
             f"Against the Space before this work ({before['label']}), in the same run: 8 clients now get "

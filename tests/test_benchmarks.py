@@ -344,3 +344,13 @@ def test_space_load_findings_compare_repeated_settings_by_their_median():
     assert "workers default, batch default, waiting default, poll default: 31.00 (30.00, 31.00, 32.00)" in line
     assert "batch 4, waiting default, poll default: 29.00 (40.00, 29.00, 28.00)" in line  # one lucky run is not enough
     assert line.endswith("Highest: workers default, batch default, waiting default, poll default.")
+
+
+def test_space_load_findings_survive_a_baseline_that_served_nothing():
+    from benchmarks.space_load_report import findings
+
+    result = _load_result(16.0, 30.0, 0.0)  # every baseline request failed: throughput 0, no ratio
+    result["configs"][1]["levels"][0]["error_examples"] = ["ComponentProcessingError: Expected a float"]
+    lines = findings(result)
+    assert lines[0].startswith("The Space before this work (commit abc) served no request with one client: no ratio")
+    assert "Expected a float" in lines[0] and "1.88x" in lines[1]
