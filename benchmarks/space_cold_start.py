@@ -53,7 +53,7 @@ STAGES: Sequence[Tuple[str, str, str]] = (
     ("OOD guard fit", "rcl_hf/ood_fit.py", "fit_ood_guard"),
     ("OOD guard from embeddings", "rcl_hf/ood_fit.py", "fit_ood_guard_on_embeddings"),
     ("calibrations (every target risk)", "rcl_hf/space/certified.py", "save_alpha_calibrations"),
-    ("load both models for serving", "rcl_hf/space/core.py", "load_space_model"),
+    ("load both models for serving", "rcl_hf/space/loading.py", "load_space_model"),
     ("build the page (gradio Blocks)", "spaces_demo/app.py", "build_demo"),
 )
 

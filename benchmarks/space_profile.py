@@ -50,7 +50,7 @@ SERVER_STAGES: Sequence[Tuple[str, Sequence[str]]] = (
     ("OOD guard score", ("OODGuard.score",)),
     ("image decode + downscale", ("load_input_image", "open_image_rgb")),
     ("usability check (blank/tiny)", ("check_usable",)),
-    ("scoring (risk_summary, score)", ("risk_summary", "score (rcl_hf/space/core.py", "model_outputs")),
+    ("scoring (DecisionLayer.apply, score)", ("apply (rcl_hf/decision_layer.py", "score (rcl_hf/space/answer.py", "model_outputs")),
     ("rendering (HTML, markdown)", ("rcl_hf/space/render.py",)),
     ("forward glue (softmax, tensor copies, batch queue)", ("rcl_hf/space/batching.py", "_probs_and_embeddings")),
     ("Gradio postprocess (Image file, Label, JSON)", ("postprocess_data", "postprocess_update_dict")),

@@ -59,7 +59,6 @@ import pandas as pd
 
 from rcl_hf.calibration import calibrate
 from rcl_hf.calibration.risk_control import group_risk_curve, risk_curve
-from rcl_hf.metrics.functional import softmax
 from .ranking import partial_auroc_high_sensitivity
 from .risk_control_runs import GroupedRun, load_grouped_runs, test_risks
 from .risk_control_tables import family_choice, paired_ci, write_report
@@ -80,7 +79,7 @@ def naive_threshold(cal: Any, logits: np.ndarray, labels: np.ndarray, severity: 
                     groups: Optional[Sequence[Any]] = None) -> float:
     """The most lenient grid threshold whose empirical risk on *all* validation cases is ≤ α (no correction):
     per image, or averaged over ``groups`` when the certificate's unit is the group."""
-    _, d, s, _ = cal.decide(softmax(logits), severity)
+    _, d, s, _ = cal.decide(logits, severity)
     err, cap = severity.critical[labels, d], severity.positive_rows[labels]
     if getattr(cal, "unit", "image") == "group" and groups is not None:
         curve = group_risk_curve(s, err, cap, groups, cal.risk_kind)

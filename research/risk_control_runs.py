@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rcl_hf.comparison import Run
-from rcl_hf.metrics.functional import softmax
 
 from .grid import DONE_FILE, Cell, Grid, is_done, load_grid
 from .report import load_runs
@@ -174,7 +173,7 @@ def test_risks(cal: Any, logits: np.ndarray, labels: np.ndarray, severity: Any,
     out = evaluate_calibration(cal, logits, labels, severity)
     y = np.asarray(labels).astype(np.int64)
     if groups is not None:
-        _, d, _, refer = cal.decide(softmax(np.asarray(logits, dtype=np.float64)), severity)
+        _, d, _, refer = cal.decide(np.asarray(logits, dtype=np.float64), severity)
     for kind in RISK_KINDS:
         out[f"group_{kind}"] = float("nan") if groups is None else group_averaged_risk(d, refer, y, severity, groups,
                                                                                         kind)

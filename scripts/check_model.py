@@ -8,7 +8,9 @@ same grouped split), runs :func:`rcl_hf.predict` on every test image as a user w
 the calibrated decision layer, the OOD guard), and reports:
 
 * argmax accuracy and CER, and the decision layer's coverage, certified risk and accuracy among accepted cases
-  (:func:`rcl_hf.calibration.summarize_decisions` on the predictions), beside the run's own test figures;
+  (:func:`rcl_hf.calibration.summarize_decisions` on the predictions: an image the OOD guard flags is referred,
+  as for every answer), beside the run's own test figures, and what the layer certifies
+  (:meth:`rcl_hf.DecisionLayer.guarantees`);
 * the OOD guard's false alarms on the test images (target: its calibrated rate) and its flags on images that
   are not MRIs of anything: uniform black, grey and white, random noise, and the test images rotated by 90°;
 * each figure against the goal given (``--goal_accuracy``, ``--goal_cer``, ``--goal_false_alarms``).
@@ -64,6 +66,7 @@ def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
         "model": os.path.abspath(folder), "dataset": recipe["dataset"], "test_images": int(len(labels)),
         "argmax": {k: m[k] for k in ("accuracy", "cer", "balanced_accuracy", "accuracy_ci", "cer_ci")},
         "run_test_figures": {k: saved.get("test", {}).get(k) for k in ("accuracy", "cer", "balanced_accuracy")},
+        "guarantees": pred.guarantees,  # what the decision layer certifies, in its own words
     }
     cal = pred.calibration
     if cal is not None and pred.certified:
@@ -75,7 +78,7 @@ def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
         out["ood"] = {"threshold": pred.ood_threshold, "target_false_alarms": guard.false_alarm_rate,
                       "delta": guard.delta, "n_calibration": guard.meta.get("n_calibration"),
                       "test_false_alarms": float(pred.out_of_distribution.mean()),
-                      "test_flagged": int(pred.out_of_distribution.sum())}
+                      "test_flagged": int(pred.out_of_distribution.sum()), "guarantee": guard.guarantee()}
         probes = _probe_images(side)
         probes["test images rotated 90°"] = [im.rotate(90, expand=True) for im in images[:200]]
         out["ood"]["flagged"] = {name: float(predict(model, ims).out_of_distribution.mean()) for name, ims in probes.items()}
@@ -104,11 +107,8 @@ def markdown(result: Dict[str, Any], goals: Dict[str, float], command: str) -> s
         lines.append(f"| OOD false alarms on test | {pct(fa)} | ≤ {pct(goals['false_alarms'])} | {verdict(fa <= goals['false_alarms'])} |")
         for name, rate in ood["flagged"].items():
             lines.append(f"| flagged as outside: {name} | {pct(rate)} | - | |")
-        rule = ("on average (split-conformal)" if ood.get("delta") is None else
-                f"with {1 - ood['delta']:.0%} confidence (training-conditional conformal)")
-        lines += ["", f"OOD guard: its threshold, set on {ood.get('n_calibration', '?')} validation images, flags at most "
-                  f"{pct(ood['target_false_alarms'])} of in-domain images {rule}; on test it flagged "
-                  f"{ood.get('test_flagged', '?')} of {result['test_images']}."]
+        lines += ["", f"OOD guard: {ood['guarantee']} On test it flagged {ood.get('test_flagged', '?')} of "
+                  f"{result['test_images']} images."]
     dl = result.get("decision_layer")
     if dl:
         lines += ["", f"Decision layer (certified {dl['risk_kind']} ≤ {pct(dl['alpha'])} at δ = {dl['delta']}) on test: "

@@ -31,9 +31,11 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 from rcl_hf.plots import plot_severity_matrix
 from rcl_hf.space.batching import QUEUE_POLL_S, queue_demo, set_cpu_threads
 from rcl_hf.space.certified import UNCERTIFIED_CHOICE, resolve_choice
-from rcl_hf.space.core import (BUSY_MESSAGE, OOD_MESSAGE, Admission, ServiceBusy, SpaceModel, SpaceStartupError, analyze,
-                               as_space_model, check_port_free, examples_root, load_space_model, make_examples,
-                               model_input_side, resolve_model_ids, score)
+from rcl_hf.space.admission import BUSY_MESSAGE, Admission, ServiceBusy
+from rcl_hf.space.answer import OOD_MESSAGE, analyze, score
+from rcl_hf.space.examples import examples_root, make_examples, model_input_side
+from rcl_hf.space.loading import SpaceModel, as_space_model, load_space_model
+from rcl_hf.space.startup import SpaceStartupError, check_port_free, resolve_model_ids
 from rcl_hf.space.handlers import SpaceHandlers, uploaded_path
 from rcl_hf.space.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, InputImageError, InputInfo, load_input_image
 from rcl_hf.space.render import certificate_markdown
@@ -54,9 +56,9 @@ WORKERS, MAX_WAITING, MAX_BATCH_SIZE = 8, 32, 4
 _HOW = """The model gives each image a probability for every class and weighs them by what each mistake would cost
 a patient (calling a tumour "no tumour" is the worst). It decides the case itself only when the expected cost of
 its decision is low enough; otherwise it refers the case to a specialist. How low is "low enough" was set on
-held-out validation images so that, with 90% confidence, at most the chosen share of patients with a critical
-condition is missed (neither diagnosed correctly nor referred) — on images like the validation images. An image
-that does not look like the training images gets no diagnosis. Method: Risk-Calibrated Learning (arXiv:2604.12693)."""
+held-out validation images so that at most the chosen share of patients with a critical condition is missed
+(neither diagnosed correctly nor referred), with the confidence the certificate states — on images like the
+validation images. An image that does not look like the training images gets no diagnosis: it is referred. Method: Risk-Calibrated Learning (arXiv:2604.12693)."""
 
 
 def build_demo(

@@ -7,7 +7,8 @@ Public API (see README.md):
 * :mod:`rcl_hf.metrics` — Critical Error Rate and companions (functional + `evaluate`);
 * :class:`RiskCalibratedTrainer`, :class:`RiskArguments` — the Trainer;
 * :mod:`rcl_hf.data` — the four datasets and the embedded synthetic default;
-* :mod:`rcl_hf.calibration` — the certified decision layer (``risk_calibration.json``);
+* :class:`DecisionLayer` — the one object every answer goes through (rule, certified referral, OOD guard);
+* :mod:`rcl_hf.calibration` — fitting and certifying it (``risk_calibration.json``);
 * :mod:`rcl_hf.models`, :mod:`rcl_hf.inference`, :mod:`rcl_hf.hub` — models, prediction, the Hub;
 * the ``risk-aware-image-classification`` task of ``transformers.pipeline`` (:mod:`rcl_hf.pipeline`).
 """
@@ -23,7 +24,8 @@ from .pipeline_registration import install as _install_pipeline_task
 _install_pipeline_task()  # pipeline("risk-aware-image-classification", ...) once transformers.pipelines loads
 
 
-_LAZY = {"load_model": "inference", "predict": "inference",
+_LAZY = {"load_model": "inference", "predict": "inference", "DecisionLayer": "decision_layer",
+         "Prediction": "decision_layer",
          "RiskArguments": "trainer", "RiskCalibratedTrainer": "trainer"}
 _LAZY_MODULES = ("calibration", "comparison", "data", "hub", "inference", "losses", "models")
 
@@ -39,6 +41,8 @@ def __getattr__(name):  # lazy: `import rcl_hf` stays light (no transformers.Tra
 
 
 __all__ = [
+    "DecisionLayer",
+    "Prediction",
     "WeightedCrossEntropyLoss",
     "FocalLoss",
     "RiskArguments",

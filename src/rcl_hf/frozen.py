@@ -66,32 +66,40 @@ def classifier_inputs(model: nn.Module) -> Iterator[List[torch.Tensor]]:
 
 @torch.inference_mode()
 def forward_pixels(model: nn.Module, pixel_batches: Iterable[torch.Tensor], *, embeddings: bool = False,
-                   channels_last: bool = False) -> Tuple[List[np.ndarray], List[torch.Tensor]]:
-    """The batched forward pass behind :func:`extract_embeddings` and :func:`rcl_hf.inference.forward_images`.
+                   channels_last: bool = False, traced: Any = None) -> Tuple[List[np.ndarray], List[torch.Tensor]]:
+    """The one batched forward pass of rcl_hf: behind :func:`extract_embeddings`,
+    :func:`rcl_hf.inference.forward_logits` (and so ``predict``, the pipeline and the Space).
 
     Each batch of preprocessed ``pixel_values`` goes to the model's device (``channels_last`` for 4-D
-    batches when asked) and through the model as it is (no mode change).
+    batches when asked) and through the model as it is (no mode change), or through ``traced`` (an object
+    with ``accepts(pixels)`` and ``__call__(pixels) -> (logits, embeddings)``, e.g. the Space's
+    :class:`rcl_hf.space.traced.TracedForward`) for the batches it accepts: the same numbers.
 
     Returns:
-        ``(softmax probabilities per batch as float32 numpy arrays, classifier inputs per batch)``; the
+        ``(logits per batch as float32 numpy arrays, classifier inputs per batch as float32 CPU tensors)``; the
         second list (:func:`classifier_inputs`) is empty unless ``embeddings``.
     """
     device = next(model.parameters()).device
-    probs: List[np.ndarray] = []
+    logits_out: List[np.ndarray] = []
     with (classifier_inputs(model) if embeddings else nullcontext([])) as feats:
         for pixels in pixel_batches:
             pixels = pixels.to(device)
-            if channels_last and pixels.ndim == 4:
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
-            logits = model(pixel_values=pixels).logits.float()
-            probs.append(torch.softmax(logits, -1).cpu().numpy())
-    return probs, feats
+            if traced is not None and traced.accepts(pixels):
+                logits, z = traced(pixels)
+                if embeddings:
+                    feats.append(z.detach().float().flatten(1).cpu())
+            else:
+                if channels_last and pixels.ndim == 4:
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                logits = model(pixel_values=pixels).logits
+            logits_out.append(logits.float().cpu().numpy())
+    return logits_out, feats
 
 
 def extract_embeddings(model: nn.Module, dataset: Any, batch_size: int = 64, desc: str = "embedding") -> np.ndarray:
     """Embeddings ``(N, D)`` of a dataset whose rows give ``pixel_values`` (with transforms applied).
 
-    Unlike :func:`rcl_hf.inference.forward_images` (which decodes raw images and runs the image
+    Unlike :func:`rcl_hf.inference.forward_logits` (which decodes raw images and runs the image
     processor per batch, on a model already in eval mode), the rows here come preprocessed by the
     training transforms, and the model is put in eval mode and ``channels_last`` for the pass (both
     restored after): ~1.6x faster CNN inference on CPU (EfficientNet-Lite0, 1 thread).  Both share

@@ -1,160 +1,34 @@
-"""Loading a trained model and making risk-aware predictions.
+"""Loading a trained model and answering with its decision layer.
 
-For probabilities ``p`` over K classes and the model's severity matrix ``M``:
-
-* argmax decision ``argmax_j p_j``;
-* Bayes-risk decision ``argmin_j Σ_i p_i M[i, j]`` and its expected cost
-  ``r = min_j Σ_i p_i M[i, j]`` (docs/decision.md);
-* critical mass ``Σ_{i positive} p_i``: the probability that the case belongs to
-  a class whose miss would be critical;
-* the **decision layer**: when the model folder carries ``risk_calibration.json``
-  (:mod:`rcl_hf.calibration`), the decision is the calibrated one — temperature ``T``, the
-  decision rule chosen on validation, and the referral threshold certified there
-  (``refer = r > τ̂``, with ``r`` the expected cost of the decision taken); without a calibration,
-  the Bayes decision with a hand-set ``τ`` (:data:`DEFAULT_REFERRAL_THRESHOLD`), and no guarantee.
-  An explicit ``threshold`` overrides the certified one, and the prediction then says that the
-  guarantee no longer holds;
-* drift: for a batch of at least 20 images, :func:`rcl_hf.calibration.check_drift` tells whether it
-  still looks like the calibration data (share of OOD flags, shift of the referral scores);
-* out-of-distribution guard (:mod:`rcl_hf.ood`, when the model folder has
-  ``ood_guard.safetensors``): ``ood_score`` (Mahalanobis distance of the penultimate
-  embedding) and ``out_of_distribution = ood_score > τ_ood``; ``None`` without a guard.
+:func:`load_model` loads a classifier saved by rcl_hf (a folder, a Hub id, or the local Hub cache) with its
+image processor and its :class:`rcl_hf.DecisionLayer` (severity matrix, ``risk_calibration.json``,
+``ood_guard.safetensors``); :func:`forward_logits` is the forward pass of raw images (logits, and the
+classifier's input embeddings for the OOD guard); :func:`predict` is the two together: the decision layer's
+answer (:class:`rcl_hf.decision_layer.Prediction`: calibrated probabilities, the rule's decision, expected
+cost, referral with its reason — ``unusable``, ``outside`` or ``uncertain`` —, certified or not, drift of a
+batch). The decision itself is :meth:`rcl_hf.DecisionLayer.apply`'s: the pipeline and the Space call the same.
 
 Inputs: PIL images, paths (``str``/``Path``), ``bytes``, numpy arrays ``(H, W)``,
 ``(H, W, 3|4)`` (uint8, or floats in [0, 1]), and http(s) URLs (fetched with
 ``transformers.image_utils.load_image``; offline they fail with a clear
 ``ValueError``). Files are decoded by :func:`rcl_hf.data.open_image_rgb`.
-Softmax: ``torch.softmax`` on the logits.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .calibration.drift import DriftReport, check_drift
-from .calibration.record import RISK_CALIBRATION_FILE, RiskCalibration
+from .data.images import usability_problem
+from .decision_layer import DecisionLayer, Prediction, check_threshold
 from .hub.errors import offline_error
-from .ood import OOD_GUARD_FILE, OODGuard
-from .models import severity_for_model, severity_from_config
+from .metrics.functional import softmax
 from .severity import SeverityMatrix
 
-__all__ = ["Prediction", "load_model", "predict", "predict_proba", "risk_summary", "check_threshold", "as_rgb_image",
-           "forward_images", "attach_decision_layer", "DEFAULT_REFERRAL_THRESHOLD", "UNCERTIFIED_NOTE", "OVERRIDE_NOTE"]
-
-DEFAULT_REFERRAL_THRESHOLD = 0.1
-UNCERTIFIED_NOTE = ("this model carries no risk calibration: the referral threshold is hand-set and nothing is "
-                    "certified (calibrate it with rcl-calibrate)")
-OVERRIDE_NOTE = "an explicit referral threshold overrides the certified one: the guarantee no longer holds"
-
-
-@dataclass
-class Prediction:
-    """Risk-aware prediction for a batch of N images (arrays have N rows)."""
-
-    labels: List[str]
-    probabilities: np.ndarray  # (N, K), calibrated (softmax(z / T)) when the model carries a calibration
-    argmax: np.ndarray  # (N,)
-    bayes_decision: np.ndarray  # (N,)
-    expected_cost: np.ndarray  # (N,) expected cost of the decision taken (the referral score)
-    argmax_expected_cost: np.ndarray  # (N,) expected cost of the argmax decision
-    critical_mass: np.ndarray  # (N,)
-    refer: np.ndarray  # (N,) bool
-    threshold: float
-    ood_score: Optional[np.ndarray] = None  # (N,) Mahalanobis score; None when the model has no OOD guard
-    out_of_distribution: Optional[np.ndarray] = None  # (N,) bool; None when the model has no OOD guard
-    ood_threshold: Optional[float] = None
-    decision: Optional[np.ndarray] = None  # (N,) the decision layer's decision (calibrated rule, else Bayes)
-    certified: bool = False  # the referral follows a certified threshold
-    calibration: Optional[RiskCalibration] = None
-    note: Optional[str] = None  # why the answer is not certified, when it is not
-    drift: Optional[DriftReport] = None
-
-    def __post_init__(self) -> None:
-        if self.decision is None:
-            self.decision = self.bayes_decision
-
-    def as_records(self) -> List[dict]:
-        """One plain dict per image (JSON-ready)."""
-        out = []
-        for n in range(len(self.argmax)):
-            out.append(
-                {
-                    "probabilities": {label: float(p) for label, p in zip(self.labels, self.probabilities[n])},
-                    "decision": self.labels[int(self.decision[n])],
-                    "argmax": self.labels[int(self.argmax[n])],
-                    "bayes_decision": self.labels[int(self.bayes_decision[n])],
-                    "expected_cost": float(self.expected_cost[n]),
-                    "critical_mass": float(self.critical_mass[n]),
-                    "refer": bool(self.refer[n]),
-                    "certified": bool(self.certified),
-                    "ood_score": None if self.ood_score is None else float(self.ood_score[n]),
-                    "out_of_distribution": None if self.out_of_distribution is None else bool(self.out_of_distribution[n]),
-                }
-            )
-        return out
-
-
-def risk_summary(probs: np.ndarray, severity: SeverityMatrix, threshold: Optional[float] = None,
-                 calibration: Optional[RiskCalibration] = None) -> Prediction:
-    """Decisions, costs and referral flags from probabilities ``(N, K)``.
-
-    With a ``calibration``, its temperature, rule and certified threshold decide (an explicit
-    ``threshold`` overrides the last, and the result is then not certified); without one, the Bayes
-    decision (:func:`rcl_hf.metrics.functional.bayes_risk_decision`, the project's one Bayes rule)
-    and ``threshold`` (default :data:`DEFAULT_REFERRAL_THRESHOLD`).
-    """
-    from .metrics.functional import bayes_risk_decision, expected_costs
-
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 1:
-        p = p[None]
-    if p.shape[1] != severity.num_labels:
-        raise ValueError(f"probabilities have {p.shape[1]} classes, the severity matrix {severity.num_labels}")
-    t = None if threshold is None else check_threshold(threshold)
-    if calibration is not None:
-        p, decision, cost, refer = calibration.decide(p, severity, t)
-        certified = t is None and not calibration.refers_everything
-        note = OVERRIDE_NOTE if t is not None else (calibration.notes[0] if calibration.notes else None)
-        t = calibration.threshold if t is None else t
-    else:
-        t = DEFAULT_REFERRAL_THRESHOLD if t is None else t
-        decision, cost = bayes_risk_decision(p, severity)
-        refer, certified, note = cost > t, False, UNCERTIFIED_NOTE
-    bayes = bayes_risk_decision(p, severity)[0]
-    arg = p.argmax(1)
-    return Prediction(
-        labels=list(severity.labels),
-        probabilities=p,
-        argmax=arg,
-        bayes_decision=bayes,
-        expected_cost=cost,
-        argmax_expected_cost=expected_costs(p, severity)[np.arange(len(arg)), arg],  # cost of acting on argmax
-        critical_mass=p[:, severity.positive_rows].sum(1),
-        refer=refer,
-        threshold=float(t),
-        decision=decision,
-        certified=certified,
-        calibration=calibration,
-        note=note,
-    )
-
-
-def check_threshold(threshold: Any) -> float:
-    """The referral threshold as a finite float >= 0, else a ``ValueError`` that says what was given."""
-    if isinstance(threshold, bool):
-        raise ValueError(f"The referral threshold must be a number, got {threshold!r}.")
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"The referral threshold must be a number, got {threshold!r}.") from None
-    if not np.isfinite(t) or t < 0:
-        raise ValueError(f"The referral threshold must be a finite number >= 0, got {threshold!r}.")
-    return t
+__all__ = ["load_model", "predict", "predict_proba", "as_rgb_image", "forward_logits", "attach_decision_layer"]
 
 
 def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", severity: Any = None):
@@ -194,17 +68,12 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", seve
 
 
 def attach_decision_layer(model: Any, name: str, severity: Any = None) -> Any:
-    """Set ``model.severity``, ``model.ood_guard`` and ``model.risk_calibration`` from the model folder
-    (or the local Hub cache for an id); shared by :func:`load_model` and the pipeline task."""
-    if severity is not None:
-        model.severity = severity_for_model([model.config.id2label[i] for i in range(model.config.num_labels)], severity)
-    else:
-        model.severity = severity_from_config(model.config)
-    model.ood_guard = OODGuard.load(name) if os.path.isdir(name) else _hub_guard(name, OOD_GUARD_FILE, OODGuard.load)
-    model.risk_calibration = (RiskCalibration.load(name) if os.path.isdir(name)
-                              else _hub_guard(name, RISK_CALIBRATION_FILE, RiskCalibration.load))
-    if model.risk_calibration is not None:
-        model.risk_calibration.check_severity(model.severity)
+    """Set ``model.decision_layer`` (:meth:`rcl_hf.DecisionLayer.from_pretrained` of the model folder, or of the local
+    Hub cache for an id) and its parts ``model.severity``, ``model.risk_calibration`` and ``model.ood_guard``; shared
+    by :func:`load_model` and the pipeline task."""
+    layer = DecisionLayer.from_pretrained(name, model.config, severity)
+    model.decision_layer = layer
+    model.severity, model.risk_calibration, model.ood_guard = layer.severity, layer.calibration, layer.ood_guard
     return model
 
 
@@ -218,18 +87,6 @@ def _load_processor(name_or_path: str) -> Any:
     if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
         return cls.from_pretrained(name_or_path)
     return transformers.AutoImageProcessor.from_pretrained(name_or_path)
-
-
-def _hub_guard(name: str, filename: str, load: Any) -> Any:
-    """A side file of a Hub model (OOD guard, risk calibration) from the local cache, loaded with ``load``
-    (never downloads at run time beyond the model itself); ``None`` when the cache has none."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(name, filename)
-    except Exception:  # noqa: BLE001 - a malformed id simply has no such file
-        return None
-    return load(path) if isinstance(path, str) else None
 
 
 def as_rgb_image(image: Any, max_pixels: Optional[int] = None) -> Any:
@@ -265,15 +122,17 @@ def as_rgb_image(image: Any, max_pixels: Optional[int] = None) -> Any:
     return open_image_rgb(image, limit)
 
 
-def forward_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32,
-                   embeddings: bool = False):
-    """``(probabilities (N, K), embeddings (N, D) or None)``: softmax of the logits and, when asked,
-    the input of the classifier's last ``nn.Linear`` (:func:`rcl_hf.frozen.find_classifier`).
+def forward_logits(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32,
+                   embeddings: bool = False, traced: Any = None,
+                   on_image: Optional[Callable[[Any], None]] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(logits (N, K), embeddings (N, D) or None)`` of raw images: the forward pass behind :func:`predict`, the
+    pipeline's batches, the Space, ``rcl-calibrate`` and the OOD guard's fit.
 
-    Unlike :func:`rcl_hf.frozen.extract_embeddings` (rows already transformed for training, model
-    switched to eval mode and ``channels_last`` for the pass), this takes raw inputs of any kind
-    :func:`as_rgb_image` reads, preprocesses each batch with the model's image processor, and runs
-    the model as it is (from :func:`load_model`: eval mode). Both share :func:`rcl_hf.frozen.forward_pixels`.
+    Each input is read by :func:`as_rgb_image` (``on_image`` sees each decoded image, e.g. to check that it can be
+    assessed), each batch is preprocessed by the model's image processor and run through
+    :func:`rcl_hf.frozen.forward_pixels` (the model as it is: eval mode from :func:`load_model`; ``traced``, a
+    traced forward pass, for the batches it accepts). ``embeddings``: also the input of the classifier's last
+    ``nn.Linear`` (:func:`rcl_hf.frozen.find_classifier`), the OOD guard's embedding.
     """
     from .frozen import forward_pixels
 
@@ -284,17 +143,21 @@ def forward_images(model: Any, images: Sequence[Any], image_processor: Any = Non
     def batches():
         for start in range(0, len(images), batch_size):
             batch = [as_rgb_image(im) for im in images[start : start + batch_size]]
+            if on_image is not None:
+                for im in batch:
+                    on_image(im)
             yield processor(images=batch, return_tensors="pt")["pixel_values"]
 
-    probs, feats = forward_pixels(model, batches(), embeddings=embeddings)
-    p = np.concatenate(probs) if probs else np.zeros((0, model.config.num_labels))
-    z = (torch.cat(feats).flatten(1).numpy() if feats else np.zeros((0, 0))) if embeddings else None
-    return p, z
+    logits, feats = forward_pixels(model, batches(), embeddings=embeddings, traced=traced)
+    z = np.concatenate(logits) if logits else np.zeros((0, model.config.num_labels), dtype=np.float32)
+    e = (torch.cat(feats).flatten(1).numpy() if feats else np.zeros((0, 0))) if embeddings else None
+    return z, e
 
 
 def predict_proba(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, K)`` (inputs as for :func:`predict`)."""
-    return forward_images(model, images, image_processor, batch_size)[0]
+    """The model's own class probabilities ``softmax(z)`` ``(N, K)``, before any calibration (inputs as for
+    :func:`predict`, whose ``probabilities`` are the calibrated ones)."""
+    return softmax(forward_logits(model, images, image_processor, batch_size)[0], axis=1)
 
 
 def predict(
@@ -303,10 +166,15 @@ def predict(
     threshold: Optional[float] = None,
     severity: Optional[SeverityMatrix] = None,
     image_processor: Any = None,
-    ood_guard: Optional[OODGuard] = None,
-    calibration: Optional[RiskCalibration] = None,
+    ood_guard: Any = None,
+    calibration: Any = None,
+    batch_size: int = 32,
 ) -> Prediction:
-    """The decision layer's answer: decisions, expected cost, referral, OOD flags and drift.
+    """The decision layer's answer (:meth:`rcl_hf.DecisionLayer.apply`) for raw images.
+
+    An image that cannot be assessed (too small or blank), that the OOD guard finds unlike the training images,
+    or whose decision's expected cost exceeds the certified threshold is referred (``refer``), with the reason
+    in ``reasons`` (``"unusable"``, ``"outside"``, ``"uncertain"``).
 
     Args:
         model: from :func:`load_model` (or any image classifier plus ``severity``
@@ -314,24 +182,16 @@ def predict(
         images: one image or a list/tuple of them: PIL images, paths, bytes, numpy
             arrays or http(s) URLs.
         threshold: ``None`` (default) uses the model's certified referral threshold
-            (``risk_calibration.json``), or the hand-set :data:`DEFAULT_REFERRAL_THRESHOLD` when it
-            has none; a number overrides it, and the prediction is then not certified.
-        ood_guard, calibration: override ``model.ood_guard`` / ``model.risk_calibration``.
+            (``risk_calibration.json``), or the hand-set
+            :data:`rcl_hf.decision_layer.DEFAULT_REFERRAL_THRESHOLD` when it has none; a number overrides it,
+            and the prediction is then not certified.
+        severity, ood_guard, calibration: override the model's decision layer's parts.
     """
     t = None if threshold is None else check_threshold(threshold)
     if not isinstance(images, (list, tuple)):
         images = [images]
-    sev = severity or getattr(model, "severity", None) or severity_from_config(model.config)
-    guard = ood_guard if ood_guard is not None else getattr(model, "ood_guard", None)
-    cal = calibration if calibration is not None else getattr(model, "risk_calibration", None)
-    probs, z = forward_images(model, images, image_processor, embeddings=guard is not None)
-    pred = risk_summary(probs, sev, t, cal)
-    if guard is not None:
-        pred.ood_score = guard.score(z)
-        pred.out_of_distribution = pred.ood_score > guard.threshold
-        pred.ood_threshold = float(guard.threshold)
-    if cal is not None or guard is not None:
-        pred.drift = check_drift(pred.expected_cost if cal is not None else None,
-                                 cal.score_quantiles if cal is not None else None, pred.out_of_distribution,
-                                 guard.false_alarm_rate if guard is not None else None)
-    return pred
+    layer = DecisionLayer.from_model(model, severity, calibration, ood_guard)
+    problems: List[Optional[str]] = []
+    z, e = forward_logits(model, images, image_processor, batch_size, embeddings=layer.needs_embeddings,
+                          on_image=lambda im: problems.append(usability_problem(im)))
+    return layer.apply(z, e, threshold=t, unusable=[p is not None for p in problems])

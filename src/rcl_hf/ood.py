@@ -91,6 +91,16 @@ class OODGuard:
         """``True`` where an embedding lies outside the training distribution."""
         return self.score(embeddings) > self.threshold
 
+    def guarantee(self) -> str:
+        """One sentence that says what the guard guarantees: the one wording of it, for cards, CLIs, checks and
+        the Space (:meth:`rcl_hf.DecisionLayer.guarantees`)."""
+        n = self.meta.get("n_calibration") if isinstance(self.meta, dict) else None
+        images = f" {n:,} validation images" if isinstance(n, int) and not isinstance(n, bool) else " the validation images"
+        rule = ("on average over calibration draws (split-conformal)" if self.delta is None else
+                f"with {1 - self.delta:.0%} confidence over the draw of{images} (training-conditional conformal)")
+        return (f"At most {self.false_alarm_rate:.0%} of images like the training images are flagged as outside what "
+                f"the model knows, {rule}; a flagged image gets no diagnosis and is referred.")
+
     def save(self, folder: Union[str, os.PathLike]) -> Path:
         """Write ``ood_guard.safetensors`` into ``folder``; returns its path."""
         from safetensors.numpy import save

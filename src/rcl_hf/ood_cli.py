@@ -52,11 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         path = fit_ood_guard(args.model, splits["train"], splits["validation"], false_alarm_rate=args.false_alarm_rate,
                              delta=args.delta, max_samples=args.max_samples, batch_size=args.batch_size, seed=args.seed)
         guard = OODGuard.load(path)
-        conf = "on average" if guard.delta is None else f"with {1 - guard.delta:.0%} confidence"
-        print(f"{path}: flags at most {guard.false_alarm_rate:.0%} of in-domain images {conf}; threshold "
-              f"{guard.threshold:.6g} from {guard.meta['n_calibration']} validation images "
-              f"({guard.meta['validation_flagged']:.2%} of them above it), class means and covariance from "
-              f"{guard.meta['n_fit']} training images")
+        print(f"{path}: {guard.guarantee()}")
+        print(f"(threshold {guard.threshold:.6g}, {guard.meta['validation_flagged']:.2%} of the validation images above "
+              f"it; class means and covariance from {guard.meta['n_fit']} training images)")
         return path
 
     return _one_line_errors(go)

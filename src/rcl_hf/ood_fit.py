@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .inference import forward_images, load_model
+from .inference import forward_logits, load_model
 from .ood import DEFAULT_FALSE_ALARM_DELTA, DEFAULT_FALSE_ALARM_RATE, fit_guard_from_embeddings
 
 __all__ = ["embed_images", "fit_ood_guard", "fit_ood_guard_on_embeddings"]
@@ -26,7 +26,7 @@ __all__ = ["embed_images", "fit_ood_guard", "fit_ood_guard_on_embeddings"]
 
 def embed_images(model: Any, images: Sequence[Any], image_processor: Any = None, batch_size: int = 32) -> np.ndarray:
     """Penultimate embeddings ``(N, D)`` of images (anything :func:`rcl_hf.inference.predict` accepts)."""
-    return forward_images(model, images, image_processor, batch_size=batch_size, embeddings=True)[1]
+    return forward_logits(model, images, image_processor, batch_size=batch_size, embeddings=True)[1]
 
 
 def _sample_rows(n: int, limit: Optional[int], seed: int) -> np.ndarray:

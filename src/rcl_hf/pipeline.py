@@ -5,14 +5,15 @@ Once ``rcl_hf`` is imported, ::
     from transformers import pipeline
     pipe = pipeline("risk-aware-image-classification", model="path/or/hub-id")
     pipe("scan.jpg")
-    # {'label': 'glioma', 'refer': False, 'expected_cost': 0.012, 'out_of_distribution': False,
-    #  'certified': True, 'argmax': 'glioma', 'scores': {...}, 'note': None}
+    # {'label': 'glioma', 'refer': False, 'reason': None, 'expected_cost': 0.012, 'out_of_distribution': False,
+    #  'certified': True, 'argmax': 'glioma', 'scores': {...}, 'note': None, 'guarantees': [...]}
 
-answers with the model's decision layer (:mod:`rcl_hf.calibration`: the calibrated rule and the
+answers with the model's decision layer (:class:`rcl_hf.DecisionLayer`: the calibrated rule and the
 certified referral threshold in ``risk_calibration.json``; the OOD guard in
-``ood_guard.safetensors``) — the same computation as :func:`rcl_hf.predict`
-(:func:`rcl_hf.inference.risk_summary`). ``threshold=`` overrides the certified threshold (the
-answer is then not certified). The task is registered through
+``ood_guard.safetensors``): the same forward pass (:func:`rcl_hf.frozen.forward_pixels`) and the same
+:meth:`~rcl_hf.DecisionLayer.apply` as :func:`rcl_hf.predict`, so an image is referred (``refer``) for the
+same reason (``"unusable"``, ``"outside"`` or ``"uncertain"``). ``label`` is the rule's decision, also
+when the case is referred. ``threshold=`` overrides the certified threshold (the answer is then not certified). The task is registered through
 ``transformers.pipelines.PIPELINE_REGISTRY.register_pipeline`` (the documented way to add a custom
 pipeline); :mod:`rcl_hf.pipeline_registration` does it when ``transformers.pipelines`` is imported,
 so ``import rcl_hf`` stays light.
@@ -26,7 +27,10 @@ from typing import Any, Dict, Optional
 import torch
 from transformers import AutoModelForImageClassification, Pipeline
 
-from .inference import _load_processor, as_rgb_image, attach_decision_layer, check_threshold, risk_summary
+from .data.images import usability_problem
+from .decision_layer import DecisionLayer, check_threshold
+from .frozen import forward_pixels
+from .inference import _load_processor, as_rgb_image, attach_decision_layer
 
 __all__ = ["RiskAwareImageClassificationPipeline", "TASK", "register"]
 
@@ -54,34 +58,29 @@ class RiskAwareImageClassificationPipeline(Pipeline):
         return {}, {}, post
 
     def preprocess(self, image: Any) -> Dict[str, Any]:
-        return self.image_processor(images=[as_rgb_image(image)], return_tensors="pt")
+        rgb = as_rgb_image(image)
+        inputs = self.image_processor(images=[rgb], return_tensors="pt")
+        inputs["unusable"] = torch.tensor([usability_problem(rgb) is not None])
+        return inputs
 
     def _forward(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
-        feats = []
-        hook = None
-        if getattr(self.model, "ood_guard", None) is not None:
-            from .frozen import find_classifier
-
-            hook = find_classifier(self.model).register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
-        try:
-            logits = self.model(pixel_values=inputs["pixel_values"]).logits
-        finally:
-            if hook is not None:
-                hook.remove()
-        return {"logits": logits, "embeddings": feats[0].flatten(1) if feats else None}
+        layer = DecisionLayer.from_model(self.model)
+        logits, feats = forward_pixels(self.model, [inputs["pixel_values"]], embeddings=layer.needs_embeddings)
+        # tensors, so that the pipeline's batching can split them per image
+        return {"logits": torch.from_numpy(logits[0]), "embeddings": feats[0] if feats else None,
+                "unusable": inputs["unusable"]}
 
     def postprocess(self, outputs: Dict[str, Any], threshold: Optional[float] = None) -> Dict[str, Any]:
-        probs = torch.softmax(outputs["logits"].float(), -1).cpu().numpy()
-        pred = risk_summary(probs, self.model.severity, threshold, getattr(self.model, "risk_calibration", None))
-        guard = getattr(self.model, "ood_guard", None)
-        ood = None
-        if guard is not None and outputs["embeddings"] is not None:
-            ood = bool(guard.flag(outputs["embeddings"].float().cpu().numpy())[0])
+        emb = outputs["embeddings"]
+        pred = DecisionLayer.from_model(self.model).apply(
+            outputs["logits"].numpy(), None if emb is None else emb.numpy(), threshold=threshold,
+            unusable=outputs["unusable"].numpy().reshape(-1), drift=False)
         record = pred.as_records()[0]
         return {
-            "label": record["decision"], "refer": bool(record["refer"]) or bool(ood),
-            "expected_cost": record["expected_cost"], "out_of_distribution": ood, "certified": pred.certified,
-            "argmax": record["argmax"], "scores": record["probabilities"], "note": pred.note,
+            "label": record["decision"], "refer": record["refer"], "reason": record["reason"],
+            "expected_cost": record["expected_cost"], "out_of_distribution": record["out_of_distribution"],
+            "certified": pred.certified, "argmax": record["argmax"], "scores": record["probabilities"], "note": pred.note,
+            "guarantees": pred.guarantees,
         }
 
 

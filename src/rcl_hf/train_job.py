@@ -333,6 +333,10 @@ def run_training(
         if model_args.calibrate and not model_args.eval_only and "validation" in results:
             results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
                                                  training_args.seed, raw_splits if data_args.cache_resized else None)
+        if not model_args.eval_only:  # what the saved decision layer certifies, in its own words
+            from .decision_layer import DecisionLayer
+
+            results["guarantees"] = DecisionLayer.from_pretrained(out_dir).guarantees()
         atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
@@ -379,14 +383,14 @@ def _calibrate(out_dir: str, splits: Any, severity: SeverityMatrix, model_args: 
 
     predictions = None
     if originals is not None:
-        from .inference import forward_images, load_model
+        from .inference import forward_logits, load_model
 
         model = load_model(out_dir)
         predictions = {}
         for name in ("validation", "test"):
             if name in originals:
-                probs, _ = forward_images(model, originals[name]["image"])
-                predictions[name] = (np.log(np.maximum(probs, 1e-300)), np.asarray(originals[name]["label"]))
+                logits, _ = forward_logits(model, originals[name]["image"])
+                predictions[name] = (logits, np.asarray(originals[name]["label"]))
     grouped = all("group_id" in splits[s].column_names for s in ("train", "validation"))
     try:
         return calibrate_run(out_dir, severity, risk_kind=model_args.risk_kind, alpha=model_args.risk_alpha,

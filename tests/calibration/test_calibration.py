@@ -59,8 +59,7 @@ def test_naive_threshold_without_the_correction_breaks_the_promise():
     for i in range(30):
         z, y = draw(rng, 1000)
         cal = calibrate(z, y, SEV, alpha=0.05, delta=0.1, rule="argmax", temperature=1.0, tune_fraction=0.0)
-        p = np.exp(z - z.max(1, keepdims=True))
-        _, d, s, _ = cal.decide(p / p.sum(1, keepdims=True), SEV)
+        _, d, s, _ = cal.decide(z, SEV)
         curve = risk_curve(s, SEV.critical[y, d], SEV.positive_rows[y], "critical_miss")
         ok = np.flatnonzero(curve.risk <= 0.05)
         naive = RiskCalibration(**{**cal.__dict__, "threshold": float(curve.thresholds[ok].max())})
@@ -177,9 +176,8 @@ def test_drift_flags_a_shifted_batch_and_not_a_like_one():
     cal = calibrate(z, y, SEV, alpha=0.1)
     like, _ = draw(rng, 200)
     shifted, _ = draw(rng, 200, signal=0.3)  # a source where the model is unsure
-    softmax = lambda a: np.exp(a - a.max(1, keepdims=True)) / np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True)
-    s_like = cal.decide(softmax(like), SEV)[2]
-    s_shift = cal.decide(softmax(shifted), SEV)[2]
+    s_like = cal.decide(like, SEV)[2]
+    s_shift = cal.decide(shifted, SEV)[2]
     assert check_drift(s_like, cal.score_quantiles, rng.random(200) < 0.05, 0.05).drifted is False
     report = check_drift(s_shift, cal.score_quantiles, rng.random(200) < 0.3, 0.05)
     assert report.drifted and len(report.reasons) == 2 and "does not look like the calibration data" in report.message()
@@ -188,7 +186,7 @@ def test_drift_flags_a_shifted_batch_and_not_a_like_one():
 
 def test_vector_scaling_fits_a_per_class_bias_and_travels_in_the_file(tmp_path):
     """A model that under-calls class 0 by a constant: vector scaling recovers the bias (NLL drops), the fitted
-    scale and bias are saved, reloaded and applied to probabilities."""
+    scale and bias are saved, reloaded and applied to logits."""
     from rcl_hf.decision import fit_vector_scaling
     from scipy.special import log_softmax
 
@@ -204,7 +202,9 @@ def test_vector_scaling_fits_a_per_class_bias_and_travels_in_the_file(tmp_path):
     assert cal.class_scale is not None and len(cal.class_bias) == 7
     cal.save(tmp_path)
     back = RiskCalibration.load(tmp_path)
-    p = np.exp(ell[:5])
-    assert np.allclose(back.calibrated_probabilities(p), cal.calibrated_probabilities(p))
+    assert np.allclose(back.probabilities(z[:5]), cal.probabilities(z[:5]))
+    # the vector scaling acts on log-probabilities: logits shifted by a constant per row give the same answer
+    assert np.allclose(cal.probabilities(z[:5] + 3.0), cal.probabilities(z[:5]))
+    assert np.allclose(cal.probabilities(z[:5]).sum(1), 1.0)
     with pytest.raises(ValueError, match="scaling must be"):
         calibrate(z, y, SEV, scaling="matrix")

@@ -178,17 +178,19 @@ def test_model_card_states_the_ood_guard_and_its_guarantee(tmp_path):
     guard.save(folder)
     text = str(hub.build_model_card(folder, "owner/guarded"))
     section = text.split("## Out-of-distribution guard", 1)[1].split("\n## ", 1)[0]
-    assert f"exceeds {guard.threshold:.6g}. That threshold was set on 200 validation images" in section
+    assert f"exceeds {guard.threshold:.6g}, a threshold set on 200 validation images" in section
     assert "covariance from 120 training images" in section
-    assert "with 90% confidence over the draw of the calibration images" in section
-    assert f"{guard.meta['validation_flagged']:.2%} of those validation images lie above it" in section
+    assert f"({guard.meta['validation_flagged']:.2%} of the validation images lie above it)" in section
+    assert guard.guarantee() in section  # the guarantee in its one wording
+    assert "with 90% confidence over the draw of 200 validation images" in guard.guarantee()
     hub.validate_model_card(text)
     # a guard saved without its provenance (hand-built, meta={}) still gets the section, without the counts
     guard.meta = {}
     guard.save(folder)
     section = str(hub.build_model_card(folder, "owner/guarded")).split("## Out-of-distribution guard", 1)[1]
-    assert (f"(class means and a Ledoit–Wolf covariance) exceeds {guard.threshold:.6g}. That threshold was set so that "
-            "at most 5% of in-domain images are flagged, with 90% confidence") in section
+    assert (f"(class means and a Ledoit–Wolf covariance) exceeds {guard.threshold:.6g}. At most 5% of "
+            "images like the training images are flagged as outside what the model knows, with 90% confidence over the "
+            "draw of the validation images") in section
 
 
 def test_card_for_a_bare_checkpoint_and_a_baseline(tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from rcl_hf import load_model
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,8 +49,10 @@ def test_check_rebuilds_the_run_test_split_and_reports_against_the_goals(synthet
     assert dl["risk_kind"] == "critical_miss" and 0.0 <= dl["coverage"] <= 1.0
     md = (tmp_path / "check.md").read_text()
     assert "| test accuracy (argmax) |" in md and "≥ 20.00% | met |" in md
-    assert (f"flags at most 5.00% of in-domain images with 90% confidence (training-conditional conformal); on test it "
-            f"flagged {ood['test_flagged']} of {result['test_images']}.") in md
+    assert ood["guarantee"] == load_model(str(synthetic_run)).ood_guard.guarantee()  # the guarantee in its one wording
+    assert "with 90% confidence over the draw of" in ood["guarantee"]
+    assert f"OOD guard: {ood['guarantee']} On test it flagged {ood['test_flagged']} of {result['test_images']} images." in md
+    assert result["guarantees"][1] == ood["guarantee"]
     assert json.loads((tmp_path / "check.json").read_text())["goals"]["accuracy"] == 0.2
 
 

@@ -1,4 +1,4 @@
-"""rcl_hf.inference: the Bayes-risk decision and referral against hand computations, and
+"""rcl_hf.inference and its decision layer: the Bayes-risk decision and referral against hand computations, and
 load_model + predict on a tiny saved checkpoint."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from checkpoints import copy_without_severity, save_tiny_checkpoint
 import torch
 
 from rcl_hf.hub.errors import HubUnavailableError
-from rcl_hf.inference import DEFAULT_REFERRAL_THRESHOLD, Prediction, load_model, predict, predict_proba, risk_summary
+from rcl_hf.decision_layer import DEFAULT_REFERRAL_THRESHOLD, DecisionLayer, Prediction
+from rcl_hf.inference import load_model, predict, predict_proba
 from rcl_hf.metrics import bayes_risk_decision
 from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
 from rcl_hf.severity import SeverityMatrix
@@ -23,13 +24,18 @@ from rcl_hf.severity import SeverityMatrix
 SEVERITY = SeverityMatrix.preset("synthetic")
 
 
+def _decide(p, severity, threshold=None):
+    """The decision layer without a calibration on logits whose softmax is ``p`` (zeros kept at 1e-12)."""
+    return DecisionLayer(severity).apply(np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-12, None)), threshold=threshold)
+
+
 def test_bayes_decision_differs_from_argmax_by_hand():
     p = np.array([
         [0.60, 0.30, 0.05, 0.05],  # most likely normal, but 40% lesion mass
         [0.97, 0.01, 0.01, 0.01],  # confidently normal
         [0.00, 0.20, 0.70, 0.10],  # a lesion; fine-grained uncertainty only
     ])
-    pred = risk_summary(p, SEVERITY, threshold=0.1)
+    pred = _decide(p, SEVERITY, threshold=0.1)
     # expected cost of deciding j: sum_i p_i M[i, j]
     #   row 0: normal 0.3+0.05+0.05 = 0.40; round 0.6*0.3+0.05*0.1*2 = 0.19; oval/ring 0.18+0.03+0.005 = 0.215
     #   row 1: normal 0.03; round 0.291+0.002 = 0.293; oval/ring 0.291+0.001+0.001 = 0.293
@@ -49,16 +55,16 @@ def test_bayes_decision_differs_from_argmax_by_hand():
 
 def test_referral_flag_flips_with_the_threshold():
     p = np.array([0.60, 0.30, 0.05, 0.05])  # Bayes expected cost 0.19
-    assert risk_summary(p, SEVERITY, threshold=0.18).refer.tolist() == [True]
-    assert risk_summary(p, SEVERITY, threshold=0.195).refer.tolist() == [False]
-    assert risk_summary(p, SEVERITY, threshold=0.5).refer.tolist() == [False]
-    assert risk_summary(p, SEVERITY, threshold=0.0).refer.tolist() == [True]
-    certain = np.eye(4)
-    assert not risk_summary(certain, SEVERITY, threshold=0.0).refer.any()  # strictly above: zero cost never refers
+    assert _decide(p, SEVERITY, threshold=0.18).refer.tolist() == [True]
+    assert _decide(p, SEVERITY, threshold=0.195).refer.tolist() == [False]
+    assert _decide(p, SEVERITY, threshold=0.5).refer.tolist() == [False]
+    assert _decide(p, SEVERITY, threshold=0.0).refer.tolist() == [True]
+    certain = 1000.0 * np.eye(4)  # logits whose softmax is exactly one-hot in float64
+    assert not DecisionLayer(SEVERITY).apply(certain, threshold=0.0).refer.any()  # strictly above: zero cost never refers
 
 
-def test_risk_summary_input_checks_and_records():
-    pred = risk_summary([0.25, 0.25, 0.25, 0.25], SEVERITY)  # 1-D: one case
+def test_decision_layer_input_checks_and_records():
+    pred = _decide([0.25, 0.25, 0.25, 0.25], SEVERITY)  # 1-D: one case
     assert pred.probabilities.shape == (1, 4) and pred.threshold == DEFAULT_REFERRAL_THRESHOLD
     record = pred.as_records()[0]
     json.dumps(record)
@@ -66,9 +72,9 @@ def test_risk_summary_input_checks_and_records():
     assert record["expected_cost"] == pytest.approx(0.25 * 0.3 + 0.25 * 0.1 * 2)
     assert set(record["probabilities"]) == set(SEVERITY.labels)
     with pytest.raises(ValueError, match="3 classes"):
-        risk_summary(np.ones((2, 3)) / 3, SEVERITY)
+        _decide(np.ones((2, 3)) / 3, SEVERITY)
     with pytest.raises(ValueError, match="threshold"):
-        risk_summary([0.25] * 4, SEVERITY, threshold=-0.1)
+        _decide([0.25] * 4, SEVERITY, threshold=-0.1)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +109,13 @@ def test_load_model_and_predict(checkpoint):
         manual = torch.softmax(model(pixel_values=pixel_values).logits, -1).numpy()
     assert pred.probabilities == pytest.approx(manual, abs=1e-5)
     assert pred.argmax.tolist() == manual.argmax(1).tolist()
-    expected = risk_summary(manual, SEVERITY, threshold=0.05)
+    expected = _decide(manual, SEVERITY, threshold=0.05)
     assert pred.bayes_decision.tolist() == expected.bayes_decision.tolist()
     assert pred.expected_cost == pytest.approx(expected.expected_cost, abs=1e-5)
-    assert pred.refer.tolist() == (expected.expected_cost > 0.05).tolist()
+    # the third image is 20 pixels high: too small to assess, so it is referred whatever its cost
+    assert pred.refer.tolist() == [bool(c > 0.05) or i == 2 for i, c in enumerate(expected.expected_cost)]
+    assert pred.reasons[2] == "unusable"
+    assert pred.reasons[:2] == [None if c <= 0.05 else "uncertain" for c in expected.expected_cost[:2]]
 
     single = predict(model, images[0])  # one image, not a list
     assert single.probabilities.shape == (1, 4)
@@ -124,7 +133,7 @@ def test_predict_with_explicit_severity_and_processor(checkpoint):
     zero = SeverityMatrix(SEVERITY.labels, np.zeros((4, 4)), np.zeros((4, 4), dtype=bool))
     pred = predict(model, _images(), severity=zero, image_processor=processor, threshold=0.0)
     assert pred.expected_cost == pytest.approx(np.zeros(3))
-    assert not pred.refer.any()
+    assert pred.refer.tolist() == [False, False, True]  # nothing costs anything; the 20-pixel image is unusable
     default = predict(model, _images(), image_processor=processor)  # severity read from config.json
     assert default.labels == SEVERITY.labels
 
@@ -203,20 +212,20 @@ def test_concurrent_forward_passes_keep_their_own_embeddings(checkpoint):
     the embeddings of its own images, never another thread's."""
     import threading
 
-    from rcl_hf.inference import forward_images
+    from rcl_hf.inference import forward_logits
 
     model = load_model(str(checkpoint))
     rng = np.random.default_rng(7)
     from PIL import Image
 
     sets = [[Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(6)] for _ in range(4)]
-    alone = [forward_images(model, imgs, embeddings=True, batch_size=1)[1] for imgs in sets]
+    alone = [forward_logits(model, imgs, embeddings=True, batch_size=1)[1] for imgs in sets]
     got, errors = [None] * len(sets), []
 
     def work(i):
         try:
             for _ in range(5):
-                got[i] = forward_images(model, sets[i], embeddings=True, batch_size=1)[1]
+                got[i] = forward_logits(model, sets[i], embeddings=True, batch_size=1)[1]
                 assert got[i].shape == alone[i].shape and np.allclose(got[i], alone[i], atol=1e-5)
         except AssertionError as err:  # pragma: no cover - the failure this test exists for
             errors.append((i, err))

@@ -187,7 +187,7 @@ def test_predict_without_a_guard_reports_none_and_space_refers_ood_images(synthe
     import shutil
 
     from rcl_hf.inference import load_model, predict
-    from rcl_hf.space.core import OOD_MESSAGE, analyze
+    from rcl_hf.space.answer import OOD_MESSAGE, analyze
     from rcl_hf.space.render import decision_card_html
 
     folder, dsd = synthetic_model
@@ -265,7 +265,8 @@ def test_the_guard_command_fits_the_guard_the_run_fitted(synthetic_model, tmp_pa
     from_run, from_cli = OODGuard.load(folder / "guard_fitted_by_the_run.safetensors"), OODGuard.load(again)
     assert from_cli.delta == from_run.delta == 0.1 and from_cli.meta["n_fit"] == 300
     assert from_cli.threshold == pytest.approx(from_run.threshold, rel=1e-3)
-    assert "flags at most 5% of in-domain images with 90% confidence" in capsys.readouterr().out
+    assert f": {from_cli.guarantee()}" in capsys.readouterr().out  # the guarantee in its one wording
+    assert "At most 5% of images like the training images are flagged" in from_cli.guarantee()
     with pytest.raises(SystemExit):  # a model folder that is not there: one line, exit 2
         main(["--model", str(tmp_path / "absent"), "--dataset", "synthetic", "--max_train_samples", "60",
               "--max_eval_samples", "60", "--cache_dir", "none"])
@@ -309,12 +310,12 @@ def test_a_run_on_the_resized_image_cache_fits_its_guard_and_decision_layer_on_t
     np.testing.assert_allclose(from_run.means, from_raw.means, rtol=1e-5, atol=1e-6)
     # the decision layer too: calibrated on the model's answers for the original validation images, which differ
     # from the Trainer's answers on the cache (validation_predictions.npz)
-    from rcl_hf.inference import forward_images, load_model
+    from rcl_hf.inference import forward_logits, load_model
 
-    raw_probs, _ = forward_images(load_model(again), splits["validation"]["image"])
-    used = captured["predictions"]["validation"][0]
-    used_probs = np.exp(used - used.max(1, keepdims=True))
-    np.testing.assert_allclose(used_probs / used_probs.sum(1, keepdims=True), raw_probs, atol=1e-6)
+    raw_logits, _ = forward_logits(load_model(again), splits["validation"]["image"])
+    raw_probs = np.exp(raw_logits - raw_logits.max(1, keepdims=True))
+    raw_probs /= raw_probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(captured["predictions"]["validation"][0], raw_logits, atol=1e-5)  # logits, as they are
     with np.load(run / "validation_predictions.npz") as z:
         cached = np.exp(z["logits"] - z["logits"].max(1, keepdims=True))
     assert np.abs(cached / cached.sum(1, keepdims=True) - raw_probs).max() > 5e-6  # the cache is not the originals

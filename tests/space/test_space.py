@@ -229,7 +229,8 @@ def test_headline_is_the_certified_decision_not_the_argmax(models):
     m = models["rcl"]
     bayes = {k: dc_replace(c, temperature=1.0, blend_weight=1.0, threshold=1.0) for k, c in m.calibrations.items()}
     sm = dc_replace(m, calibrations=bayes)
-    rec = _space_app().score(sm, [0.4, 0.2, 0.2, 0.2], "10%")  # argmax normal; calling a lesion normal is critical
+    logits = np.log([0.4, 0.2, 0.2, 0.2])  # argmax normal; calling a lesion normal is critical
+    rec = _space_app().score(sm, logits, "10%")
     assert rec["argmax"] == "normal" and rec["decision"] == "lesion_round" != rec["argmax"]
     assert rec["headline"] == "round lesion" and rec["diagnosis"] == "lesion_round" and rec["refer"] is False
     card = decision_card_html(rec)
@@ -269,7 +270,9 @@ def test_model_without_calibration_says_not_certified(app, models, inputs_dir):
     assert res["refer"] == (res["expected_cost"] > 0.1)
     from rcl_hf.space.render import certificate_markdown, decision_card_html
 
-    assert "Not certified" in decision_card_html(res) and "not certified" in certificate_markdown([models["ce"]], None)
+    assert "Not certified" in decision_card_html(res)
+    text = certificate_markdown([models["ce"]], None)  # the decision layer's own sentences
+    assert "Not certified" in text and "has no out-of-distribution guard" in text
     demo = app.build_demo(models["ce"])
     radio = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "rcl-risk")
     assert [c[0] for c in radio.choices] == ["not certified"] and radio.interactive is False
@@ -290,15 +293,15 @@ def test_blank_and_tiny_images_are_refused_with_the_reason(client, app, models, 
             app.analyze(path, "10%", models["rcl"])
         assert info.value.kind == "unusable"
     forwards = []
-    import rcl_hf.space.core as core
+    import rcl_hf.space.answer as answer
 
-    orig = core.forward
-    core.forward = lambda *a: forwards.append(a) or orig(*a)
+    orig = answer.forward
+    answer.forward = lambda *a: forwards.append(a) or orig(*a)
     try:
         with pytest.raises(app.InputImageError):
             app.analyze(grey, "10%", models["rcl"])
     finally:
-        core.forward = orig
+        answer.forward = orig
     assert forwards == []  # refused before the model ran
 
 
@@ -329,7 +332,7 @@ def test_busy_service_answers_at_once(app, models, inputs_dir):
 
 def test_batch_answers_each_image_and_says_when_it_drifts(app, models, inputs_dir, tmp_path):
     from rcl_hf.calibration import DriftReport
-    from rcl_hf.space.core import analyze_batch
+    from rcl_hf.space.answer import analyze_batch
     from rcl_hf.space.render import batch_markdown
 
     grey = tmp_path / "grey.png"

@@ -36,7 +36,7 @@ def folder(tmp_path_factory):
     import torch
 
     from rcl_hf.calibration import calibrate
-    from rcl_hf.inference import forward_images, load_model
+    from rcl_hf.inference import forward_logits, load_model
     from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file
     from rcl_hf.ood import OODGuard
     from rcl_hf.severity import SeverityMatrix
@@ -52,7 +52,7 @@ def folder(tmp_path_factory):
     y = rng.integers(0, 4, 600)
     logits = 3.0 * np.eye(4)[y] + rng.normal(0, 1.5, (600, 4))
     calibrate(logits, y, sev, alpha=0.1, dataset="synthetic").save(folder)
-    _, z = forward_images(load_model(str(folder)), _images(12, side=64), embeddings=True)
+    _, z = forward_logits(load_model(str(folder)), _images(12, side=64), embeddings=True)
     a = rng.normal(size=(z.shape[1], z.shape[1]))
     guard = OODGuard(means=z[:4] + rng.normal(0, 0.1, z[:4].shape), precision=a @ a.T / z.shape[1] + np.eye(z.shape[1]),
                      threshold=0.0, false_alarm_rate=0.05, meta={})
@@ -63,7 +63,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def space_model(folder):
-    from rcl_hf.space.core import load_space_model
+    from rcl_hf.space.loading import load_space_model
 
     m = load_space_model(str(folder), "tiny")
     assert m.ood_guard is not None and m.certified
@@ -71,17 +71,17 @@ def space_model(folder):
 
 
 def test_concurrent_forward_passes_keep_their_own_embeddings(space_model):
-    from rcl_hf.inference import forward_images
+    from rcl_hf.inference import forward_logits
 
     imgs = _images(6)
-    ref = [forward_images(space_model.model, [im], embeddings=True)[1] for im in imgs]
+    ref = [forward_logits(space_model.model, [im], embeddings=True)[1] for im in imgs]
     start = threading.Barrier(len(imgs))
     wrong = []
 
     def go(k: int) -> None:
         start.wait()
         for _ in range(15):
-            _, z = forward_images(space_model.model, [imgs[k]], embeddings=True)
+            _, z = forward_logits(space_model.model, [imgs[k]], embeddings=True)
             if z.shape != ref[k].shape or not np.allclose(z, ref[k], rtol=1e-5, atol=1e-6):
                 wrong.append((k, z.shape))
 
@@ -95,7 +95,8 @@ def test_concurrent_forward_passes_keep_their_own_embeddings(space_model):
 
 def test_batched_forward_equals_one_image_at_a_time(space_model, folder):
     from rcl_hf.space.batching import ForwardBatcher
-    from rcl_hf.space.core import forward, load_space_model
+    from rcl_hf.space.answer import forward
+    from rcl_hf.space.loading import load_space_model
 
     other = load_space_model(str(folder), "second")  # two models: one pass of each per batch
     imgs = _images(8)
@@ -113,20 +114,20 @@ def test_batched_forward_equals_one_image_at_a_time(space_model, folder):
         got_threads = list(pool.map(batcher, imgs))
     for answers in (got, got_threads):
         for per_image, ref in zip(answers, single):
-            for (p, ood), (p0, ood0) in zip(per_image, ref):
-                assert np.allclose(p, p0, atol=1e-6) and ood == pytest.approx(ood0, rel=1e-6)
+            for (z, e), (z0, e0) in zip(per_image, ref):
+                assert np.allclose(z, z0, atol=1e-5) and np.allclose(e, e0, rtol=1e-5, atol=1e-6)
 
 
 def test_batcher_passes_an_error_to_every_caller_and_lives_on(space_model, monkeypatch):
-    import rcl_hf.space.core as core
+    import rcl_hf.space.answer as answer
     from rcl_hf.space.batching import ForwardBatcher
 
     batcher = ForwardBatcher([space_model], max_batch_size=4)
-    real = core.forward_batch
-    monkeypatch.setattr(core, "forward_batch", lambda models, rgbs: (_ for _ in ()).throw(RuntimeError("boom")))
+    real = answer.forward_batch
+    monkeypatch.setattr(answer, "forward_batch", lambda models, rgbs: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         batcher(_images(1)[0])
-    monkeypatch.setattr(core, "forward_batch", real)
+    monkeypatch.setattr(answer, "forward_batch", real)
     assert len(batcher(_images(1)[0])) == 1  # the forward thread survived
 
 
@@ -196,19 +197,18 @@ def test_ood_score_is_the_mahalanobis_formula_and_converts_once(space_model):
 
 
 def test_traced_forward_gives_the_eager_numbers(space_model):
-    """The Space traces its model once (rcl_hf.space.traced): same probabilities and OOD scores as the eager
-    forward_images; an input of another shape than the traced one goes the eager way."""
+    """The Space traces its model once (rcl_hf.space.traced): same logits and embeddings as the eager
+    forward_logits; an input of another shape than the traced one goes the eager way."""
     import torch
 
-    from rcl_hf.inference import forward_images
-    from rcl_hf.space.core import forward_batch
+    from rcl_hf.inference import forward_logits
+    from rcl_hf.space.answer import forward_batch
 
     assert space_model.traced is not None
     imgs = _images(5)
     got = forward_batch([space_model], imgs)
-    p0, z0 = forward_images(space_model.model, imgs, embeddings=True)
-    o0 = space_model.ood_guard.score(z0)
+    z0, e0 = forward_logits(space_model.model, imgs, embeddings=True)
     for i in range(len(imgs)):
-        assert np.allclose(got[i][0][0], p0[i], atol=1e-6) and got[i][0][1] == pytest.approx(o0[i], rel=1e-6)
+        assert np.allclose(got[i][0][0], z0[i], atol=1e-5) and np.allclose(got[i][0][1], e0[i], rtol=1e-5, atol=1e-6)
     assert space_model.traced.accepts(torch.zeros((2, *space_model.traced.input_shape)))
     assert not space_model.traced.accepts(torch.zeros((1, 3, 7, 7)))

@@ -59,7 +59,7 @@ def run(args: CalibrateArguments, data_args) -> dict:
 
     import numpy as np
 
-    from ..inference import forward_images, load_model
+    from ..inference import forward_logits, load_model
     from ..train_data import load_data
     from ..train_job import RISK_TABLE_KEYS, format_table
     from .fit import evaluate_calibration
@@ -98,11 +98,10 @@ def run(args: CalibrateArguments, data_args) -> dict:
     if args.eval_split:
         model = load_model(target, severity=severity)
         split = dsd[args.eval_split]
-        probs, _ = forward_images(model, split["image"], batch_size=args.batch_size)
+        z, _ = forward_logits(model, split["image"], batch_size=args.batch_size)
         labels = np.asarray(split["label"])
         names = split.features["label"].names
         labels = np.asarray([list(model.severity.labels).index(names[i]) for i in labels])
-        z = np.log(np.maximum(probs, 1e-300))
         out["eval"] = evaluate_calibration(cal, z, labels, model.severity)
         print("\n" + format_table({f"{args.eval_split} (certified layer)": out["eval"]}, RISK_TABLE_KEYS))
     return out

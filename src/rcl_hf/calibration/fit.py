@@ -160,7 +160,7 @@ def evaluate_calibration(cal: RiskCalibration, logits: Any, labels: Any, severit
     """What the calibrated decision layer does on labelled cases (e.g. the test split): coverage, the
     realised risk of each kind, accuracy among the accepted cases, and accuracy / CER of the decisions."""
     z, y = _validate(logits, labels, severity)
-    _, d, s, refer = cal.decide(softmax(z), severity, threshold)
+    _, d, s, refer = cal.decide(z, severity, threshold)
     return summarize_decisions(d, refer, y, severity)
 
 

@@ -7,7 +7,7 @@
   saved by runs of a dataset that has one) the certificate is group-level; an npz written before
   that, without groups, gives the image-level certificate (``unit`` in the record says which).
 * :func:`calibrate_folder` — ``rcl-calibrate``: embeds a dataset split with the model's own
-  preprocessing (:func:`rcl_hf.inference.forward_images`) and calibrates on it; works for a model
+  preprocessing (:func:`rcl_hf.inference.forward_logits`) and calibrates on it; works for a model
   trained with rcl_hf, with a plain ``transformers.Trainer`` (no severity in its config: pass a
   severity, matched to the model's labels by name) or a timm model saved in the Hugging Face format.
 """
@@ -75,7 +75,7 @@ def calibrate_folder(model_dir: str, split: Any, *, severity: Any = None, out_di
     (into ``out_dir``, a copy of the model folder, when given). The split's label names must be the model's."""
     import shutil
 
-    from ..inference import forward_images, load_model
+    from ..inference import forward_logits, load_model
 
     model = load_model(model_dir, severity=severity)
     sev = model.severity
@@ -91,8 +91,8 @@ def calibrate_folder(model_dir: str, split: Any, *, severity: Any = None, out_di
         labels = remap[labels]
     groups = split["group_id"] if hasattr(split, "column_names") and "group_id" in split.column_names else None
     logger.info("embedding %d %s images with the model's preprocessing", len(labels), split_name)
-    probs, _ = forward_images(model, split[image_column], batch_size=batch_size)
-    cal = calibrate(np.log(np.maximum(probs, 1e-300)), labels, sev, risk_kind=risk_kind, alpha=alpha, delta=delta,
+    logits, _ = forward_logits(model, split[image_column], batch_size=batch_size)
+    cal = calibrate(logits, labels, sev, risk_kind=risk_kind, alpha=alpha, delta=delta,
                     method=method, groups=groups, train_groups=train_groups, dataset=dataset, split=split_name, seed=seed)
     target = out_dir or model_dir
     if out_dir and os.path.abspath(out_dir) != os.path.abspath(model_dir):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
+from scipy.special import log_softmax
 
 from ..crash_safety import atomic_write_json
 from ..decision import blend_decision, decision_scores
@@ -81,22 +82,21 @@ class RiskCalibration:
     def refers_everything(self) -> bool:
         return self.threshold <= REFER_ALL
 
-    def calibrated_probabilities(self, probs: Any) -> np.ndarray:
-        """``softmax(log p / T)`` = ``softmax(z / T)`` for probabilities ``p = softmax(z)``; with vector scaling,
-        ``softmax(a ⊙ log p + b)`` (:func:`rcl_hf.decision.fit_vector_scaling`)."""
-        p = np.asarray(probs, dtype=np.float64)
-        if p.ndim != 2 or p.shape[1] != len(self.labels):
-            raise ValueError(f"probabilities must be (N, {len(self.labels)}), got shape {p.shape}")
-        ell = np.log(np.maximum(p, 1e-300))
+    def probabilities(self, logits: Any) -> np.ndarray:
+        """Calibrated probabilities from logits ``z`` ``(N, K)``: ``softmax(z / T)``; with vector scaling,
+        ``softmax(a ⊙ log softmax(z) + b)`` (:func:`rcl_hf.decision.fit_vector_scaling`)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != len(self.labels):
+            raise ValueError(f"logits must be (N, {len(self.labels)}), got shape {z.shape}")
         if self.class_scale is not None:
-            return softmax(ell * np.asarray(self.class_scale) + np.asarray(self.class_bias), axis=1)
-        return softmax(ell / self.temperature, axis=1)
+            return softmax(log_softmax(z, axis=1) * np.asarray(self.class_scale) + np.asarray(self.class_bias), axis=1)
+        return softmax(z / self.temperature, axis=1)
 
-    def decide(self, probs: Any, severity: SeverityMatrix, threshold: Optional[float] = None) -> Tuple[np.ndarray, ...]:
-        """``(calibrated probabilities, decisions, referral scores, refer)`` for probabilities ``(N, K)``;
+    def decide(self, logits: Any, severity: SeverityMatrix, threshold: Optional[float] = None) -> Tuple[np.ndarray, ...]:
+        """``(calibrated probabilities, decisions, referral scores, refer)`` for logits ``(N, K)``;
         ``threshold`` overrides the certified one (then the guarantee no longer holds)."""
         self.check_severity(severity)
-        p = self.calibrated_probabilities(probs)
+        p = self.probabilities(logits)
         d = blend_decision(p, severity, float(self.blend_weight))
         s = decision_scores(p, d, severity)
         tau = self.threshold if threshold is None else float(threshold)

@@ -61,6 +61,9 @@ __all__ = [
     "hamming",
     "inspect_image_bytes",
     "open_image_rgb",
+    "usability_problem",
+    "MIN_SIDE",
+    "MIN_PIXEL_STD",
     "read_image_bytes",
     "to_rgb",
     "validate_images",
@@ -255,6 +258,31 @@ def open_image_rgb(
     return rgb
 
 
+
+
+# --------------------------------------------------------------------------- usable for diagnosis
+#: Shortest side of an image that can be assessed (a smaller image holds too little to diagnose).
+MIN_SIDE: int = 32
+#: Standard deviation of the grey levels (0-255) below which an image is blank: one uniform colour, no anatomy.
+MIN_PIXEL_STD: float = 2.0
+
+
+def usability_problem(rgb: Image.Image, size: Optional[Tuple[int, int]] = None) -> Optional[str]:
+    """Why a decoded image holds nothing to diagnose, in plain words, or ``None`` when it can be assessed: a side
+    shorter than :data:`MIN_SIDE` pixels (of ``size``, the image as uploaded, when given) or a blank image
+    (grey-level standard deviation below :data:`MIN_PIXEL_STD`). The decision layer refers such an image with
+    the reason ``"unusable"`` (:class:`rcl_hf.DecisionLayer`)."""
+    w, h = size if size is not None and all(size) else rgb.size
+    if min(w, h) < MIN_SIDE:
+        return (f"The image is too small to assess ({w}x{h} pixels; at least {MIN_SIDE} pixels a side "
+                "are needed). Upload the original scan.")
+    grey = rgb.convert("L")
+    if max(grey.size) > 256:
+        grey = grey.copy()
+        grey.thumbnail((256, 256))
+    if float(np.asarray(grey, dtype=np.float32).std()) < MIN_PIXEL_STD:
+        return "The image is blank: it is one uniform colour with nothing visible to assess. Upload the original scan."
+    return None
 
 
 # --------------------------------------------------------------------------- hashes

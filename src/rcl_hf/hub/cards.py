@@ -205,18 +205,16 @@ def _ood_guard(folder: Path) -> Optional[str]:
     if guard is None:
         return None
     m = guard.meta
-    rule = ("on average over calibration draws (split-conformal)" if guard.delta is None else
-            f"with {1 - guard.delta:.0%} confidence over the draw of the calibration images (training-conditional conformal)")
 
     def count(key: str, words: str) -> str:  # a guard saved without its provenance (meta) still gets a card
         return f" {words.format(f'{m[key]:,}')}" if isinstance(m.get(key), int) else ""
 
-    flagged = m.get("validation_flagged")
+    flagged, placed = m.get("validation_flagged"), count("n_calibration", "on {} validation images")
     return (f"An image is flagged as outside what the model knows when its Mahalanobis score on the classifier's input "
             f"embedding (class means and a Ledoit–Wolf covariance{count('n_fit', 'from {} training images')}) exceeds "
-            f"{guard.threshold:.6g}. That threshold was set{count('n_calibration', 'on {} validation images')} "
-            f"so that at most {guard.false_alarm_rate:.0%} of in-domain images are flagged, {rule}"
-            + (f"; {flagged:.2%} of those validation images lie above it." if isinstance(flagged, float) else "."))
+            f"{guard.threshold:.6g}" + (f", a threshold set{placed}" if placed else "")
+            + (f" ({flagged:.2%} of the validation images lie above it)" if isinstance(flagged, float) else "")
+            + f". {guard.guarantee()}")
 
 
 def _eval_results(results: Dict[str, Dict[str, float]], dataset_type: str, dataset_title: str) -> List[Any]:
@@ -291,7 +289,7 @@ def build_model_card(
         tags: extra tags, added to the rcl_hf ones.
         model_name: the ``model-index`` name; defaults to the repository name.
         threshold: referral threshold shown in the usage snippets (default
-            :data:`rcl_hf.inference.DEFAULT_REFERRAL_THRESHOLD`).
+            :data:`rcl_hf.decision_layer.DEFAULT_REFERRAL_THRESHOLD`).
         template_path: another Jinja template (default :func:`model_card_template_path`).
         files: file list shown in the card; defaults to the folder's uploadable files.
 
@@ -303,7 +301,7 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from ..inference import DEFAULT_REFERRAL_THRESHOLD
+    from ..decision_layer import DEFAULT_REFERRAL_THRESHOLD
 
     folder = Path(folder)
     severity = severity_of(folder)

@@ -17,24 +17,22 @@ import collections
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-import numpy as np
+from .answer import Output
 
 __all__ = ["ForwardBatcher", "set_cpu_threads", "queue_demo", "QUEUE_POLL_S"]
 
 #: How often Gradio's queue looks for new events when it has none to start (Gradio's own: 1 ms on Linux).
 QUEUE_POLL_S: float = 0.01
 
-#: One image's answer from one model: ``(probabilities (K,), OOD score or None)``.
-Output = Tuple[np.ndarray, Optional[float]]
 
 
 class ForwardBatcher:
     """Run the forward passes of ``models`` for concurrent callers, up to ``max_batch_size`` images at once.
 
     ``threads``: forward passes that may run at the same time (each with the process's torch threads). Calling the
-    batcher with one image returns that image's :data:`Output` per model, as :func:`rcl_hf.space.core.forward` does.
+    batcher with one image returns that image's :data:`Output` per model, as :func:`rcl_hf.space.answer.forward` does.
     ``batch_sizes`` counts the batches run, by size (for the benchmarks).
     """
 
@@ -57,7 +55,7 @@ class ForwardBatcher:
         return fut.result()
 
     def _run(self, rgbs: Sequence[Any]) -> List[List[Output]]:
-        from .core import forward_batch
+        from .answer import forward_batch
 
         out = forward_batch(self.models, rgbs)
         with self._lock:

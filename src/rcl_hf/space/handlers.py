@@ -1,7 +1,7 @@
 """The Space's event handlers: what ``spaces_demo/app.py`` wires to its buttons and API endpoints.
 
-One :class:`SpaceHandlers` per page holds the models, the :class:`~rcl_hf.space.core.Admission` that bounds the
-work in flight (past it a request gets :data:`~rcl_hf.space.core.BUSY_MESSAGE` at once) and the
+One :class:`SpaceHandlers` per page holds the models, the :class:`~rcl_hf.space.admission.Admission` that bounds the
+work in flight (past it a request gets :data:`~rcl_hf.space.admission.BUSY_MESSAGE` at once) and the
 :class:`~rcl_hf.space.batching.ForwardBatcher` through which concurrent requests share forward passes. Per request
 only the request's own work is done: decode, usability check, scoring and the HTML of its answer; everything that
 is per model (weights, calibrations, the OOD guard's matrices, the cost heat map) is prepared once.
@@ -20,7 +20,9 @@ import numpy as np
 
 from .batching import ForwardBatcher
 from .certified import UNCERTIFIED_CHOICE, resolve_choice
-from .core import BUSY_MESSAGE, Admission, ServiceBusy, SpaceModel, analyze_batch, model_outputs
+from .admission import BUSY_MESSAGE, Admission, ServiceBusy
+from .answer import Output, analyze_batch, model_outputs
+from .loading import SpaceModel
 from .inputs import InputImageError, check_usable, load_input_image
 from .render import batch_markdown, certificate_markdown, comparison_markdown, decision_card_html, input_markdown, refusal_card_html
 
@@ -58,9 +60,9 @@ class SpaceHandlers:
     def _risk(self, risk: Any) -> Any:
         return None if risk in (None, "", UNCERTIFIED_CHOICE) or not self.models[0].calibrations else risk
 
-    def outputs_for(self, probs: Sequence[Any], ood: Sequence[Optional[float]], risk: Any) -> tuple:
+    def outputs_for(self, outputs: Sequence[Output], risk: Any) -> tuple:
         """Per model ``(probabilities or None when outside, card HTML, record)``, then the comparison markdown."""
-        recs = model_outputs(self.models, probs, ood, self._risk(risk), self.threshold)
+        recs = model_outputs(self.models, outputs, self._risk(risk), self.threshold)
         out: List[Any] = []
         for rec in recs:
             out += [None if rec["out_of_distribution"] else rec["probabilities"], decision_card_html(rec), rec]
@@ -115,9 +117,8 @@ class SpaceHandlers:
             gr.Info("; ".join(info.notes), title="Input converted")
         preview = rgb.copy()
         preview.thumbnail((256, 256))
-        probs, ood = [p for p, _ in results], [o for _, o in results]
-        state = {"probs": [p.tolist() for p in probs], "ood": ood}
-        return (*self.outputs_for(probs, ood, risk), input_markdown(info.as_dict()), preview, state)
+        state = {"outputs": [(z.tolist(), None if e is None else e.tolist()) for z, e in results]}
+        return (*self.outputs_for(results, risk), input_markdown(info.as_dict()), preview, state)
 
     def rescore(self, state: Optional[dict], risk: Any) -> tuple:
         """The target risk changed: the answers of the last image again (no forward pass), and the certificate."""
@@ -125,9 +126,10 @@ class SpaceHandlers:
 
         models = self.models
         cert = certificate_markdown(models, resolve_choice(self._risk(risk), models[0].calibrations or {}))
-        if not state or not state.get("probs"):
+        if not state or not state.get("outputs"):
             return (*(gr.skip() for _ in range(3 * len(models) + 1)), cert)
-        return (*self.outputs_for([np.asarray(p) for p in state["probs"]], state.get("ood") or [None] * len(models), risk), cert)
+        outputs = [(np.asarray(z), None if e is None else np.asarray(e)) for z, e in state["outputs"]]
+        return (*self.outputs_for(outputs, risk), cert)
 
     def run_batch(self, files: Any, risk: Any) -> str:
         """A batch of files with the first model: a markdown table with the drift verdict."""

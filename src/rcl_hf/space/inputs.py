@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..data import DEFAULT_MAX_PIXELS as DATA_MAX_PIXELS
 from ..data import ImageLoadError, open_image_rgb
-from ..data.images import to_rgb
+from ..data.images import MIN_PIXEL_STD, MIN_SIDE, to_rgb, usability_problem
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "WORKING_SIDE", "MIN_SIDE", "MIN_PIXEL_STD", "InputImageError",
            "InputInfo", "load_input_image", "check_usable"]
@@ -33,10 +33,6 @@ DEFAULT_MAX_UPLOAD_MB: float = 25.0
 #: Longest side kept for display and inference (the processor resizes anyway); JPEGs decode at a reduced DCT scale.
 WORKING_SIDE: int = 1024
 
-#: Shortest side the Space reads (a smaller image holds too little to diagnose).
-MIN_SIDE: int = 32
-#: Standard deviation of the grey levels (0-255) below which an image is blank: one uniform colour, no anatomy.
-MIN_PIXEL_STD: float = 2.0
 
 #: The Space's input error is the package's: ``kind`` is ``"empty"``, ``"too_large"``, ``"not_image"``,
 #: ``"truncated"``, ``"corrupt"``, ``"mode"``, ``"missing_image"``, ``"not_uploaded"``, or ``"unusable"``
@@ -171,20 +167,12 @@ def load_input_image(
 
 
 def check_usable(rgb: Image.Image, info: Optional[InputInfo] = None) -> None:
-    """Refuse, before any model runs, an image with nothing to diagnose: a side shorter than :data:`MIN_SIDE`
-    pixels (of the uploaded image) or a blank one (grey-level standard deviation below :data:`MIN_PIXEL_STD`).
+    """Refuse, before any model runs, an image with nothing to diagnose (:func:`rcl_hf.data.images.usability_problem`:
+    too small or blank).
 
     Raises:
         InputImageError: ``kind="unusable"``, with the reason in plain words.
     """
-    w, h = (info.width, info.height) if info is not None and info.width and info.height else rgb.size
-    if min(w, h) < MIN_SIDE:
-        raise InputImageError(f"The image is too small to assess ({w}x{h} pixels; at least {MIN_SIDE} pixels a side "
-                              "are needed). Upload the original scan.", "unusable")
-    grey = rgb.convert("L")
-    if max(grey.size) > 256:
-        grey = grey.copy()
-        grey.thumbnail((256, 256))
-    if float(np.asarray(grey, dtype=np.float32).std()) < MIN_PIXEL_STD:
-        raise InputImageError("The image is blank: it is one uniform colour with nothing visible to assess. "
-                              "Upload the original scan.", "unusable")
+    problem = usability_problem(rgb, (info.width, info.height) if info is not None else None)
+    if problem is not None:
+        raise InputImageError(problem, "unusable")

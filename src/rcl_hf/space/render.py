@@ -10,7 +10,7 @@ import html
 from typing import Any, Mapping, Optional, Sequence
 
 from .certified import pretty_label
-from .core import OOD_MESSAGE, REFER_HEADLINE
+from .answer import OOD_MESSAGE, REFER_HEADLINE
 
 __all__ = ["decision_card_html", "refusal_card_html", "comparison_markdown", "input_markdown", "certificate_markdown",
            "batch_markdown", "ood_card_html"]
@@ -109,16 +109,13 @@ def comparison_markdown(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def certificate_markdown(models: Sequence[Any], risk_target: Optional[str]) -> str:
-    """What the chosen target risk buys, per model (the certificate sentence), or that it is not certified."""
+    """What is certified for the chosen target risk, per model: its decision layer's guarantees
+    (:meth:`rcl_hf.DecisionLayer.guarantees`: the risk certificate, or that nothing is, and the OOD guard's)."""
     out = []
     for m in models:
-        cal = (m.calibrations or {}).get(risk_target) if risk_target else None
-        if cal is None and m.calibrations:
-            cal = next(iter(m.calibrations.values()))
-        if cal is None:
-            out.append(f"**{_esc(m.name)}: not certified.** It carries no risk calibration; referrals follow a hand-set threshold.")
-        else:
-            out.append(f"**{_esc(m.name)}**: {cal.certificate()}")
+        cals = m.calibrations or {}
+        key = risk_target if risk_target in cals else next(iter(cals), None)
+        out.append(f"**{_esc(m.name)}**: " + " ".join(m.decision_layer(key)[1].guarantees()))
     return "\n\n".join(out)
 
 
