@@ -208,6 +208,7 @@ class DecisionLayer:
             t = DEFAULT_REFERRAL_THRESHOLD if t is None else t
             decision, cost = bayes_risk_decision(p, sev)
             uncertain, certified, note = cost > t, False, UNCERTIFIED_NOTE
+        bayes = decision if cal is None or cal.blend_weight == 1.0 else bayes_risk_decision(p, sev)[0]
         bad = np.zeros(n, dtype=bool) if unusable is None else np.asarray(unusable, dtype=bool).reshape(-1)
         if bad.shape != (n,):
             raise ValueError(f"unusable must hold one flag per case ({n}), got {bad.shape[0]}")
@@ -230,7 +231,7 @@ class DecisionLayer:
                                  outside[ok] if outside is not None else None,
                                  guard.false_alarm_rate if guard is not None else None)
         return Prediction(
-            labels=self.labels, probabilities=p, argmax=arg, bayes_decision=bayes_risk_decision(p, sev)[0],
+            labels=self.labels, probabilities=p, argmax=arg, bayes_decision=bayes,
             expected_cost=cost, argmax_expected_cost=expected_costs(p, sev)[np.arange(n), arg],
             critical_mass=p[:, sev.positive_rows].sum(1), refer=bad | out | np.asarray(uncertain, dtype=bool),
             threshold=float(t), decision=decision, reasons=reasons, ood_score=ood_score, out_of_distribution=outside,

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..decision_layer import DEFAULT_REFERRAL_THRESHOLD, DecisionLayer, Prediction, check_threshold
+from ..decision_layer import DEFAULT_REFERRAL_THRESHOLD, DecisionLayer, Prediction
 from ..inference import forward_logits
 from ..metrics.functional import expected_costs
 from .certified import UNCERTIFIED_CHOICE, pretty_label
@@ -51,10 +51,11 @@ def forward_batch(models: Sequence[SpaceModel], rgbs: Sequence[Image.Image]) -> 
 
 
 def _threshold(layer: DecisionLayer, threshold: Optional[float]) -> Optional[float]:
-    """The Space's hand-set threshold applies to a model without a calibration only (a calibrated one is certified)."""
+    """The Space's hand-set threshold applies to a model without a calibration only (a calibrated one is certified);
+    :meth:`~rcl_hf.DecisionLayer.apply` checks it."""
     if layer.calibration is not None:
         return None
-    return DEFAULT_REFERRAL_THRESHOLD if threshold is None else check_threshold(threshold)
+    return DEFAULT_REFERRAL_THRESHOLD if threshold is None else threshold
 
 
 def _record(m: SpaceModel, key: Optional[str], layer: DecisionLayer, pred: Prediction, n: int) -> Dict[str, Any]:
