@@ -143,7 +143,7 @@ def test_saved_calibration_round_trips_and_damage_is_named(tmp_path):
     cal = calibrate(z, y, SEV, alpha=0.1, dataset="isic2018")
     path = cal.save(tmp_path)
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["risk_kind"] == "critical_miss" and "certified on" in data["certificate"]
+    assert data["schema_version"] == 2 and data["risk_kind"] == "critical_miss" and "certified on" in data["certificate"]
     back = RiskCalibration.load(tmp_path)
     assert back.to_dict() == cal.to_dict()
     assert RiskCalibration.load(tmp_path / "missing") is None

@@ -127,7 +127,7 @@ def test_group_certificate_round_trips_with_its_unit(tmp_path):
     assert cal.unit == "group" and 0 < cal.n_risk <= cal.n_groups < cal.n_certify
     path = cal.save(tmp_path)
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["unit"] == "group" and data["n_groups"] == cal.n_groups
+    assert data["schema_version"] == 2 and data["unit"] == "group" and data["n_groups"] == cal.n_groups
     assert f"in {cal.n_groups:,} independent groups" in data["certificate"]
     back = RiskCalibration.load(tmp_path)
     assert back.to_dict() == cal.to_dict() and back.unit == "group"

@@ -18,6 +18,10 @@
    (``unit="group"``: per-group losses, Hoeffding–Bentkus p-values, the effective sample size is
    the number of groups; :func:`rcl_hf.calibration.risk_control.group_risk_curve`), since images
    of one lesion are not independent; without them, or with ``unit="image"``, every image is a unit.
+   With ``conditional="class"`` the threshold is certified for every critical-capable class at once
+   as well as for the pool (:mod:`rcl_hf.calibration.per_class`: one shared threshold, an
+   intersection–union test); a class too small for ``α`` is named, with the smallest ``α`` it could
+   certify, and covered by the pooled certificate only.
 
 Bad input gets one ``ValueError`` before anything is written: logits / labels / severity that do
 not match, a calibration split that shares groups with the training split, or a split too small
@@ -37,6 +41,7 @@ from ..decision import DEFAULT_BLEND_WEIGHTS, blend_decision, decision_scores, f
 from ..metrics.functional import metrics_of_decisions, softmax
 from ..selection import select_operating_points
 from ..severity import SeverityMatrix
+from .per_class import CONDITIONAL, certify_per_class, class_risk_curves, per_class_figures
 from .record import RiskCalibration
 from .risk_control import (
     METHODS,
@@ -193,6 +198,7 @@ def calibrate(
     method: str = "ltt",
     p_value: Optional[str] = None,
     unit: Optional[str] = None,
+    conditional: Optional[str] = None,
     rule: RuleLike = "auto",
     temperature: Union[str, float, None] = "auto",
     scaling: str = "temperature",
@@ -220,6 +226,9 @@ def calibrate(
         unit: ``group`` (the default when ``groups`` are given): each group is one independent unit
             and its loss is the share of its images counted as a loss (:mod:`.risk_control`); ``image``
             (the default without groups): every image is a unit, which assumes independent images.
+        conditional: ``None`` (the pooled certificate) or ``"class"``: ``critical_miss`` certified for each
+            critical-capable class too (:mod:`.per_class`); the calibration lists which classes are certified and,
+            for a class too small, the smallest ``α`` it could certify.
         rule: ``auto`` (chosen on the tuning part), ``argmax``, ``bayes`` or a blend weight.
         temperature: ``auto`` (fitted on the tuning part), or a fixed ``T > 0`` (1 = none).
         scaling: ``temperature`` (one parameter) or ``vector`` (a scale and a bias per class on the
@@ -244,6 +253,11 @@ def calibrate(
     for name, v in (("alpha", alpha), ("delta", delta)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+    if conditional not in CONDITIONAL:
+        raise ValueError(f"conditional must be one of {CONDITIONAL}, got {conditional!r}")
+    if conditional == "class" and risk_kind != "critical_miss":
+        raise ValueError("per-class certificates (conditional='class') are for risk_kind='critical_miss': the share of "
+                         "each disease's cases missed")
     if not 0 <= tune_fraction < 1:
         raise ValueError(f"tune_fraction must be in [0, 1), got {tune_fraction}")
     w_fixed = _rule_weight(rule)
@@ -294,7 +308,12 @@ def calibrate(
 
     curve = curve_of(cert)
     notes = []
-    if method == "crc":
+    per_class = None
+    if conditional == "class":
+        curves = class_risk_curves(s[cert], err[cert], y[cert], severity, g_codes[cert] if unit == "group" else None)
+        tau, certified = certify_per_class(curve, curves, alpha, delta, method=method, p_value=p_value)
+        per_class = per_class_figures(curves, certified, tau, severity, alpha, delta, method)
+    elif method == "crc":
         tau = crc_threshold(curve, alpha)
     else:
         ordering = curve_of(tune) if risk_kind == "cer_accepted" else None
@@ -315,6 +334,7 @@ def calibrate(
         score_quantiles=[float(q) for q in quantiles], dataset=dataset, split=split, tolerance=float(tolerance),
         class_scale=None if scale is None else [float(x) for x in scale],
         class_bias=None if bias is None else [float(x) for x in bias], unit=unit, n_groups=n_groups, notes=notes,
+        conditional=conditional, per_class=per_class,
     )
 
 

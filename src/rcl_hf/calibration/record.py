@@ -12,6 +12,11 @@ versioned (:data:`SCHEMA_VERSION`), validated when read, and written atomically
 were given) were added within schema version 1 as optional fields: a file written before them reads
 as an image-level certificate without groups, and an older reader that ignores them still applies the
 same threshold (a group-level certificate only assumes less).
+
+Schema version 2 adds ``conditional`` and ``per_class`` (:mod:`rcl_hf.calibration.per_class`: for each
+critical-capable class, whether its ``critical_miss`` is certified, on how many units, the smallest ``α`` its
+size could certify and its realised risk on the certification part). Version 1 files still load (no per-class
+certificate); files are written as version 2.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ from ..crash_safety import atomic_write_json
 from ..decision import blend_decision, decision_scores
 from ..metrics.functional import softmax
 from ..severity import SeverityMatrix
+from .per_class import CONDITIONAL, per_class_sentences
 from .risk_control import METHODS, P_VALUES, REFER_ALL, RISK_KINDS, UNITS
 
 __all__ = ["RiskCalibration", "RISK_CALIBRATION_FILE", "SCHEMA_VERSION", "RISK_DESCRIPTIONS"]
 
 RISK_CALIBRATION_FILE = "risk_calibration.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this rcl_hf reads (version 1: no per-class certificates).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 #: What each risk means, in a clinician's words (the card and the Space use these).
 RISK_DESCRIPTIONS = {
     "critical_miss": "critical cases missed (neither diagnosed safely nor referred)",
@@ -71,6 +79,8 @@ class RiskCalibration:
     n_groups: Optional[int] = None  # groups in the certification part (None: no group ids were given)
     schema_version: int = SCHEMA_VERSION
     notes: List[str] = field(default_factory=list)
+    conditional: Optional[str] = None  # None: the pooled certificate only; "class": per class too
+    per_class: Optional[Dict[str, Dict[str, Any]]] = None  # label -> certified, n_risk, smallest_alpha, risk
 
     # ---------------------------------------------------------------- applying it
     @property
@@ -116,10 +126,15 @@ class RiskCalibration:
         if self.refers_everything:
             return (f"No threshold could be certified for at most {self.alpha:.0%} {what} on {self.n_certify:,} "
                     f"{self.split} images: every case is referred.")
+        by_class = ""
+        if self.per_class:
+            by_class = " Per disease: " + "; ".join(per_class_sentences(self.per_class, self.alpha, self.unit,
+                                                                          self.refers_everything)) + "."
         grouped = (f" in {self.n_groups:,} independent groups (the dataset's group ids: a lesion, a patient, or "
                    "near-copies of one image)" if self.unit == "group" else "")
         return (f"Decides {cov:.0%} of cases itself; at most {self.alpha:.0%} {what}, certified on "
-                f"{self.n_certify:,} {self.split} images{grouped}{f' of {self.dataset}' if self.dataset else ''} at {conf}.")
+                f"{self.n_certify:,} {self.split} images{grouped}{f' of {self.dataset}' if self.dataset else ''} at {conf}."
+                + by_class)
 
     # ---------------------------------------------------------------- storage
     def to_dict(self) -> Dict[str, Any]:
@@ -134,8 +149,8 @@ class RiskCalibration:
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{where}: schema_version {version!r} is not supported (this rcl_hf reads {SCHEMA_VERSION}); "
+        if version not in READABLE_SCHEMA_VERSIONS:
+            raise ValueError(f"{where}: schema_version {version!r} is not supported (this rcl_hf reads {list(READABLE_SCHEMA_VERSIONS)}); "
                              "recalibrate with rcl-calibrate")
         names = {f.name for f in fields(cls)}
         missing = sorted(f.name for f in fields(cls)
@@ -189,6 +204,13 @@ class RiskCalibration:
                 len(self.class_scale) == len(self.class_bias) == len(self.labels)
                 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in vector))):
             bad(f"class_scale and class_bias must both be absent or both lists of {len(self.labels)} finite numbers")
+        if self.conditional not in CONDITIONAL:
+            bad(f"conditional must be one of {CONDITIONAL}, got {self.conditional!r}")
+        if self.per_class is not None:
+            keys = {"certified", "n_risk", "smallest_alpha", "risk"}
+            if self.conditional != "class" or not isinstance(self.per_class, dict) or not all(
+                    label in self.labels and isinstance(f, dict) and keys <= set(f) for label, f in self.per_class.items()):
+                bad(f"per_class must map class names of labels to {sorted(keys)} (with conditional 'class')")
         q = self.score_quantiles
         if not isinstance(q, list) or len(q) < 2 or any(not isinstance(x, (int, float)) for x in q) or np.any(np.diff(q) < 0):
             bad("score_quantiles must be a non-decreasing list of numbers")
