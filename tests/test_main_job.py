@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from rcl_hf.main_job import CompareArguments, _quiet, main, matched_table, run_folder, verdict
+from research.main_job import CompareArguments, _quiet, main, matched_table, run_folder, verdict
 
 CER = {"ce + blend": 0.10, "rcl + blend": 0.07}
 ACC = {"ce + blend": 0.70, "rcl + blend": 0.70}
@@ -67,7 +67,7 @@ def test_quiet_mode_sends_prints_and_library_logs_to_the_file(tmp_path, capsys):
 
 
 def test_tiny_job_selects_with_the_grid_code_writes_everything_and_prints_only_table_and_verdict(tmp_path, capsys):
-    from rcl_hf.comparison import operating_points
+    from research.comparison import operating_points
     from rcl_hf.decision import DEFAULT_BLEND_WEIGHTS
     from rcl_hf.selection import select_operating_points
 

@@ -15,13 +15,13 @@ import torch
 from research import grid as grid_mod
 from research.grid import Cell, is_done, load_grid, run_grid
 from research.risk_variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
-from rcl_hf.comparison import Run, compare_pipelines, operating_points
+from research.comparison import Run, compare_pipelines, operating_points
 from research.report import write_results
 from rcl_hf.decision import blend_cost_matrix, blend_decision
 from rcl_hf.metrics.reliability import expected_calibration_error, risk_coverage
 from rcl_hf.metrics.functional import softmax
 from rcl_hf.selection import select_operating_points
-from rcl_hf.comparison.stats import (
+from research.comparison.stats import (
     PipelineSample,
     bootstrap_replicates,
     clopper_pearson,

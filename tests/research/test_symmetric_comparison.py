@@ -10,7 +10,7 @@ import pytest
 from research.clustered import images_clopper_pearson, paired_clustered_bootstrap
 from research.grid import load_grid
 from research.ranking import critical_score, ranking_metrics
-from rcl_hf.comparison import Run
+from research.comparison import Run
 from research.symmetric_comparison import analyse, headline_checks, verdict_text
 from rcl_hf.decision import fit_temperature
 from rcl_hf.metrics.functional import softmax
