@@ -1,5 +1,5 @@
-"""research: decision rules, matched-accuracy selection (validation only), statistics
-(bootstrap CIs over seeds and images, exact McNemar, Clopper–Pearson), the grid runner's resumability,
+"""research: statistics (bootstrap CIs over seeds and images, exact McNemar, Clopper–Pearson), the grid runner's
+resumability,
 the point-5 loss options, and the report — on synthetic result rows and tiny fake logits."""
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from research.grid import Cell, is_done, load_grid, run_grid
 from research.risk_variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
 from research.comparison import Run, compare_pipelines, operating_points
 from research.report import write_results
-from rcl_hf.decision import blend_cost_matrix, blend_decision
 from rcl_hf.metrics.reliability import expected_calibration_error, risk_coverage
 from rcl_hf.metrics.functional import softmax
-from rcl_hf.selection import select_operating_points
 from research.comparison.stats import (
     PipelineSample,
     bootstrap_replicates,
@@ -30,37 +28,9 @@ from research.comparison.stats import (
     summarize,
 )
 from rcl_hf.losses import WeightedCrossEntropyLoss, RiskCalibratedLoss
-from rcl_hf.metrics import bayes_risk_decision
 from rcl_hf.severity import SeverityMatrix
 
 SEV = SeverityMatrix.preset("synthetic")  # normal, lesion_round, lesion_oval, lesion_ring; lesion -> normal critical
-
-
-# ----------------------------------------------------------------------------- rules
-def test_blend_rule_endpoints_are_argmax_and_bayes():
-    rng = np.random.default_rng(0)
-    p = softmax(rng.normal(0, 2, size=(500, 4)))
-    assert np.array_equal(blend_decision(p, SEV, 0.0), p.argmax(1))
-    bayes, _ = bayes_risk_decision(p, SEV)
-    assert np.array_equal(blend_decision(p, SEV, 1.0), bayes)
-    # the blend is the Bayes decision of the blended cost matrix, by hand for one case
-    q = np.array([[0.55, 0.45, 0.0, 0.0]])
-    # deciding normal: (1-w)*0.45 + w*0.45*1.0 ; deciding round: (1-w)*0.55 + w*0.55*0.3
-    assert blend_decision(q, SEV, 0.0).tolist() == [0]
-    assert blend_decision(q, SEV, 0.2).tolist() == [0]   # 0.45 vs 0.473
-    assert blend_decision(q, SEV, 0.3).tolist() == [1]   # 0.45 vs 0.4345
-    np.testing.assert_allclose(blend_cost_matrix(SEV, 0.5), 0.5 * (1 - np.eye(4)) + 0.5 * SEV.matrix)
-    with pytest.raises(ValueError, match="blend weight"):
-        blend_cost_matrix(SEV, 1.5)
-
-
-def test_blend_rule_moves_along_the_front_monotonically_in_critical_errors():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 4, 2000)
-    p = softmax(3 * np.eye(4)[y] + rng.normal(0, 1.5, size=(2000, 4)))
-    crit = [SEV.critical[y, blend_decision(p, SEV, w)].sum() for w in np.linspace(0, 1, 11)]
-    assert crit[0] > crit[-1]
-    assert all(a >= b for a, b in zip(crit, crit[1:]))  # more weight on M never adds critical errors here
 
 
 def test_ece_and_risk_coverage_by_hand():
@@ -76,65 +46,6 @@ def test_ece_and_risk_coverage_by_hand():
     # order: 2, 3, 0, 1 -> critical only at the last
     assert rc["cer"].tolist() == [0, 0, 0, 0.25]
     assert rc["cer_at"] == {0.5: 0.0, 0.75: 0.0, 1.0: 0.25}
-
-
-# ----------------------------------------------------------------------------- selection
-def _rows(test_overrides=None):
-    """Validation/test rows for families ce (1 point), focal (1 point), rcl (3 λ points), 2 seeds."""
-    spec = {  # (family, point): (val_acc, val_cer)
-        ("ce", "default"): (0.80, 0.10),
-        ("focal", "default"): (0.795, 0.09),
-        ("rcl", "lam=0.5"): (0.795, 0.07),   # matched (within 1 pt of 0.80)
-        ("rcl", "lam=2"): (0.791, 0.05),     # matched, lowest CER -> chosen
-        ("rcl", "lam=5"): (0.70, 0.01),      # lowest CER but not matched
-    }
-    rows = []
-    for (fam, point), (acc, cer) in spec.items():
-        for seed, jitter in ((0, -0.001), (1, 0.001)):
-            rows.append({"dataset": "d", "backbone": "b", "family": fam, "point": point, "seed": seed,
-                         "val_accuracy": acc + jitter, "val_cer": cer + jitter, "val_expected_cost": cer,
-                         "test_accuracy": 0.5, "test_cer": 0.5})
-    df = pd.DataFrame(rows)
-    for (fam, point), values in (test_overrides or {}).items():
-        m = (df["family"] == fam) & (df["point"] == point)
-        for k, v in values.items():
-            df.loc[m, k] = v
-    return df
-
-
-def test_selection_lowest_val_cer_within_one_point_of_ce():
-    sel = select_operating_points(_rows()).set_index("family")
-    assert sel.loc["rcl", "point"] == "lam=2"
-    assert sel.loc["rcl", "matched"]
-    assert sel.loc["rcl", "reference_accuracy"] == pytest.approx(0.80)
-    assert sel.loc["ce", "point"] == "default" and sel.loc["focal", "matched"]
-    # a tighter tolerance excludes lam=2 (0.791 < 0.80 - 0.005)
-    tight = select_operating_points(_rows(), tolerance=0.005).set_index("family")
-    assert tight.loc["rcl", "point"] == "lam=0.5"
-
-
-def test_selection_never_reads_test_metrics():
-    base = select_operating_points(_rows())
-    # test metrics that would favour other points if they were read
-    adversarial = _rows({("rcl", "lam=5"): {"test_accuracy": 0.99, "test_cer": 0.0},
-                         ("rcl", "lam=2"): {"test_accuracy": 0.10, "test_cer": 0.9},
-                         ("ce", "default"): {"test_accuracy": 0.2}})
-    pd.testing.assert_frame_equal(select_operating_points(adversarial), base)
-    no_test = _rows().drop(columns=["test_accuracy", "test_cer"])
-    pd.testing.assert_frame_equal(select_operating_points(no_test), base)
-
-
-def test_selection_unmatched_family_and_errors():
-    rows = _rows()
-    rows.loc[rows["family"] == "focal", "val_accuracy"] = 0.5
-    sel = select_operating_points(rows).set_index("family")
-    assert not sel.loc["focal", "matched"]
-    with pytest.raises(ValueError, match="No reference family 'xx'"):
-        select_operating_points(rows, reference_family="xx")
-    with pytest.raises(ValueError, match="one operating point"):
-        select_operating_points(rows, reference_family="rcl")
-    with pytest.raises(ValueError, match="missing"):
-        select_operating_points(rows.drop(columns=["val_cer"]))
 
 
 # ----------------------------------------------------------------------------- stats
