@@ -25,7 +25,7 @@ import pandas as pd
 from rcl_hf.crash_safety import atomic_write_bytes, atomic_write_text
 from .abstention import FAMILIES, AbstentionConfig, choose, options, selective_outcomes, train_head
 from .clustered import paired_clustered_bootstrap
-from rcl_hf.comparison.verdict import comparison_sentence
+from .comparison.verdict import comparison_sentence
 from rcl_hf.formatting import pct as _pct
 
 __all__ = ["run_abstention", "verdict", "main"]

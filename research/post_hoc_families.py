@@ -28,10 +28,11 @@ import pandas as pd
 
 from rcl_hf.severity import SeverityMatrix
 from rcl_hf.metrics.functional import metrics_of_decisions
-from rcl_hf.comparison import POINT_METRICS, Run
 from rcl_hf.decision import blend_decision, fit_temperature
 from rcl_hf.metrics.functional import softmax
 from rcl_hf.selection import select_operating_points
+
+from .comparison import POINT_METRICS, Run
 
 __all__ = ["DEFAULT_LA_TAUS", "side_of", "all_operating_points", "pick_best", "select_families"]
 

@@ -1,5 +1,5 @@
-"""Write a grid's matched-accuracy comparison (:func:`rcl_hf.comparison.compare_pipelines`):
-``results.csv`` / ``results.md`` and the plots of :mod:`rcl_hf.comparison.figures`, from the finished cells of
+"""Write a grid's matched-accuracy comparison (:func:`research.comparison.compare_pipelines`):
+``results.csv`` / ``results.md`` and the plots of :mod:`research.comparison.figures`, from the finished cells of
 a grid (:func:`load_runs`)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from rcl_hf.comparison import Comparison, Run
 from rcl_hf.formatting import pct as _pct
 from rcl_hf.formatting import pct_with_ci as _pct_ci
 from rcl_hf.severity import SeverityMatrix
 
+from .comparison import Comparison, Run
 from .grid import DONE_FILE, Cell, Grid, is_done
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def write_results(comparison: Comparison, out_dir: str, grid: Optional[Grid] = N
         lines += _md_group(g, ds, bb, comparison.verdicts.get((ds, bb), {}), baselines, post_hoc,
                            counts_first=at_the_floor(g, floor_count))
     if plots:
-        from rcl_hf.comparison.figures import plot_all
+        from .comparison.figures import plot_all
 
         figs = plot_all(comparison, out_dir)
         paths.update(figs)

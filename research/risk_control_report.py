@@ -109,7 +109,7 @@ def evaluate_runs(runs: Sequence[Any], levels=RISK_LEVELS, delta: float = 0.1, p
                   units: Sequence[str] = UNITS, vector_scaling: bool = True) -> pd.DataFrame:
     """One row per (run, calibration variant, certificate unit, risk kind, α): validation (certification part)
     and test figures, certified and naive. ``runs``: :class:`~research.risk_control_runs.GroupedRun` (or plain
-    :class:`rcl_hf.comparison.Run`, which has no group ids: image certificate only)."""
+    :class:`research.comparison.Run`, which has no group ids: image certificate only)."""
     from tqdm.auto import tqdm
 
     rows: List[Dict[str, Any]] = []

@@ -22,8 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rcl_hf.comparison import Run
-
+from .comparison import Run
 from .grid import DONE_FILE, Cell, Grid, is_done, load_grid
 from .report import load_runs
 
@@ -35,7 +34,7 @@ __all__ = ["GroupedRun", "rebuild_eval_splits", "recover_group_ids", "finished_c
 TRAINING_ONLY_DATA_KEYS = ("cache_dir", "cache_resized", "max_train_samples", "augmentation")
 #: The saved prediction files per split, by the names the loader's splits carry.
 SPLIT_FILES = {"validation": "validation_predictions.npz", "test": "test_predictions.npz"}
-#: The short split names of :class:`rcl_hf.comparison.Run`.
+#: The short split names of :class:`research.comparison.Run`.
 SHORT = {"validation": "val", "test": "test"}
 
 

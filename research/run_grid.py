@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import HfArgumentParser
 
     from .grid import is_done, load_grid, run_grid
-    from rcl_hf.comparison import compare_pipelines
+    from .comparison import compare_pipelines
 
     from .report import load_runs, write_results
 

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .clustered import images_clopper_pearson, paired_clustered_bootstrap
-from rcl_hf.comparison import Run
-from rcl_hf.comparison.verdict import difference_verdict
+from .comparison import Run
+from .comparison.verdict import difference_verdict
 from rcl_hf.metrics.functional import expected_costs, softmax
 from .post_hoc_families import (
     DEFAULT_LA_TAUS,

@@ -84,7 +84,7 @@ def test_readme_has_blocks_that_run_and_every_skip_says_why():
 
 
 def test_readme_main_job_folders_are_the_ones_the_job_writes():
-    from rcl_hf.main_job import CompareArguments, run_folder
+    from research.main_job import CompareArguments, run_folder
 
     args = CompareArguments()
     written = {os.path.basename(run_folder("runs/main", m, s, args.seeds[0])) for m in ("ce", "rcl") for s in args.seeds}
@@ -302,7 +302,7 @@ def test_readme_certified_risk_figures_come_from_the_risk_control_report():
 @pytest.fixture(scope="module")
 def tiny_main_runs(tmp_path_factory):
     """A folder holding runs/main/{ce,rcl,...} from a tiny main job (what README's snippets load)."""
-    from rcl_hf.main_job import main
+    from research.main_job import main
 
     cwd = tmp_path_factory.mktemp("readme")
     main(["--output_dir", str(cwd / "runs" / "main"), "--epochs", "1", "--seeds", "0", "--n_train", "96",

@@ -27,7 +27,7 @@ _install_pipeline_task()  # pipeline("risk-aware-image-classification", ...) onc
 _LAZY = {"load_model": "inference", "predict": "inference", "DecisionLayer": "decision_layer",
          "Prediction": "decision_layer",
          "RiskArguments": "trainer", "RiskCalibratedTrainer": "trainer"}
-_LAZY_MODULES = ("calibration", "comparison", "data", "hub", "inference", "losses", "models")
+_LAZY_MODULES = ("calibration", "data", "hub", "inference", "losses", "models")
 
 
 def __getattr__(name):  # lazy: `import rcl_hf` stays light (no transformers.Trainer) for the Space and metric

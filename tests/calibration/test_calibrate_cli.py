@@ -1,5 +1,6 @@
 """rcl-calibrate on a checkpoint trained by a plain transformers.Trainer (no rcl_hf config fields), the
-pipeline task, and the calibration that a training run writes (independent of the test split)."""
+pipeline task on it, and the calibration that a training run writes (independent of the test split). The task's
+registration itself: tests/inference/test_pipeline_registration.py."""
 
 import json
 import shutil
@@ -141,17 +142,3 @@ def test_train_py_calibrates_on_validation_and_the_card_says_so(tmp_path, synthe
     assert rcl_hf.predict(model, np.zeros((32, 32, 3), np.uint8)).certified != model.risk_calibration.refers_everything
     card = str(build_model_card(out))
     assert "## Risk control" in card and cal["certificate"] in card and "On the test split" in card
-
-
-@pytest.mark.parametrize("code", [
-    "import rcl_hf\nimport transformers.pipelines as tp",           # rcl_hf first: registered when pipelines loads
-    "import transformers.pipelines as tp\nimport rcl_hf",           # pipelines first: registered at import
-    "import rcl_hf.pipeline\nimport transformers.pipelines as tp",  # the module itself first (no circular import)
-])
-def test_pipeline_task_is_registered_whatever_the_import_order(code):
-    import subprocess
-    import sys
-
-    check = code + "\nassert 'risk-aware-image-classification' in tp.PIPELINE_REGISTRY.get_supported_tasks()\n"
-    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]

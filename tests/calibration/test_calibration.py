@@ -184,20 +184,12 @@ def test_drift_flags_a_shifted_batch_and_not_a_like_one():
     assert check_drift(s_shift[:5], cal.score_quantiles).drifted is None
 
 
-def test_vector_scaling_fits_a_per_class_bias_and_travels_in_the_file(tmp_path):
-    """A model that under-calls class 0 by a constant: vector scaling recovers the bias (NLL drops), the fitted
-    scale and bias are saved, reloaded and applied to logits."""
-    from rcl_hf.decision import fit_vector_scaling
-    from scipy.special import log_softmax
-
+def test_vector_scaling_travels_in_the_file(tmp_path):
+    """calibrate(scaling="vector") keeps the fitted per-class scale and bias (the fit itself: tests/test_decision.py);
+    they are saved, reloaded and applied to logits."""
     rng = np.random.default_rng(10)
     z, y = draw(rng, 3000)
     z[:, 0] -= 1.5
-    a, b = fit_vector_scaling(z, y)
-    ell = log_softmax(z, axis=1)
-    nll = lambda lp: -lp[np.arange(len(y)), y].mean()
-    assert nll(log_softmax(ell * a + b, axis=1)) < nll(ell) - 0.01
-    assert b[0] - np.mean(b[1:]) > 0.5  # it learned to push class 0 back up
     cal = calibrate(z, y, SEV, scaling="vector", alpha=0.2)
     assert cal.class_scale is not None and len(cal.class_bias) == 7
     cal.save(tmp_path)

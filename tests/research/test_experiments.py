@@ -1,6 +1,5 @@
-"""research: decision rules, matched-accuracy selection (validation only), statistics
-(bootstrap CIs over seeds and images, exact McNemar, Clopper–Pearson), the grid runner's resumability,
-the point-5 loss options, and the report — on synthetic result rows and tiny fake logits."""
+"""research: ECE and risk–coverage by hand, the report of a comparison, the point-5 loss options and the grid
+runner (expansion, resumability, one real cell, the command) — on tiny fake logits and tiny runs."""
 
 from __future__ import annotations
 
@@ -15,52 +14,13 @@ import torch
 from research import grid as grid_mod
 from research.grid import Cell, is_done, load_grid, run_grid
 from research.risk_variants import ExperimentRiskArguments, LogitMixupLoss, SeverityMarginLoss
-from rcl_hf.comparison import Run, compare_pipelines, operating_points
+from research.comparison import compare_pipelines
 from research.report import write_results
-from rcl_hf.decision import blend_cost_matrix, blend_decision
 from rcl_hf.metrics.reliability import expected_calibration_error, risk_coverage
-from rcl_hf.metrics.functional import softmax
-from rcl_hf.selection import select_operating_points
-from rcl_hf.comparison.stats import (
-    PipelineSample,
-    bootstrap_replicates,
-    clopper_pearson,
-    combined_mcnemar,
-    exact_mcnemar,
-    summarize,
-)
 from rcl_hf.losses import WeightedCrossEntropyLoss, RiskCalibratedLoss
-from rcl_hf.metrics import bayes_risk_decision
 from rcl_hf.severity import SeverityMatrix
 
 SEV = SeverityMatrix.preset("synthetic")  # normal, lesion_round, lesion_oval, lesion_ring; lesion -> normal critical
-
-
-# ----------------------------------------------------------------------------- rules
-def test_blend_rule_endpoints_are_argmax_and_bayes():
-    rng = np.random.default_rng(0)
-    p = softmax(rng.normal(0, 2, size=(500, 4)))
-    assert np.array_equal(blend_decision(p, SEV, 0.0), p.argmax(1))
-    bayes, _ = bayes_risk_decision(p, SEV)
-    assert np.array_equal(blend_decision(p, SEV, 1.0), bayes)
-    # the blend is the Bayes decision of the blended cost matrix, by hand for one case
-    q = np.array([[0.55, 0.45, 0.0, 0.0]])
-    # deciding normal: (1-w)*0.45 + w*0.45*1.0 ; deciding round: (1-w)*0.55 + w*0.55*0.3
-    assert blend_decision(q, SEV, 0.0).tolist() == [0]
-    assert blend_decision(q, SEV, 0.2).tolist() == [0]   # 0.45 vs 0.473
-    assert blend_decision(q, SEV, 0.3).tolist() == [1]   # 0.45 vs 0.4345
-    np.testing.assert_allclose(blend_cost_matrix(SEV, 0.5), 0.5 * (1 - np.eye(4)) + 0.5 * SEV.matrix)
-    with pytest.raises(ValueError, match="blend weight"):
-        blend_cost_matrix(SEV, 1.5)
-
-
-def test_blend_rule_moves_along_the_front_monotonically_in_critical_errors():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 4, 2000)
-    p = softmax(3 * np.eye(4)[y] + rng.normal(0, 1.5, size=(2000, 4)))
-    crit = [SEV.critical[y, blend_decision(p, SEV, w)].sum() for w in np.linspace(0, 1, 11)]
-    assert crit[0] > crit[-1]
-    assert all(a >= b for a, b in zip(crit, crit[1:]))  # more weight on M never adds critical errors here
 
 
 def test_ece_and_risk_coverage_by_hand():
@@ -78,173 +38,9 @@ def test_ece_and_risk_coverage_by_hand():
     assert rc["cer_at"] == {0.5: 0.0, 0.75: 0.0, 1.0: 0.25}
 
 
-# ----------------------------------------------------------------------------- selection
-def _rows(test_overrides=None):
-    """Validation/test rows for families ce (1 point), focal (1 point), rcl (3 λ points), 2 seeds."""
-    spec = {  # (family, point): (val_acc, val_cer)
-        ("ce", "default"): (0.80, 0.10),
-        ("focal", "default"): (0.795, 0.09),
-        ("rcl", "lam=0.5"): (0.795, 0.07),   # matched (within 1 pt of 0.80)
-        ("rcl", "lam=2"): (0.791, 0.05),     # matched, lowest CER -> chosen
-        ("rcl", "lam=5"): (0.70, 0.01),      # lowest CER but not matched
-    }
-    rows = []
-    for (fam, point), (acc, cer) in spec.items():
-        for seed, jitter in ((0, -0.001), (1, 0.001)):
-            rows.append({"dataset": "d", "backbone": "b", "family": fam, "point": point, "seed": seed,
-                         "val_accuracy": acc + jitter, "val_cer": cer + jitter, "val_expected_cost": cer,
-                         "test_accuracy": 0.5, "test_cer": 0.5})
-    df = pd.DataFrame(rows)
-    for (fam, point), values in (test_overrides or {}).items():
-        m = (df["family"] == fam) & (df["point"] == point)
-        for k, v in values.items():
-            df.loc[m, k] = v
-    return df
-
-
-def test_selection_lowest_val_cer_within_one_point_of_ce():
-    sel = select_operating_points(_rows()).set_index("family")
-    assert sel.loc["rcl", "point"] == "lam=2"
-    assert sel.loc["rcl", "matched"]
-    assert sel.loc["rcl", "reference_accuracy"] == pytest.approx(0.80)
-    assert sel.loc["ce", "point"] == "default" and sel.loc["focal", "matched"]
-    # a tighter tolerance excludes lam=2 (0.791 < 0.80 - 0.005)
-    tight = select_operating_points(_rows(), tolerance=0.005).set_index("family")
-    assert tight.loc["rcl", "point"] == "lam=0.5"
-
-
-def test_selection_never_reads_test_metrics():
-    base = select_operating_points(_rows())
-    # test metrics that would favour other points if they were read
-    adversarial = _rows({("rcl", "lam=5"): {"test_accuracy": 0.99, "test_cer": 0.0},
-                         ("rcl", "lam=2"): {"test_accuracy": 0.10, "test_cer": 0.9},
-                         ("ce", "default"): {"test_accuracy": 0.2}})
-    pd.testing.assert_frame_equal(select_operating_points(adversarial), base)
-    no_test = _rows().drop(columns=["test_accuracy", "test_cer"])
-    pd.testing.assert_frame_equal(select_operating_points(no_test), base)
-
-
-def test_selection_unmatched_family_and_errors():
-    rows = _rows()
-    rows.loc[rows["family"] == "focal", "val_accuracy"] = 0.5
-    sel = select_operating_points(rows).set_index("family")
-    assert not sel.loc["focal", "matched"]
-    with pytest.raises(ValueError, match="No reference family 'xx'"):
-        select_operating_points(rows, reference_family="xx")
-    with pytest.raises(ValueError, match="one operating point"):
-        select_operating_points(rows, reference_family="rcl")
-    with pytest.raises(ValueError, match="missing"):
-        select_operating_points(rows.drop(columns=["val_cer"]))
-
-
-# ----------------------------------------------------------------------------- stats
-def test_clopper_pearson_exact_values():
-    lo, hi = clopper_pearson(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10))  # closed form at k = 0
-    lo, hi = clopper_pearson(10, 10)
-    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 10))
-    from scipy.stats import binomtest
-
-    ref = binomtest(3, 858).proportion_ci(0.95, method="exact")
-    assert clopper_pearson(3, 858) == pytest.approx((ref.low, ref.high))
-    with pytest.raises(ValueError, match="successes"):
-        clopper_pearson(11, 10)
-
-
-def test_exact_mcnemar_by_hand_and_combined_over_seeds():
-    a = np.array([1, 1, 1, 1, 1, 0, 0, 1], bool)
-    b = np.array([0, 0, 0, 0, 0, 0, 0, 1], bool)
-    r = exact_mcnemar(a, b)
-    assert (r.b, r.c) == (5, 0) and r.p_value == pytest.approx(2 * 0.5 ** 5)
-    assert exact_mcnemar(b, b).p_value == 1.0
-    comb = combined_mcnemar([r, exact_mcnemar(np.array([1, 0], bool), np.array([0, 1], bool))])
-    assert (comb.b, comb.c) == (6, 1)
-    assert comb.p_value == pytest.approx(2 * (1 + 7) / 2 ** 7)  # P(X<=1) doubled, X ~ Bin(7, 1/2)
-
-
-def _sample(n=400, seeds=3, acc=0.8, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    dec, probs = [], []
-    for s in range(seeds):
-        d = np.where(rng.random(n) < acc, y, rng.integers(0, 4, n))
-        dec.append(d)
-        probs.append(softmax(2.5 * np.eye(4)[d] + rng.normal(0, 0.5, (n, 4))))
-    return PipelineSample(np.stack(dec), np.stack(probs), y)
-
-
-def test_summary_means_counts_and_bootstrap_ci():
-    s = _sample()
-    out = summarize(s, SEV, n_boot=300)
-    crit = SEV.critical[s.labels[None, :], s.decisions]
-    assert out["n_critical_seeds"] == crit.sum(1).tolist()
-    assert out["cer"] == pytest.approx(crit.mean())
-    acc = (s.decisions == s.labels).mean(1)
-    assert out["accuracy"] == pytest.approx(acc.mean())
-    assert out["accuracy_seeds"] == pytest.approx(acc.tolist())
-    for key in ("accuracy", "cer", "ece", "macro_f1"):
-        lo, hi = out[f"{key}_ci"]
-        assert lo <= out[key] <= hi and hi > lo
-    # Clopper–Pearson counts images (seed-mean count out of N), not the S·N (seed, image) decisions
-    assert out["cer_pooled_cp"] == clopper_pearson(int(round(crit.sum() / crit.shape[0])), crit.shape[1])
-    # more test images -> narrower interval
-    big = summarize(_sample(n=4000), SEV, n_boot=300)
-    assert big["accuracy_ci"][1] - big["accuracy_ci"][0] < out["accuracy_ci"][1] - out["accuracy_ci"][0]
-
-
-def test_bootstrap_combines_seed_variability_and_is_paired():
-    s = _sample(seeds=3)
-    # a pipeline whose seeds differ wildly gets a wider interval than one seed repeated
-    same = PipelineSample(np.repeat(s.decisions[:1], 3, 0), np.repeat(s.probs[:1], 3, 0), s.labels)
-    spread = PipelineSample(np.stack([s.labels, s.decisions[0], (s.labels + 1) % 4]), s.probs, s.labels)
-    w_same = np.ptp(summarize(same, SEV, n_boot=400)["accuracy_ci"])
-    w_spread = np.ptp(summarize(spread, SEV, n_boot=400)["accuracy_ci"])
-    assert w_spread > 2 * w_same
-    # same bootstrap seed -> same draws -> identical replicates for identical pipelines
-    r1 = bootstrap_replicates(s, SEV, 50, bootstrap_seed=7)
-    r2 = bootstrap_replicates(s, SEV, 50, bootstrap_seed=7)
-    np.testing.assert_array_equal(r1["cer"], r2["cer"])
-
-
-# ----------------------------------------------------------------------------- compare on fake runs
-def _fake_runs(test_flip=False):
-    """ce, focal and rcl (2 λ) with 2 seeds on a 4-class problem; rcl shifts mass off 'normal'."""
-    rng = np.random.default_rng(3)
-    y = {"val": rng.integers(0, 4, 300), "test": rng.integers(0, 4, 300)}
-    runs = []
-    for method, points in (("ce", ["default"]), ("focal", ["default"]), ("rcl", ["lam=1", "lam=4"])):
-        for point in points:
-            shift = {"default": 0.0, "lam=1": 0.6, "lam=4": 2.5}[point]
-            for seed in (0, 1):
-                logits = {}
-                for split in ("val", "test"):
-                    z = 2.0 * np.eye(4)[y[split]] + rng.normal(0, 1.2, (300, 4))
-                    z[:, 0] -= shift
-                    if test_flip and split == "test":
-                        z = -z  # test logits that would change any test-driven choice
-                    logits[split] = z
-                runs.append(Run("d", "b", method, point, seed, SEV, logits, {k: v.copy() for k, v in y.items()},
-                                loss=method))
-    return runs
-
-
-def test_compare_selects_on_validation_and_scores_test_once():
-    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
-    a = compare_pipelines(_fake_runs(), weights, n_boot=50)
-    b = compare_pipelines(_fake_runs(test_flip=True), weights, n_boot=50)
-    pd.testing.assert_frame_equal(a.selection, b.selection)  # test logits never touch the choice
-    assert not np.allclose(a.summary["accuracy"], b.summary["accuracy"])  # ... but they are what gets scored
-    fams = set(a.summary["family"])
-    assert {"ce", "ce + blend", "ce + Bayes", "rcl", "rcl + blend", "focal"} <= fams
-    pts = operating_points(_fake_runs(), weights)
-    assert len(pts) == 8 * (1 + 1 + len(weights))  # runs x (argmax + Bayes + blend points)
-    row = a.summary.set_index("family").loc["rcl"]
-    assert "rsi_vs_focal" in row and row["mcnemar_vs_focal"] is not None
-    assert (("d", "b") in a.verdicts) and a.verdicts[("d", "b")]["best_rcl_family"].startswith("rcl")
-
-
-def test_write_results_files(tmp_path):
-    comp = compare_pipelines(_fake_runs(), [0.0, 0.5, 1.0], n_boot=30)
+# ----------------------------------------------------------------------------- the report of a comparison
+def test_write_results_files(tmp_path, fake_runs):
+    comp = compare_pipelines(fake_runs(), [0.0, 0.5, 1.0], n_boot=30)
     paths = write_results(comp, str(tmp_path), title="fake", plots=True)
     table = pd.read_csv(paths["results.csv"])
     assert len(table) == 8  # one row per training run
@@ -257,13 +53,13 @@ def test_write_results_files(tmp_path):
         assert os.path.getsize(tmp_path / name) > 5000
 
 
-def test_floor_flag_follows_the_critical_error_counts(tmp_path):
+def test_floor_flag_follows_the_critical_error_counts(tmp_path, fake_runs):
     from research.report import at_the_floor
 
     g = pd.DataFrame({"rule": ["argmax", "argmax", "bayes"], "n_critical_seeds": [[5, 4, 4], [25, 1, 11], [90, 80, 70]]})
     assert at_the_floor(g, 20.0)  # argmax means 4.3 and 12.3; the Bayes row does not count
     assert not at_the_floor(g, 10.0)
-    comp = compare_pipelines(_fake_runs(), [0.0, 1.0], n_boot=10)
+    comp = compare_pipelines(fake_runs(), [0.0, 1.0], n_boot=10)
     floor = "Critical errors are at the floor here"
     assert floor in open(write_results(comp, str(tmp_path / "a"), plots=False, floor_count=1e9)["results.md"]).read()
     assert floor not in open(write_results(comp, str(tmp_path / "b"), plots=False, floor_count=-1)["results.md"]).read()

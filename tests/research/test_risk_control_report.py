@@ -9,7 +9,7 @@ import pytest
 import pandas as pd
 
 from rcl_hf import SeverityMatrix
-from rcl_hf.comparison import Run
+from research.comparison import Run
 from research.risk_control_report import evaluate_runs, paired_ci, write_report
 from research.risk_control_runs import GroupedRun, group_averaged_risk, load_grouped_runs, recover_group_ids
 from research.risk_control_tables import budget_check

@@ -10,9 +10,8 @@ import pytest
 from research.clustered import images_clopper_pearson, paired_clustered_bootstrap
 from research.grid import load_grid
 from research.ranking import critical_score, ranking_metrics
-from rcl_hf.comparison import Run
+from research.comparison import Run
 from research.symmetric_comparison import analyse, headline_checks, verdict_text
-from rcl_hf.decision import fit_temperature
 from rcl_hf.metrics.functional import softmax
 from research.post_hoc_families import all_operating_points, cer_at_accuracy, pick_best, select_families, side_of
 from rcl_hf.severity import SeverityMatrix
@@ -73,16 +72,6 @@ def test_symmetric_sides_and_best_pick():
     # post-hoc LA at τ = 0 would be the argmax; CRM fits T on validation and applies the Bayes rule
     crm = points[points["family"] == "ce + CRM"]
     assert crm["temperature"].nunique() == len(crm)  # one T per run
-
-
-def test_fit_temperature_matches_a_grid_search():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 500)
-    z = 4.0 * np.eye(4)[y] + rng.normal(0, 2.0, (500, 4))  # over-confident logits
-    t = fit_temperature(z, y)
-    grid = np.exp(np.linspace(np.log(0.1), np.log(10), 4001))
-    nll = [-np.log(softmax(z / g)[np.arange(500), y]).mean() for g in grid]
-    assert t == pytest.approx(grid[int(np.argmin(nll))], rel=2e-3)
 
 
 def _sample(rate, n=300, seeds=3, seed=0):

@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..metrics.functional import softmax
-from ..severity import SeverityMatrix
+from rcl_hf.metrics.functional import softmax
+from rcl_hf.severity import SeverityMatrix
 
 __all__ = ["Run", "family_name", "load_run_folder", "SPLITS", "POINT_METRICS"]
 

@@ -11,7 +11,7 @@ operating points such as λ):
 
 Selection (:func:`rcl_hf.selection.select_operating_points`) reads validation metrics only; the
 chosen point of each family is then scored once on the test split, with the statistics of
-:mod:`rcl_hf.comparison.stats`. The main job (:mod:`rcl_hf.main_job`) and the study's grid reports
+:mod:`research.comparison.stats`. The main job (:mod:`research.main_job`) and the study's grid reports
 both call :func:`compare_pipelines`.
 """
 
@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ..decision import blend_decision
-from ..metrics.functional import metrics_of_decisions, relative_safety_improvement
-from ..metrics.reliability import expected_calibration_error, risk_coverage
-from ..selection import select_operating_points
-from ..severity import SeverityMatrix
+from rcl_hf.decision import blend_decision
+from rcl_hf.metrics.functional import metrics_of_decisions, relative_safety_improvement
+from rcl_hf.metrics.reliability import expected_calibration_error, risk_coverage
+from rcl_hf.selection import select_operating_points
+from rcl_hf.severity import SeverityMatrix
 from .runs import POINT_METRICS, SPLITS, Run, family_name
 from .verdict import difference_verdict
 from .stats import PipelineSample, bootstrap_replicates, combined_mcnemar, exact_mcnemar, summarize

@@ -7,21 +7,21 @@ synthetic dataset (:mod:`rcl_hf.data.synthetic`, generated once from ``data_seed
    (``rcl``; log form, λ = 1 by default) for every training seed — same data, epochs and batches —
    through :func:`rcl_hf.train_job.run_training`, the code path of ``scripts/train.py`` and of every
    cell of the experiment grid;
-2. turns the saved validation/test logits into :class:`research.report.Run` objects and calls
-   :func:`research.report.compare_pipelines`, i.e. the grid's own selection
+2. turns the saved validation/test logits into :class:`research.comparison.Run` objects and calls
+   :func:`research.comparison.compare_pipelines`, i.e. the grid's own selection
    (:func:`rcl_hf.selection.select_operating_points`): for each pipeline family (``ce``,
    ``ce + Bayes``, ``ce + blend``, ``rcl``, ...) the operating point (blend weight ``w``) with the
    lowest *validation* CER among those within ``tolerance`` of cross-entropy's validation accuracy,
    then one evaluation on test;
 3. decides the headline question — does ``rcl + blend`` make fewer critical errors than
    ``ce + blend``? — from the 95% CI of the paired test-CER difference (two-level bootstrap over
-   seeds and test images, :func:`rcl_hf.comparison.stats.bootstrap_replicates`, same draws for both
+   seeds and test images, :func:`research.comparison.stats.bootstrap_replicates`, same draws for both
    pipelines) and writes the verdict paragraph from those numbers (:func:`verdict`);
 4. beside it, the certified decision layer that each run calibrated on its validation split
    (:mod:`rcl_hf.calibration`), scored once on test (:func:`certified_table`): coverage, realised risk,
    accuracy among the accepted cases, and whether the certified bound held;
 5. writes ``comparison.md`` (the table and verdict it prints), ``comparison.json``,
-   ``cer_accuracy.png`` (the CER–accuracy fronts, :func:`rcl_hf.comparison.figures.plot_fronts`)
+   ``cer_accuracy.png`` (the CER–accuracy fronts, :func:`research.comparison.figures.plot_fronts`)
    and one model folder per run: ``ce`` and ``rcl`` (first seed; loadable with
    ``rcl_hf.load_model``), ``ce_seed1``, ``rcl_seed1``, ... Each run folder has ``train.log``
    with the Trainer's per-step logs (``--verbose true`` prints them instead).
@@ -48,9 +48,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from rcl_hf.formatting import pct as _pct
+from rcl_hf.formatting import pct_ci as _ci
+
 from .comparison.verdict import headline_verdict as verdict
-from .formatting import pct as _pct
-from .formatting import pct_ci as _ci
 
 __all__ = ["CompareArguments", "run_comparison", "verdict", "matched_table", "certified_table", "run_folder", "main"]
 
@@ -164,12 +165,12 @@ def _prepare_folder(path: str) -> None:
 
 def _data_arguments(args: CompareArguments):
     """The dataset every run reads: the synthetic default is generated once into ``<output_dir>/data``."""
-    from .train_job import DataArguments
+    from rcl_hf.train_job import DataArguments
 
     common = dict(max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, cache_dir="none")
     if args.dataset != DATASET_NAME:
         return DataArguments(dataset=args.dataset, data_dir=args.data_dir, split_seed=args.data_seed, **common)
-    from .data.synthetic import load_synthetic
+    from rcl_hf.data.synthetic import load_synthetic
 
     folder = os.path.join(args.output_dir, "data")
     if os.path.isdir(folder):
@@ -182,8 +183,8 @@ def _data_arguments(args: CompareArguments):
 
 
 def _train_one(args: CompareArguments, data_args: Any, method: str, seed: int, run_dir: str) -> Dict[str, Any]:
-    from .train_job import ModelArguments, default_training_args, run_training
-    from .trainer import RiskArguments
+    from rcl_hf.train_job import ModelArguments, default_training_args, run_training
+    from rcl_hf.trainer import RiskArguments
 
     training_args = default_training_args(
         run_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
@@ -278,7 +279,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
 
     from .comparison import compare_pipelines
     from .comparison.figures import plot_fronts
-    from .decision import DEFAULT_BLEND_WEIGHTS
+    from rcl_hf.decision import DEFAULT_BLEND_WEIGHTS
 
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise ValueError(f"--seeds must be distinct integers, got {args.seeds}")
@@ -348,7 +349,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``scripts/main_job.py``: parse the flags, run, print the table and the verdict."""
-    from .cli import _one_line_errors, parse_args
+    from rcl_hf.cli import _one_line_errors, parse_args
 
     def go():
         (args,) = parse_args((CompareArguments,), argv)

@@ -1,14 +1,10 @@
-"""The main job (scripts/main_job.py): CE vs RCL, each with the post-hoc rule, at matched accuracy, one verdict."""
+"""The main job (research/main_job.py, run by scripts/main_job.py = make main): CE vs RCL, each with the post-hoc
+rule, at matched accuracy, one verdict (its wording: tests/research/test_comparison_verdict.py)."""
 
 import json
 import logging
 
-import pytest
-
-from rcl_hf.main_job import CompareArguments, _quiet, main, matched_table, run_folder, verdict
-
-CER = {"ce + blend": 0.10, "rcl + blend": 0.07}
-ACC = {"ce + blend": 0.70, "rcl + blend": 0.70}
+from research.main_job import CompareArguments, _quiet, main, matched_table, run_folder
 
 
 def test_defaults_compare_cross_entropy_with_the_risk_calibrated_loss_over_seeds():
@@ -19,34 +15,6 @@ def test_defaults_compare_cross_entropy_with_the_risk_calibrated_loss_over_seeds
     assert run_folder("runs/main", "rcl", 0, 0) == "runs/main/rcl"
     assert run_folder("runs/main", "ce", 0, 0) == "runs/main/ce"
     assert run_folder("runs/main", "ce", 2, 0) == "runs/main/ce_seed2"
-
-
-def test_verdict_rcl_better_when_the_ci_lies_below_zero():
-    label, text = verdict(CER, ACC, (-0.05, -0.01), (-0.01, 0.01), 3, 4000)
-    assert label == "rcl_better"
-    assert "fewer critical errors than the post-hoc rule" in text and "7.00%" in text and "10.00%" in text
-    assert "do not differ beyond noise" in text
-
-
-def test_verdict_ce_better_when_the_ci_lies_above_zero():
-    label, text = verdict({"ce + blend": 0.05, "rcl + blend": 0.08}, ACC, (0.01, 0.05), (-0.01, 0.01), 3, 4000)
-    assert label == "ce_better" and "post-hoc rule on cross-entropy makes fewer critical errors" in text
-
-
-def test_verdict_no_difference_when_the_ci_contains_zero():
-    label, text = verdict(CER, ACC, (-0.04, 0.002), (-0.01, 0.01), 3, 4000)
-    assert label == "no_difference" and "No difference beyond noise" in text
-
-
-def test_verdict_flags_an_accuracy_trade_off():
-    _, text = verdict(CER, {"ce + blend": 0.70, "rcl + blend": 0.65}, (-0.05, -0.01), (-0.08, -0.02), 3, 4000)
-    assert "less accurate beyond noise" in text
-    _, text = verdict(CER, ACC, (-0.05, -0.01), (-0.01, 0.01), 3, 4000, matched={"rcl + blend": False})
-    assert "`rcl + blend` reached no operating point within the accuracy tolerance" in text
-    _, text = verdict(CER, ACC, (-0.05, -0.01), (-0.01, 0.01), 3, 4000, matched={"rcl + blend": True, "ce + blend": True})
-    assert "Caution" not in text
-    with pytest.raises(ValueError, match=r"finite \(low, high\) confidence interval"):
-        verdict(CER, ACC, (0.01, -0.01), (0, 0), 3, 10)
 
 
 def test_quiet_mode_sends_prints_and_library_logs_to_the_file(tmp_path, capsys):
@@ -67,7 +35,7 @@ def test_quiet_mode_sends_prints_and_library_logs_to_the_file(tmp_path, capsys):
 
 
 def test_tiny_job_selects_with_the_grid_code_writes_everything_and_prints_only_table_and_verdict(tmp_path, capsys):
-    from rcl_hf.comparison import operating_points
+    from research.comparison import operating_points
     from rcl_hf.decision import DEFAULT_BLEND_WEIGHTS
     from rcl_hf.selection import select_operating_points
 

@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from ..plots import plot_confusion_matrix
-from ..metrics.reliability import calibration_bins, risk_coverage
+from rcl_hf.plots import plot_confusion_matrix
+from rcl_hf.metrics.reliability import calibration_bins, risk_coverage
 
 __all__ = ["plot_all", "plot_fronts", "plot_lambda_sweep", "plot_confusions", "plot_reliability", "plot_risk_coverage"]
 

@@ -34,9 +34,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..metrics import metrics_from_confusion
-from ..severity import SeverityMatrix
-from ..metrics.reliability import calibration_bins
+from rcl_hf.metrics import metrics_from_confusion
+from rcl_hf.severity import SeverityMatrix
+from rcl_hf.metrics.reliability import calibration_bins
 
 __all__ = [
     "METRICS",

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..formatting import signed_points
+from rcl_hf.formatting import signed_points
 
 __all__ = ["difference_verdict", "comparison_sentence", "headline_verdict"]
 
