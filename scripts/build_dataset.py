@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(why, 2)
 
     from rcl_hf import hub
-    from rcl_hf.crash_safety import atomic_write_bytes
+    from rcl_hf.atomic_io import atomic_write_bytes
     from rcl_hf.data import build_dataset_card, load_dataset, severity_for
 
     options = {}

@@ -245,7 +245,7 @@ def _call_to_json_interrupted(ctx: Ctx):
     def dying_fsync(fd):  # the bytes sit in the temporary file, then the disk fails before the rename
         raise OSError(28, "No space left on device (simulated)")
 
-    with mock.patch("rcl_hf.crash_safety.os.fsync", dying_fsync):
+    with mock.patch("rcl_hf.atomic_io.os.fsync", dying_fsync):
         with pytest.raises(OSError):
             SeverityMatrix.preset("brain_tumor_mri").to_json(target)
     return {"intact": target.read_bytes() == before, "leftovers": sorted(p.name for p in ctx.tmp.iterdir() if p.name != "sev.json")}

@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .crash_safety import atomic_write_bytes
+from .atomic_io import atomic_write_bytes
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, resolve_transform_config
 from .severity import SeverityMatrix
 

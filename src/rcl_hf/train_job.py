@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from .crash_safety import atomic_write_json
+from .atomic_io import atomic_write_json
 from .data.metadata import dataset_metadata
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix

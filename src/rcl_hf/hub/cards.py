@@ -378,7 +378,7 @@ def write_model_card(folder: PathLike, repo_id: Optional[str] = None, **card_kwa
     This is what ``Trainer.create_model_card`` calls for rcl_hf runs, so that
     ``trainer.push_to_hub()`` and ``scripts/push_to_hub.py`` upload the same card.
     """
-    from ..crash_safety import atomic_write_bytes
+    from ..atomic_io import atomic_write_bytes
 
     text = str(build_model_card(folder, repo_id, **card_kwargs))
     validate_model_card(text)

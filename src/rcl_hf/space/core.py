@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..crash_safety import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes
 from ..inference import DEFAULT_REFERRAL_THRESHOLD, check_threshold, forward_images, risk_summary
 from ..metrics.functional import expected_costs
 from .certified import UNCERTIFIED_CHOICE, expected_images, load_calibrations, model_dataset, pretty_label, resolve_choice
