@@ -171,8 +171,8 @@ def greater_is_better_for(metric: str) -> bool:
 
 def _one_line_errors(fn):
     """Run ``fn``; a ``ValueError``, a missing file or a model that is neither a folder nor in the Hub cache
-    (:class:`~rcl_hf.hub.errors.HubUnavailableError`) exits 2 with one line."""
-    from .hub.errors import HubUnavailableError
+    (:class:`~rcl_hf.offline.HubUnavailableError`) exits 2 with one line."""
+    from .offline import HubUnavailableError
 
     try:
         return fn()

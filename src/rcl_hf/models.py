@@ -277,7 +277,7 @@ def build_model(
                     ignore_mismatched_sizes=True,
                 )
         except OSError as err:
-            from .hub.errors import offline_error
+            from .offline import offline_error
 
             raise offline_error(backbone, err) from None
         if same_set_other_order:

@@ -12,7 +12,7 @@ import pytest
 from checkpoints import copy_without_severity, save_tiny_checkpoint
 import torch
 
-from rcl_hf.hub.errors import HubUnavailableError
+from rcl_hf.offline import HubUnavailableError
 from rcl_hf.inference import DEFAULT_REFERRAL_THRESHOLD, Prediction, load_model, predict, predict_proba, risk_summary
 from rcl_hf.metrics import bayes_risk_decision
 from rcl_hf.models import build_image_processor, build_model, ensure_label_maps_in_config_file

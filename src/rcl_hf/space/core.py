@@ -150,7 +150,7 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
             f"{name_or_path!r} is a folder but not a saved model: it has no config.json "
             "(save one with model.save_pretrained and image_processor.save_pretrained)."
         )
-    from ..hub.errors import HubUnavailableError
+    from ..offline import HubUnavailableError
     from ..inference import load_model
     from .traced import trace_forward
 
