@@ -149,7 +149,7 @@ def test_every_documented_module_command_has_a_main():
 
 
 #: the bottom layer: modules every other one may use, which import nothing from the library
-BASE_MODULES = ("rcl_hf.atomic_io", "rcl_hf.offline")
+BASE_MODULES = ("rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.run_files")
 
 
 @pytest.mark.parametrize("module", BASE_MODULES)

@@ -51,6 +51,7 @@ import numpy as np
 from .comparison.verdict import headline_verdict as verdict
 from .formatting import pct as _pct
 from .formatting import pct_ci as _ci
+from .run_files import RESULTS_FILE, RUN_FILE
 
 __all__ = ["CompareArguments", "run_comparison", "verdict", "matched_table", "certified_table", "run_folder", "main"]
 
@@ -156,7 +157,7 @@ def _quiet(log_path: str, verbose: bool):
 def _prepare_folder(path: str) -> None:
     """Start a run folder clean; refuse to delete a folder that is not a run of this job."""
     if os.path.isdir(path) and os.listdir(path):
-        if not os.path.exists(os.path.join(path, "rcl_run.json")) and not os.path.exists(os.path.join(path, "train.log")):
+        if not os.path.exists(os.path.join(path, RUN_FILE)) and not os.path.exists(os.path.join(path, "train.log")):
             raise ValueError(f"{path} exists and is not a run of the main job; choose another --output_dir")
         shutil.rmtree(path)
     os.makedirs(path, exist_ok=True)
@@ -232,7 +233,7 @@ def certified_table(output_dir: str, seeds: Sequence[int], kind: str, alpha: flo
     for method in METHODS:
         tests = []
         for seed in seeds:
-            with open(os.path.join(run_folder(output_dir, method, seed, seeds[0]), "rcl_results.json"), encoding="utf-8") as fh:
+            with open(os.path.join(run_folder(output_dir, method, seed, seeds[0]), RESULTS_FILE), encoding="utf-8") as fh:
                 rc = json.load(fh).get("risk_control", {})
             if "test" not in rc:  # e.g. a validation split too small to certify α: said, not hidden
                 return f"No certified decision layer for run {method} seed {seed}: {rc.get('error', 'not calibrated')}", {}

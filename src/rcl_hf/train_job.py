@@ -42,6 +42,7 @@ from .atomic_io import atomic_write_json
 from .data.metadata import dataset_metadata
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
+from .run_files import RESULTS_FILE, RUN_FILE, predictions_file
 from .severity import SeverityMatrix
 from .train_args import AUGMENTATIONS, DataArguments, ModelArguments, default_training_args, multiprocess_cpu_launch
 from .train_data import (
@@ -272,7 +273,7 @@ def run_training(
         results[split] = {k[len(prefix) + 1:]: v for k, v in pred.metrics.items()}
         if trainer.is_world_process_zero():
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            np.savez_compressed(os.path.join(out_dir, f"{split}_predictions.npz"), logits=logits, labels=pred.label_ids,
+            np.savez_compressed(os.path.join(out_dir, predictions_file(split)), logits=logits, labels=pred.label_ids,
                                 **_group_array(splits.get(split), pred.label_ids))
             full = critical_error_rate(logits.argmax(-1), pred.label_ids, severity, return_confusion=True, per_class=True)
             results[split]["per_class_recall"] = full["per_class_recall"]
@@ -314,7 +315,7 @@ def run_training(
             "global_step": trainer.state.global_step,
             "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
         }
-        atomic_write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
+        atomic_write_json(os.path.join(out_dir, RUN_FILE), recipe)
         if (model_args.wants_ood_guard(data_args.dataset) and not model_args.eval_only
                 and "validation" in splits and len(splits["validation"]) >= 20):
             from .ood_fit import fit_ood_guard, fit_ood_guard_on_embeddings
@@ -333,7 +334,7 @@ def run_training(
         if model_args.calibrate and not model_args.eval_only and "validation" in results:
             results["risk_control"] = _calibrate(out_dir, splits, severity, model_args, dataset_metadata(splits).get("dataset"),
                                                  training_args.seed, raw_splits if data_args.cache_resized else None)
-        atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
+        atomic_write_json(os.path.join(out_dir, RESULTS_FILE), results)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
 

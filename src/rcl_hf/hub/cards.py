@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..run_files import RESULTS_FILE
 from ..severity import SeverityMatrix
 from .card_checks import LIBRARY_NAME, PIPELINE_TAG, check_repo_id, validate_model_card
 from .errors import TOKEN_PATTERN
@@ -186,7 +187,7 @@ def _risk_control(folder: Path) -> Optional[Dict[str, Any]]:
             ("on the certification part", f"coverage {_pct(cal.calibration, 'coverage')}, "
                                           f"{cal.risk_kind} {_pct(cal.calibration, cal.risk_kind)}")]
     test = None
-    results = read_json(folder / "rcl_results.json") or {}
+    results = read_json(folder / RESULTS_FILE) or {}
     rc = results.get("risk_control") if isinstance(results, dict) else None
     if isinstance(rc, dict) and isinstance(rc.get("test"), dict) and rc.get("calibration", {}).get("threshold") == cal.threshold:
         t, a = rc["test"], rc.get("test_argmax", {})
