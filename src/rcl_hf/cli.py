@@ -223,8 +223,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import TrainingArguments
 
     from .train_args import first_run_defaults
-    from .train_job import (DataArguments, ModelArguments, format_risk_control, format_table, multiprocess_cpu_launch,
-                            run_training)
+    from .formatting import format_risk_control, format_table
+    from .train_job import DataArguments, ModelArguments, multiprocess_cpu_launch, run_training
     from .trainer import RiskArguments
 
     types = (ModelArguments, DataArguments, RiskArguments, TrainingArguments)

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,6 @@ __all__ = [
     "run_training",
     "load_data",
     "default_training_args",
-    "format_table",
     "multiprocess_cpu_launch",
     "SeededAugmentation",
     "AugmentationEpochCallback",
@@ -75,9 +74,6 @@ __all__ = [
     "collapse_warning",
     "resolve_severity",
 ]
-
-TABLE_KEYS = ("accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
-
 
 def resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[SeverityMatrix], labels: List[str]) -> SeverityMatrix:
     """The severity matrix of a run, in the order of the dataset's ``labels``: ``--severity`` (a preset
@@ -98,34 +94,6 @@ def resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[Severi
         else:
             sev.check_labels(labels, what="Dataset")
     return sev
-
-
-def format_table(rows: Dict[str, Dict[str, float]], keys: Tuple[str, ...] = TABLE_KEYS) -> str:
-    """A markdown table: one row per run, rates in percent."""
-    head = "| run | " + " | ".join(k.replace("_", " ") + ("" if k.startswith("n_") else " %") for k in keys) + " |"
-    lines = [head, "|---" * (len(keys) + 1) + "|"]
-    for name, m in rows.items():
-        cells = [f"{int(m[k])}" if k.startswith("n_") else f"{100 * m[k]:.2f}" for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-RISK_TABLE_KEYS = ("coverage", "critical_miss", "cer_accepted", "accuracy_accepted", "accuracy", "cer")
-
-
-def format_risk_control(risk_control: Dict[str, Any]) -> str:
-    """The certified decision layer on test beside the argmax (markdown), or why there is none."""
-    if "error" in risk_control:
-        return f"Risk calibration skipped: {risk_control['error']}"
-    cal = risk_control["calibration"]
-    lines = [cal["certificate"], f"(rule {cal['rule']}, temperature {cal['temperature']:.2f}, referral threshold "
-                                 f"{cal['threshold']:.4g}; saved as risk_calibration.json)"]
-    if "test" in risk_control:
-        rows = {"argmax, no referral": risk_control["test_argmax"], "certified decision layer": risk_control["test"]}
-        lines += ["", "On the test split:", format_table(rows, RISK_TABLE_KEYS),
-                  f"{cal['risk_kind']} <= {cal['alpha']:.0%} on test: "
-                  f"{'held' if risk_control['test']['guarantee_held'] else 'NOT held'}"]
-    return "\n".join(lines)
 
 
 def collapse_warning(predictions: Sequence[int], labels: Sequence[str], split: str = "validation") -> Optional[str]:

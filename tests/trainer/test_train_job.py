@@ -15,7 +15,8 @@ from rcl_hf.cli import TRAIN_DEFAULTS, greater_is_better_for, parse_args
 from rcl_hf.models import severity_from_config
 from rcl_hf.severity import SeverityMatrix
 from rcl_hf.trainer import RiskArguments
-from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, format_table, run_training
+from rcl_hf.formatting import format_table
+from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "test_results.json", "rcl_run.json",

@@ -61,7 +61,7 @@ def run(args: CalibrateArguments, data_args) -> dict:
 
     from ..inference import forward_images, load_model
     from ..train_data import load_data
-    from ..train_job import RISK_TABLE_KEYS, format_table
+    from ..formatting import RISK_TABLE_KEYS, format_table
     from .fit import evaluate_calibration
     from .model_folder import calibrate_folder
 
