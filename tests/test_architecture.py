@@ -169,3 +169,12 @@ def test_model_loading_does_not_load_the_hub_package():
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_console_script_names_a_function_that_exists():
+    import importlib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    for name, target in project["project"]["scripts"].items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{name} = {target}"

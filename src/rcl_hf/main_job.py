@@ -349,7 +349,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``scripts/main_job.py``: parse the flags, run, print the table and the verdict."""
-    from .cli import _one_line_errors, parse_args
+    from .commands.args import one_line_errors, parse_args
 
     def go():
         (args,) = parse_args((CompareArguments,), argv)
@@ -359,4 +359,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"\nRuns (ce, rcl, ...{logs}), comparison.md/.json and cer_accuracy.png in {args.output_dir}")
         return summary
 
-    return _one_line_errors(go)
+    return one_line_errors(go)

@@ -335,7 +335,7 @@ def test_nonfinite_gradient_with_finite_loss_stops_or_skips_the_step(synthetic_d
 
 
 def test_cli_nonfinite_loss_skip_skips_the_step_and_the_model_stays_finite(synthetic_dir, tmp_path, monkeypatch, capsys):
-    from rcl_hf.cli import train_main
+    from rcl_hf.commands.train import train_main
 
     poison = _Poison(monkeypatch, calls={3})
     out = tmp_path / "cli"
