@@ -292,7 +292,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from rcl_hf.crash_safety import atomic_write_text
+    from rcl_hf.atomic_io import atomic_write_text
 
     atomic_write_text(path, text)
 

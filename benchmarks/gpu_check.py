@@ -5,7 +5,7 @@ minutes on one H100); prints one table and writes
 ``benchmarks/results/gpu_check.json`` / ``.md``. ``--cpu`` runs the same code on
 the CPU with tiny sizes (a smoke test of the script, not a measurement).
 
-Throughput (images/s, :class:`rcl_hf.gpu_defaults.ThroughputCallback`; in-memory
+Throughput (images/s, :class:`benchmarks.throughput.ThroughputCallback`; in-memory
 random tensors so the data pipeline is not what is measured), for each model,
 the variants interleaved over ``--rounds`` rounds, each with the GPU path of
 :func:`rcl_hf.gpu_defaults.plan_gpu_path` (bf16 autocast, channels_last for the
@@ -87,8 +87,9 @@ def throughput(model_name: str, *, cpu: bool, batch: int, steps: int, rounds: in
     from transformers import PrinterCallback, Trainer, default_data_collator
 
     from benchmarks import interleave, stats
+    from benchmarks.throughput import ThroughputCallback
     from rcl_hf.models import build_model
-    from rcl_hf.gpu_defaults import ThroughputCallback, apply_gpu_path, plan_gpu_path
+    from rcl_hf.gpu_defaults import apply_gpu_path, plan_gpu_path
     from rcl_hf.severity import SeverityMatrix
     from rcl_hf.trainer import RiskArguments, RiskCalibratedTrainer
     from rcl_hf.train_job import default_training_args

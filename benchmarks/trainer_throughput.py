@@ -24,7 +24,7 @@ nested lists (what ``Dataset.map`` writes for an array unless told the
 features); and channels_last weights. The Trainer's own dataloader is also timed alone
 (decode + transform + collate) and the collator alone.
 
-Throughput is :class:`rcl_hf.gpu_defaults.ThroughputCallback`: images per second
+Throughput is :class:`benchmarks.throughput.ThroughputCallback`: images per second
 between the end of warm-up step 2 and the last step of a ``train()`` call; each
 round calls ``train()`` once per variant, in alternating order.
 """
@@ -60,10 +60,10 @@ def run(quick: bool = False, real: bool = False, repeats: Optional[int] = None, 
     from transformers import PrinterCallback, Trainer, default_data_collator
 
     from benchmarks import interleave, make_ratio, stats
+    from benchmarks.throughput import ThroughputCallback
     from rcl_hf.data.synthetic import load_synthetic
     from rcl_hf.data.transforms import apply_transforms
     from rcl_hf.models import build_model
-    from rcl_hf.gpu_defaults import ThroughputCallback
     from rcl_hf.severity import SeverityMatrix
     from rcl_hf.trainer import RiskArguments, RiskCalibratedTrainer
     from rcl_hf.train_job import AUGMENTATIONS, default_training_args

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from rcl_hf.crash_safety import atomic_write_bytes, atomic_write_text
+from rcl_hf.atomic_io import atomic_write_bytes, atomic_write_text
 from .abstention import FAMILIES, AbstentionConfig, choose, options, selective_outcomes, train_head
 from .clustered import paired_clustered_bootstrap
 from .comparison.verdict import comparison_sentence

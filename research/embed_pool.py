@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rcl_hf.crash_safety import publish_new_dir
+from rcl_hf.atomic_io import publish_new_dir
 
 logger = logging.getLogger(__name__)
 

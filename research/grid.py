@@ -331,7 +331,7 @@ def is_done(cell: Cell) -> bool:
 
 
 def _write_marker(cell: Cell, info: Dict[str, Any]) -> None:
-    from rcl_hf.crash_safety import atomic_write_bytes
+    from rcl_hf.atomic_io import atomic_write_bytes
 
     os.makedirs(cell.output_dir, exist_ok=True)
     text = json.dumps({**info, "cell_id": cell.cell_id, "spec": cell.spec()}, indent=2, default=str)

@@ -50,6 +50,7 @@ import numpy as np
 
 from rcl_hf.formatting import pct as _pct
 from rcl_hf.formatting import pct_ci as _ci
+from rcl_hf.run_files import RESULTS_FILE, RUN_FILE
 
 from .comparison.verdict import headline_verdict as verdict
 
@@ -157,7 +158,7 @@ def _quiet(log_path: str, verbose: bool):
 def _prepare_folder(path: str) -> None:
     """Start a run folder clean; refuse to delete a folder that is not a run of this job."""
     if os.path.isdir(path) and os.listdir(path):
-        if not os.path.exists(os.path.join(path, "rcl_run.json")) and not os.path.exists(os.path.join(path, "train.log")):
+        if not os.path.exists(os.path.join(path, RUN_FILE)) and not os.path.exists(os.path.join(path, "train.log")):
             raise ValueError(f"{path} exists and is not a run of the main job; choose another --output_dir")
         shutil.rmtree(path)
     os.makedirs(path, exist_ok=True)
@@ -233,7 +234,7 @@ def certified_table(output_dir: str, seeds: Sequence[int], kind: str, alpha: flo
     for method in METHODS:
         tests = []
         for seed in seeds:
-            with open(os.path.join(run_folder(output_dir, method, seed, seeds[0]), "rcl_results.json"), encoding="utf-8") as fh:
+            with open(os.path.join(run_folder(output_dir, method, seed, seeds[0]), RESULTS_FILE), encoding="utf-8") as fh:
                 rc = json.load(fh).get("risk_control", {})
             if "test" not in rc:  # e.g. a validation split too small to certify α: said, not hidden
                 return f"No certified decision layer for run {method} seed {seed}: {rc.get('error', 'not calibrated')}", {}
@@ -349,7 +350,7 @@ def run_comparison(args: CompareArguments) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``scripts/main_job.py``: parse the flags, run, print the table and the verdict."""
-    from rcl_hf.cli import _one_line_errors, parse_args
+    from rcl_hf.commands.args import one_line_errors, parse_args
 
     def go():
         (args,) = parse_args((CompareArguments,), argv)
@@ -359,4 +360,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"\nRuns (ce, rcl, ...{logs}), comparison.md/.json and cer_accuracy.png in {args.output_dir}")
         return summary
 
-    return _one_line_errors(go)
+    return one_line_errors(go)

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-from rcl_hf.crash_safety import atomic_write_json, atomic_write_text
+from rcl_hf.atomic_io import atomic_write_json, atomic_write_text
 from rcl_hf.formatting import pct, pct_ci
 
 __all__ = ["family_choice", "paired_ci", "validity_table", "budget_check", "write_report", "RCL_PREFIX",

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from rcl_hf.crash_safety import atomic_write_bytes
+from rcl_hf.atomic_io import atomic_write_bytes
 from rcl_hf.formatting import pct as _pct
 from rcl_hf.formatting import pct_ci, pct_with_ci
 from .symmetric_comparison import SymmetricComparison, analyse

@@ -66,7 +66,7 @@ def _hub_ready() -> Optional[str]:
     """``None`` when a push can be attempted, else the reason it cannot (checked before any work, no network)."""
     import huggingface_hub
 
-    from rcl_hf.hub.errors import is_offline
+    from rcl_hf.offline import is_offline
 
     if is_offline():
         return "cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE=1)"
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(why, 2)
 
     from rcl_hf import hub
-    from rcl_hf.crash_safety import atomic_write_bytes
+    from rcl_hf.atomic_io import atomic_write_bytes
     from rcl_hf.data import build_dataset_card, load_dataset, severity_for
 
     options = {}

@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result["goals"] = goals
     command = "python scripts/check_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["command"] = command
-    from rcl_hf.crash_safety import atomic_write_json, atomic_write_text
+    from rcl_hf.atomic_io import atomic_write_json, atomic_write_text
 
     out = Path(args.out or args.model)
     out.mkdir(parents=True, exist_ok=True)

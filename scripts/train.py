@@ -10,7 +10,7 @@
 A single JSON or YAML file may replace the flags; flags given after it override it.
 """
 
-from rcl_hf.cli import train_main
+from rcl_hf.commands.train import train_main
 
 if __name__ == "__main__":
     train_main()

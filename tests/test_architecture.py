@@ -146,3 +146,35 @@ def test_every_documented_module_command_has_a_main():
                 if not main.exists() or "__main__" not in main.read_text(encoding="utf-8"):
                     missing.append(f"{path.relative_to(ROOT)}: python -m {module}")
     assert not missing, f"documented commands that do nothing: {missing}"
+
+
+#: the bottom layer: modules every other one may use, which import nothing from the library
+BASE_MODULES = ("rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.run_files")
+
+
+@pytest.mark.parametrize("module", BASE_MODULES)
+def test_base_modules_import_nothing_from_the_library(module):
+    mods = dict(_modules(LIB, "rcl_hf"))
+    found = sorted({imp for imp in _imports(module, mods[module], top_level_only=False)
+                    if imp == "rcl_hf" or imp.startswith("rcl_hf.")})
+    assert not found, f"{module} imports {found}"
+
+
+def test_model_loading_does_not_load_the_hub_package():
+    """Loading and serving a model needs the offline errors (``rcl_hf.offline``), not cards and uploads."""
+    code = ("import sys\nimport rcl_hf.models, rcl_hf.inference, rcl_hf.decision_layer, rcl_hf.pipeline, rcl_hf.space.answer\n"
+            "print(sorted(m for m in sys.modules if m.startswith('rcl_hf.hub')))\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT / "src"), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_console_script_names_a_function_that_exists():
+    import importlib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    for name, target in project["project"]["scripts"].items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{name} = {target}"

@@ -6,7 +6,7 @@ Each row of :data:`ROWS` names a target and what must happen:
   with one defect and run :func:`rcl_hf.data.load_dataset`: the defect is a
   reported ``Problem`` (``skipped`` or ``converted``) and the rest loads, or the
   load raises one clear ``ValueError``;
-* ``cli`` rows run ``scripts/train.py``'s entry point (:func:`rcl_hf.cli.train_main`)
+* ``cli`` rows run ``scripts/train.py``'s entry point (:func:`rcl_hf.commands.train.train_main`)
   in-process: exit code 2, one ``error: ...`` line on stderr, no traceback, and
   no output folder (nothing trained or written);
 * ``call`` rows call the library directly and expect a ``ValueError`` (or the
@@ -245,7 +245,7 @@ def _call_to_json_interrupted(ctx: Ctx):
     def dying_fsync(fd):  # the bytes sit in the temporary file, then the disk fails before the rename
         raise OSError(28, "No space left on device (simulated)")
 
-    with mock.patch("rcl_hf.crash_safety.os.fsync", dying_fsync):
+    with mock.patch("rcl_hf.atomic_io.os.fsync", dying_fsync):
         with pytest.raises(OSError):
             SeverityMatrix.preset("brain_tumor_mri").to_json(target)
     return {"intact": target.read_bytes() == before, "leftovers": sorted(p.name for p in ctx.tmp.iterdir() if p.name != "sev.json")}
@@ -359,7 +359,7 @@ def _write(path: Path, text: str) -> str:
 
 # =============================================================================== the runner
 def _run_cli(argv: List[str], out_dir: Path, capsys) -> Tuple[int, List[str]]:
-    from rcl_hf.cli import train_main
+    from rcl_hf.commands.train import train_main
 
     capsys.readouterr()
     try:

@@ -1,4 +1,4 @@
-"""The benchmark harness (benchmarks/) and the GPU-path decisions (rcl_hf.gpu_defaults).
+"""The benchmark harness (benchmarks/), its throughput callback, and the GPU-path decisions (rcl_hf.gpu_defaults).
 
 No test here fails on timing: the harness runs at tiny sizes and its numbers are
 checked for sanity (positive, finite, each ratio equal to a / b of medians taken
@@ -26,7 +26,8 @@ if str(ROOT) not in sys.path:
 
 import benchmarks  # noqa: E402
 from benchmarks import interleave, make_ratio, stats  # noqa: E402
-from rcl_hf.gpu_defaults import GpuPlan, ThroughputCallback, apply_gpu_path, is_convolutional, plan_gpu_path  # noqa: E402
+from benchmarks.throughput import ThroughputCallback  # noqa: E402
+from rcl_hf.gpu_defaults import GpuPlan, apply_gpu_path, is_convolutional, plan_gpu_path  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- harness units
@@ -158,7 +159,7 @@ def test_apply_gpu_path_rebuilds_training_arguments(tmp_path):
 
 def test_throughput_callback(monkeypatch):
     ticks = iter([10.0, 11.0, 11.5, 12.0, 12.5])
-    monkeypatch.setattr("rcl_hf.gpu_defaults.time.perf_counter", lambda: next(ticks))
+    monkeypatch.setattr("benchmarks.throughput.time.perf_counter", lambda: next(ticks))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cb = ThroughputCallback(samples_per_step=8, skip=2)
     cb.on_train_begin(None, None, None)

@@ -327,7 +327,7 @@ def test_tokens_never_reach_files_logs_or_output(tmp_path, monkeypatch, capfd):
     """HF_TOKEN in the environment and --hub_token on the command line: the run's files (checkpoints and
     training_args.bin included), the dry-run upload folder, and everything printed stay token-free."""
     from rcl_hf import hub
-    from rcl_hf.cli import train_main
+    from rcl_hf.commands.train import train_main
     from rcl_hf.data.synthetic import load_synthetic
 
     data = tmp_path / "data"

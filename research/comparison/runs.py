@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from rcl_hf.metrics.functional import softmax
+from rcl_hf.run_files import RUN_FILE, predictions_file
 from rcl_hf.severity import SeverityMatrix
 
 __all__ = ["Run", "family_name", "load_run_folder", "SPLITS", "POINT_METRICS"]
@@ -58,13 +59,13 @@ def load_run_folder(run_dir: str, dataset: str, backbone: str, method: str, poin
     ``loss`` / ``params`` / ``wall_time_s`` default to the recipe's. Raises ``ValueError`` naming the
     missing file when the run has no validation or test predictions.
     """
-    recipe_path = os.path.join(run_dir, "rcl_run.json")
+    recipe_path = os.path.join(run_dir, RUN_FILE)
     if not os.path.exists(recipe_path):
-        raise ValueError(f"{run_dir} has no rcl_run.json: not a finished rcl_hf run folder")
+        raise ValueError(f"{run_dir} has no {RUN_FILE}: not a finished rcl_hf run folder")
     with open(recipe_path, encoding="utf-8") as fh:
         recipe = json.load(fh)
     logits, labels = {}, {}
-    for split, fname in (("val", "validation_predictions.npz"), ("test", "test_predictions.npz")):
+    for split, fname in (("val", predictions_file("validation")), ("test", predictions_file("test"))):
         path = os.path.join(run_dir, fname)
         if not os.path.exists(path):
             raise ValueError(f"{run_dir} has no {fname}: the comparison needs validation and test splits")

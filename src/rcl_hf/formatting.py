@@ -1,5 +1,6 @@
 """How numbers are written in every table and sentence the project generates (reports, the main job,
-model cards): one definition, so that a README row checked against its report matches digit for digit.
+model cards, the training and calibration commands): one definition, so that a README row checked
+against its report matches digit for digit.
 
 Rates are fractions in the code and percentages in text: ``pct(0.1234) == "12.34"`` (no ``%`` sign;
 tables put the unit in the header). A missing value (``None``, NaN, not a number) is written ``missing``.
@@ -8,9 +9,10 @@ tables put the unit in the header). A missing value (``None``, NaN, not a number
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["pct", "pct_ci", "pct_with_ci", "signed_points"]
+__all__ = ["RISK_TABLE_KEYS", "TABLE_KEYS", "format_risk_control", "format_table", "pct", "pct_ci", "pct_with_ci",
+           "signed_points"]
 
 #: The dash of a missing value.
 MISSING = "–"
@@ -48,3 +50,37 @@ def pct_with_ci(mean: Any, ci: Any, nd: int = 2) -> str:
 def signed_points(x: Any, nd: int = 2) -> str:
     """A difference of two rates in percentage points with its sign: ``+1.37``."""
     return pct(x, nd, signed=True)
+
+
+# ----------------------------------------------------------------------------- the commands' tables
+#: Columns of a run's metrics table (:func:`format_table`).
+TABLE_KEYS = ("accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
+
+
+def format_table(rows: Dict[str, Dict[str, float]], keys: Tuple[str, ...] = TABLE_KEYS) -> str:
+    """A markdown table: one row per run, rates in percent."""
+    head = "| run | " + " | ".join(k.replace("_", " ") + ("" if k.startswith("n_") else " %") for k in keys) + " |"
+    lines = [head, "|---" * (len(keys) + 1) + "|"]
+    for name, m in rows.items():
+        cells = [f"{int(m[k])}" if k.startswith("n_") else pct(m[k]) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: Columns of the certified decision layer's table (:func:`format_risk_control`, ``rcl-calibrate``).
+RISK_TABLE_KEYS = ("coverage", "critical_miss", "cer_accepted", "accuracy_accepted", "accuracy", "cer")
+
+
+def format_risk_control(risk_control: Dict[str, Any]) -> str:
+    """The certified decision layer on test beside the argmax (markdown), or why there is none."""
+    if "error" in risk_control:
+        return f"Risk calibration skipped: {risk_control['error']}"
+    cal = risk_control["calibration"]
+    lines = [cal["certificate"], f"(rule {cal['rule']}, temperature {cal['temperature']:.2f}, referral threshold "
+                                 f"{cal['threshold']:.4g}; saved as risk_calibration.json)"]
+    if "test" in risk_control:
+        rows = {"argmax, no referral": risk_control["test_argmax"], "certified decision layer": risk_control["test"]}
+        lines += ["", "On the test split:", format_table(rows, RISK_TABLE_KEYS),
+                  f"{cal['risk_kind']} <= {cal['alpha']:.0%} on test: "
+                  f"{'held' if risk_control['test']['guarantee_held'] else 'NOT held'}"]
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .crash_safety import publish_new_dir
+from .atomic_io import publish_new_dir
 from .data.metadata import dataset_fingerprint
 
 __all__ = ["find_classifier", "classifier_inputs", "forward_pixels", "extract_embeddings", "embedding_key_parts", "embedding_cache_key", "embedding_cache_path",

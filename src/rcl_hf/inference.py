@@ -24,7 +24,7 @@ import torch
 
 from .data.images import usability_problem
 from .decision_layer import DecisionLayer, Prediction, check_threshold
-from .hub.errors import offline_error
+from .offline import offline_error
 from .metrics.functional import softmax
 from .severity import SeverityMatrix
 
@@ -35,7 +35,7 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", seve
     """Load a classifier saved by rcl_hf from a folder, a Hub id, or the local Hub cache.
 
     Works offline (``HF_HUB_OFFLINE=1``) when the id is in the cache; raises
-    :class:`rcl_hf.hub.errors.HubUnavailableError` with one clear line otherwise.
+    :class:`rcl_hf.offline.HubUnavailableError` with one clear line otherwise.
     The returned model is in eval mode and has ``.severity`` (a
     :class:`SeverityMatrix`), ``.image_processor`` and ``.ood_guard`` (an
     :class:`rcl_hf.ood.OODGuard`, or ``None`` when the folder has none) attributes.

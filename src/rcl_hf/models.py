@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .crash_safety import atomic_write_bytes
+from .atomic_io import atomic_write_bytes
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, resolve_transform_config
 from .severity import SeverityMatrix
 
@@ -277,7 +277,7 @@ def build_model(
                     ignore_mismatched_sizes=True,
                 )
         except OSError as err:
-            from .hub.errors import offline_error
+            from .offline import offline_error
 
             raise offline_error(backbone, err) from None
         if same_set_other_order:

@@ -43,7 +43,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from .crash_safety import atomic_write_bytes
+from .atomic_io import atomic_write_bytes
 
 __all__ = ["OODGuard", "OOD_GUARD_FILE", "DEFAULT_FALSE_ALARM_RATE", "DEFAULT_FALSE_ALARM_DELTA", "fit_guard_from_embeddings",
            "conformal_threshold", "min_calibration_size"]

@@ -7,7 +7,7 @@ saved preprocessing, and writes ``ood_guard.safetensors`` beside the weights, wh
 embeddings already computed (a frozen-backbone run has them: no image is embedded twice),
 with the same seeded samples, so both give the same guard.
 
-From the shell: ``rcl-ood-guard`` (:mod:`rcl_hf.ood_cli`).
+From the shell: ``rcl-ood-guard`` (:mod:`rcl_hf.commands.ood_guard`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .crash_safety import atomic_write_bytes
+from .atomic_io import atomic_write_bytes
 
 __all__ = ["SeverityMatrix", "PRESETS", "FINE_COST", "OVERCALL_COST", "CRITICAL_COST"]
 
@@ -275,7 +275,7 @@ class SeverityMatrix:
         return cls(data["labels"], data["matrix"], data.get("critical"), name=data.get("name"))
 
     def to_json(self, path: PathLike) -> None:
-        """Write :meth:`to_dict` as JSON, atomically (:func:`rcl_hf.crash_safety.atomic_write_bytes`)."""
+        """Write :meth:`to_dict` as JSON, atomically (:func:`rcl_hf.atomic_io.atomic_write_bytes`)."""
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode("utf-8"))
 
     @classmethod

@@ -32,16 +32,17 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from .crash_safety import atomic_write_json
+from .atomic_io import atomic_write_json
 from .data.metadata import dataset_metadata
 from .metrics import critical_error_rate, make_compute_metrics
 from .plots import plot_confusion_matrix
+from .run_files import RESULTS_FILE, RUN_FILE, predictions_file
 from .severity import SeverityMatrix
 from .train_args import AUGMENTATIONS, DataArguments, ModelArguments, default_training_args, multiprocess_cpu_launch
 from .train_data import (
@@ -64,7 +65,6 @@ __all__ = [
     "run_training",
     "load_data",
     "default_training_args",
-    "format_table",
     "multiprocess_cpu_launch",
     "SeededAugmentation",
     "AugmentationEpochCallback",
@@ -74,9 +74,6 @@ __all__ = [
     "collapse_warning",
     "resolve_severity",
 ]
-
-TABLE_KEYS = ("accuracy", "balanced_accuracy", "cer", "critical_miss_rate", "expected_cost", "n_critical")
-
 
 def resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[SeverityMatrix], labels: List[str]) -> SeverityMatrix:
     """The severity matrix of a run, in the order of the dataset's ``labels``: ``--severity`` (a preset
@@ -97,34 +94,6 @@ def resolve_severity(risk_args: RiskArguments, dataset_severity: Optional[Severi
         else:
             sev.check_labels(labels, what="Dataset")
     return sev
-
-
-def format_table(rows: Dict[str, Dict[str, float]], keys: Tuple[str, ...] = TABLE_KEYS) -> str:
-    """A markdown table: one row per run, rates in percent."""
-    head = "| run | " + " | ".join(k.replace("_", " ") + ("" if k.startswith("n_") else " %") for k in keys) + " |"
-    lines = [head, "|---" * (len(keys) + 1) + "|"]
-    for name, m in rows.items():
-        cells = [f"{int(m[k])}" if k.startswith("n_") else f"{100 * m[k]:.2f}" for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-RISK_TABLE_KEYS = ("coverage", "critical_miss", "cer_accepted", "accuracy_accepted", "accuracy", "cer")
-
-
-def format_risk_control(risk_control: Dict[str, Any]) -> str:
-    """The certified decision layer on test beside the argmax (markdown), or why there is none."""
-    if "error" in risk_control:
-        return f"Risk calibration skipped: {risk_control['error']}"
-    cal = risk_control["calibration"]
-    lines = [cal["certificate"], f"(rule {cal['rule']}, temperature {cal['temperature']:.2f}, referral threshold "
-                                 f"{cal['threshold']:.4g}; saved as risk_calibration.json)"]
-    if "test" in risk_control:
-        rows = {"argmax, no referral": risk_control["test_argmax"], "certified decision layer": risk_control["test"]}
-        lines += ["", "On the test split:", format_table(rows, RISK_TABLE_KEYS),
-                  f"{cal['risk_kind']} <= {cal['alpha']:.0%} on test: "
-                  f"{'held' if risk_control['test']['guarantee_held'] else 'NOT held'}"]
-    return "\n".join(lines)
 
 
 def collapse_warning(predictions: Sequence[int], labels: Sequence[str], split: str = "validation") -> Optional[str]:
@@ -272,7 +241,7 @@ def run_training(
         results[split] = {k[len(prefix) + 1:]: v for k, v in pred.metrics.items()}
         if trainer.is_world_process_zero():
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            np.savez_compressed(os.path.join(out_dir, f"{split}_predictions.npz"), logits=logits, labels=pred.label_ids,
+            np.savez_compressed(os.path.join(out_dir, predictions_file(split)), logits=logits, labels=pred.label_ids,
                                 **_group_array(splits.get(split), pred.label_ids))
             full = critical_error_rate(logits.argmax(-1), pred.label_ids, severity, return_confusion=True, per_class=True)
             results[split]["per_class_recall"] = full["per_class_recall"]
@@ -314,7 +283,7 @@ def run_training(
             "global_step": trainer.state.global_step,
             "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "") or None,
         }
-        atomic_write_json(os.path.join(out_dir, "rcl_run.json"), recipe)
+        atomic_write_json(os.path.join(out_dir, RUN_FILE), recipe)
         if (model_args.wants_ood_guard(data_args.dataset) and not model_args.eval_only
                 and "validation" in splits and len(splits["validation"]) >= 20):
             from .ood_fit import fit_ood_guard, fit_ood_guard_on_embeddings
@@ -337,7 +306,7 @@ def run_training(
             from .decision_layer import DecisionLayer
 
             results["guarantees"] = DecisionLayer.from_pretrained(out_dir).guarantees()
-        atomic_write_json(os.path.join(out_dir, "rcl_results.json"), results)
+        atomic_write_json(os.path.join(out_dir, RESULTS_FILE), results)
     if training_args.push_to_hub and trainer.is_world_process_zero() and not model_args.eval_only:
         from . import hub
 

@@ -12,7 +12,7 @@ so no model ever normalises by ``num_items_in_batch`` behind our back). With
 equal micro-batches, accumulation 1 x batch B and k x batch B/k give the same
 gradients (tested); DDP averages those means across processes.
 
-Crash safety (:mod:`rcl_hf.crash_safety`):
+Crash safety (:mod:`rcl_hf.atomic_io`, :mod:`rcl_hf.checkpoints`):
 
 * each checkpoint is written into a hidden staging folder, ``fsync``-ed and renamed
   to ``checkpoint-N`` in one step, so a kill during a save leaves the previous
@@ -50,16 +50,8 @@ import torch
 from transformers import Trainer
 
 from .losses import LOSS_NAMES, RiskCalibratedLoss, build_loss, loss_epoch_callback
-from .crash_safety import (
-    CHECKPOINT_PREFIX,
-    STAGING_PREFIX,
-    atomic_replace_files,
-    commit_dir,
-    nonfinite_parameters,
-    remove_stale_staging,
-    resolve_resume_checkpoint,
-    staging_dir,
-)
+from .atomic_io import STAGING_PREFIX, atomic_replace_files, commit_dir, remove_stale_staging, staging_dir
+from .checkpoints import CHECKPOINT_PREFIX, nonfinite_parameters, resolve_resume_checkpoint
 from .severity import SeverityMatrix
 from .trainer_callbacks import BroadcastBuffersCallback, NonFiniteLossError, NonFiniteStepGuard
 
@@ -298,7 +290,7 @@ class RiskCalibratedTrainer(Trainer):
         """``Trainer.train`` resuming from the newest *complete* checkpoint, and never returning NaN weights.
 
         ``resume_from_checkpoint`` may be ``True``, ``"last"``/``"true"``/``"latest"``, a
-        run folder or a checkpoint folder (:func:`rcl_hf.crash_safety.resolve_resume_checkpoint`).
+        run folder or a checkpoint folder (:func:`rcl_hf.checkpoints.resolve_resume_checkpoint`).
         Unfinished saves of a killed run (``.tmp-*`` in ``output_dir``) are removed first.
 
         Raises:
@@ -316,7 +308,7 @@ class RiskCalibratedTrainer(Trainer):
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """``Trainer.save_model``, refusing non-finite weights; outside a checkpoint the files go through a
-        staging folder and one ``os.replace`` each (:func:`rcl_hf.crash_safety.atomic_replace_files`)."""
+        staging folder and one ``os.replace`` each (:func:`rcl_hf.atomic_io.atomic_replace_files`)."""
         bad = nonfinite_parameters(self.model)
         if bad:
             raise NonFiniteLossError(f"Refusing to save the model: non-finite values in {bad}")

@@ -40,7 +40,7 @@ def plain_trainer_checkpoint(tmp_path_factory, synthetic_dataset_dir):
 
 def test_rcl_calibrate_gives_a_plain_trainer_model_a_certified_decision_layer(plain_trainer_checkpoint, tmp_path, capsys):
     import rcl_hf
-    from rcl_hf.calibration.cli import main
+    from rcl_hf.commands.calibrate import main
 
     folder, data = plain_trainer_checkpoint
     assert "rcl_severity" not in json.loads((folder / "config.json").read_text())
@@ -60,7 +60,7 @@ def test_rcl_calibrate_gives_a_plain_trainer_model_a_certified_decision_layer(pl
 
 
 def test_rcl_calibrate_refuses_what_does_not_fit(plain_trainer_checkpoint, tmp_path, capsys):
-    from rcl_hf.calibration.cli import main
+    from rcl_hf.commands.calibrate import main
 
     folder, data = plain_trainer_checkpoint
     with pytest.raises(SystemExit) as exit_:
@@ -76,7 +76,7 @@ def test_pipeline_task_applies_the_calibration(plain_trainer_checkpoint, tmp_pat
     import rcl_hf  # noqa: F401 - registers the task
     from transformers import pipeline
 
-    from rcl_hf.calibration.cli import main
+    from rcl_hf.commands.calibrate import main
     from rcl_hf.models import SEVERITY_KEY
     from rcl_hf.severity import SeverityMatrix
 
@@ -123,12 +123,12 @@ def test_train_py_calibrates_on_validation_and_the_card_says_so(tmp_path, synthe
     """scripts/train.py ends with a certified decision layer: risk_calibration.json beside the weights, the
     certified layer on test printed beside the argmax, load_model/predict apply it, the card describes it."""
     import rcl_hf
-    from rcl_hf import cli
+    from rcl_hf.commands.train import train_main
     from rcl_hf.hub.cards import build_model_card
 
     data = synthetic_dataset_dir(seed=5, n_train=128, n_validation=500, n_test=100)
     out = tmp_path / "run"
-    result = cli.train_main(["--dataset", str(data), "--backbone", "hf-resnet", "--num_train_epochs", "1",
+    result = train_main(["--dataset", str(data), "--backbone", "hf-resnet", "--num_train_epochs", "1",
                              "--output_dir", str(out), "--risk_alpha", "0.2", "--save_strategy", "no",
                              "--eval_strategy", "no", "--load_best_model_at_end", "false"])
     printed = capsys.readouterr().out

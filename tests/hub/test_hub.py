@@ -20,7 +20,7 @@ from checkpoints import copy_without_severity, save_tiny_checkpoint
 import yaml
 
 from rcl_hf import hub
-from rcl_hf.hub.errors import HubUnavailableError
+from rcl_hf.offline import HubUnavailableError
 from rcl_hf.models import severity_from_config
 from rcl_hf.severity import SeverityMatrix
 
@@ -767,7 +767,7 @@ def loading_runs(model_upload, tmp_path_factory):
         from huggingface_hub import scan_cache_dir
         from transformers import AutoModelForImageClassification
         import rcl_hf
-        from rcl_hf.hub.errors import HubUnavailableError
+        from rcl_hf.offline import HubUnavailableError
 
         repos = {r.repo_id: [rev.commit_hash for rev in r.revisions] for r in scan_cache_dir().repos}
         plain = AutoModelForImageClassification.from_pretrained("owner/tiny-rcl")

@@ -12,7 +12,7 @@ import pytest
 from checkpoints import copy_without_severity, save_tiny_checkpoint
 import torch
 
-from rcl_hf.hub.errors import HubUnavailableError
+from rcl_hf.offline import HubUnavailableError
 from rcl_hf.decision_layer import DEFAULT_REFERRAL_THRESHOLD, DecisionLayer, Prediction
 from rcl_hf.inference import load_model, predict, predict_proba
 from rcl_hf.metrics import bayes_risk_decision

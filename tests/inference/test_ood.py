@@ -254,7 +254,7 @@ def test_the_guard_command_fits_the_guard_the_run_fitted(synthetic_model, tmp_pa
     """``rcl-ood-guard`` with the run's data arguments and seed gives the run's own guard."""
     import shutil
 
-    from rcl_hf.ood_cli import main
+    from rcl_hf.commands.ood_guard import main
 
     folder, _ = synthetic_model
     again = tmp_path / "again"

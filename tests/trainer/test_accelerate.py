@@ -21,7 +21,7 @@ METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "cer", "critical_mis
 LAUNCH_WRAPPER = '''
 import json, os, sys
 import torch.distributed as dist
-from rcl_hf.cli import train_main
+from rcl_hf.commands.train import train_main
 
 train_main(sys.argv[1:])
 info = {"rank": dist.get_rank(), "world_size": dist.get_world_size(), "backend": dist.get_backend(),

@@ -191,7 +191,7 @@ def test_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(s
     complete, no checkpoint-8 appears, and resuming from the last complete one reproduces the reference."""
     from transformers import AutoModelForImageClassification
 
-    from rcl_hf.crash_safety import checkpoint_problem, last_complete_checkpoint
+    from rcl_hf.checkpoints import checkpoint_problem, last_complete_checkpoint
     from rcl_hf.trainer import RiskCalibratedTrainer
     from rcl_hf.train_job import run_training
 
@@ -224,7 +224,7 @@ def test_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(s
     monkeypatch.setattr(RiskCalibratedTrainer, "_save_optimizer_and_scheduler", original)
     model_args, data_args, risk_args, training_args = _args(synthetic_dir, out, **EPOCH_RUN)
     training_args.resume_from_checkpoint = "last"
-    with caplog.at_level(logging.WARNING, logger="rcl_hf.crash_safety"):
+    with caplog.at_level(logging.WARNING, logger="rcl_hf.atomic_io"):
         resumed = run_training(model_args, data_args, risk_args, training_args)
     assert "unfinished save" in caplog.text and ".tmp-checkpoint-8" in caplog.text
     assert not staging.exists()
@@ -237,7 +237,7 @@ def test_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(s
 def test_resume_skips_incomplete_checkpoints_and_refuses_a_named_one(reference_run, tmp_path, caplog):
     import shutil
 
-    from rcl_hf.crash_safety import IncompleteCheckpointError, checkpoint_problem, resolve_resume_checkpoint
+    from rcl_hf.checkpoints import IncompleteCheckpointError, checkpoint_problem, resolve_resume_checkpoint
 
     ref_dir, _ = reference_run
     run = tmp_path / "run"
@@ -258,7 +258,7 @@ def test_resume_skips_incomplete_checkpoints_and_refuses_a_named_one(reference_r
         damage(run / name)
         assert reasons[name] in checkpoint_problem(run / name)
     assert checkpoint_problem(run / "checkpoint-4") is None
-    with caplog.at_level(logging.WARNING, logger="rcl_hf.crash_safety"):
+    with caplog.at_level(logging.WARNING, logger="rcl_hf.checkpoints"):
         for spec in (True, "last", "true", str(run)):
             assert resolve_resume_checkpoint(spec, run) == str(run / "checkpoint-4")
     assert caplog.text.count("Skipping incomplete checkpoint") >= 5
@@ -335,7 +335,7 @@ def test_nonfinite_gradient_with_finite_loss_stops_or_skips_the_step(synthetic_d
 
 
 def test_cli_nonfinite_loss_skip_skips_the_step_and_the_model_stays_finite(synthetic_dir, tmp_path, monkeypatch, capsys):
-    from rcl_hf.cli import train_main
+    from rcl_hf.commands.train import train_main
 
     poison = _Poison(monkeypatch, calls={3})
     out = tmp_path / "cli"
@@ -409,7 +409,7 @@ def test_final_model_files_are_replaced_atomically(tmp_path, monkeypatch):
 
 
 def test_atomic_write_bytes_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    from rcl_hf import crash_safety as reliability
+    from rcl_hf import atomic_io as reliability
 
     target = tmp_path / "results.json"
     reliability.atomic_write_bytes(target, b'{"cer": 0.1}')
@@ -431,7 +431,7 @@ def test_two_process_ddp_run_killed_and_resumed_matches_uninterrupted(synthetic_
     states, and a run SIGKILLed (whole process group) after a checkpoint resumes to the uninterrupted result."""
     import socket
 
-    from rcl_hf.crash_safety import checkpoint_problem
+    from rcl_hf.checkpoints import checkpoint_problem
 
     def port() -> int:
         with socket.socket() as s:
@@ -484,7 +484,7 @@ def test_two_process_ddp_run_killed_and_resumed_matches_uninterrupted(synthetic_
 
 
 def test_publish_new_dir_first_writer_wins_and_failures_leave_nothing(tmp_path):
-    from rcl_hf.crash_safety import publish_new_dir
+    from rcl_hf.atomic_io import publish_new_dir
 
     def writer(text):
         def write(folder):

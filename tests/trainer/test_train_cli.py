@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from rcl_hf import cli
+from rcl_hf.commands.train import train_main
 
 
 @pytest.fixture
@@ -28,56 +28,56 @@ def captured(monkeypatch):
 
 def test_help_is_short_and_grouped_and_help_all_lists_everything(capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.train_main(["--help"])
+        train_main(["--help"])
     assert exc.value.code == 0
     short = capsys.readouterr().out
     assert short.index("ModelArguments") < short.index("DataArguments") < short.index("RiskArguments")
     assert "--help_all" in short and "--dataset_name" in short and "--learning_rate" in short
     assert '"matrix"' in short and '"labels"' in short  # the severity JSON format is documented
     with pytest.raises(SystemExit):
-        cli.train_main(["--help_all"])
+        train_main(["--help_all"])
     full = capsys.readouterr().out
     assert len(short.splitlines()) < 200 < len(full.splitlines())
     assert "--lr_scheduler_type" in full and "--lr_scheduler_type" not in short
 
 
 def test_run_image_classification_flags_are_aliases(captured, capsys, tmp_path):
-    cli.train_main(["--dataset_name", "synthetic", "--model_name_or_path", "hf-resnet", "--ignore_mismatched_sizes",
+    train_main(["--dataset_name", "synthetic", "--model_name_or_path", "hf-resnet", "--ignore_mismatched_sizes",
                     "--image_column_name", "img", "--label_column_name", "dx", "--train_dir", str(tmp_path),
                     "--output_dir", str(tmp_path / "o")])
     assert captured["model"].backbone == "hf-resnet" and captured["data"].dataset == "synthetic"
     assert (captured["data"].image_column_name, captured["data"].label_column_name) == ("img", "dx")
     assert captured["data"].train_dir == str(tmp_path)
     assert "--ignore_mismatched_sizes always on here" in capsys.readouterr().err
-    cli.train_main(["--model_name_or_path=hf-vit", "--ignore_mismatched_sizes", "true", "--output_dir", str(tmp_path)])
+    train_main(["--model_name_or_path=hf-vit", "--ignore_mismatched_sizes", "true", "--output_dir", str(tmp_path)])
     assert captured["model"].backbone == "hf-vit"
 
 
 def test_first_run_defaults_depend_on_the_mode_and_never_override_a_given_flag(captured, tmp_path):
-    cli.train_main(["--dataset", "brain_tumor_mri", "--data_dir", str(tmp_path)])
+    train_main(["--dataset", "brain_tumor_mri", "--data_dir", str(tmp_path)])
     m, t = captured["model"], captured["training"]
     assert (m.backbone, m.pretrained, m.freeze_backbone) == ("efficientnet_lite0", "efficientnet-lite0-package", True)
     assert (t.learning_rate, t.num_train_epochs) == (1e-3, 5)
     assert t.output_dir.endswith("brain_tumor_mri_rcl")
-    cli.train_main(["--dataset", "brain_tumor_mri", "--data_dir", str(tmp_path), "--learning_rate", "0.01",
+    train_main(["--dataset", "brain_tumor_mri", "--data_dir", str(tmp_path), "--learning_rate", "0.01",
                     "--loss", "ce", "--freeze_backbone", "false"])
     m, t = captured["model"], captured["training"]
     assert (m.freeze_backbone, t.learning_rate, t.num_train_epochs) == (False, 0.01, 5)  # fine-tuning pretrained
     assert t.warmup_steps == 0.05 and t.output_dir.endswith("brain_tumor_mri_ce")
-    cli.train_main(["--dataset", "synthetic", "--output_dir", str(tmp_path / "s")])  # from scratch
+    train_main(["--dataset", "synthetic", "--output_dir", str(tmp_path / "s")])  # from scratch
     m, t = captured["model"], captured["training"]
     assert (m.backbone, m.freeze_backbone, t.learning_rate, t.output_dir) == ("resnet18", False, 2e-3, str(tmp_path / "s"))
     config = tmp_path / "c.yaml"
     config.write_text("dataset: isic2018\nbackbone: resnet18\nlearning_rate: 0.0007\nnum_train_epochs: 2\n")
-    cli.train_main([str(config), "--data_dir", str(tmp_path)])
+    train_main([str(config), "--data_dir", str(tmp_path)])
     m, t = captured["model"], captured["training"]
     assert (m.backbone, m.freeze_backbone, t.learning_rate, t.num_train_epochs) == ("resnet18", False, 7e-4, 2)
 
 
 def test_do_train_false_evaluates_the_given_model_only(captured, tmp_path):
-    cli.train_main(["--do_train", "false", "--backbone", str(tmp_path), "--output_dir", str(tmp_path / "o")])
+    train_main(["--do_train", "false", "--backbone", str(tmp_path), "--output_dir", str(tmp_path / "o")])
     assert captured["model"].eval_only is True
-    cli.train_main(["--backbone", "hf-resnet", "--output_dir", str(tmp_path / "o")])
+    train_main(["--backbone", "hf-resnet", "--output_dir", str(tmp_path / "o")])
     assert captured["model"].eval_only is False
 
 
@@ -85,7 +85,7 @@ def test_unknown_config_key_exits_2(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("dataset: synthetic\nno_such_key: 1\n")
     with pytest.raises(SystemExit) as exc:
-        cli.train_main([str(config)])
+        train_main([str(config)])
     assert exc.value.code == 2 and "no_such_key" in capsys.readouterr().err
 
 

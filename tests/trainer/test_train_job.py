@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from rcl_hf.cli import TRAIN_DEFAULTS, greater_is_better_for, parse_args
+from rcl_hf.commands.args import parse_args
+from rcl_hf.commands.train import TRAIN_DEFAULTS, greater_is_better_for
 from rcl_hf.models import severity_from_config
 from rcl_hf.severity import SeverityMatrix
 from rcl_hf.trainer import RiskArguments
-from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, format_table, run_training
+from rcl_hf.formatting import format_table
+from rcl_hf.train_job import DataArguments, ModelArguments, default_training_args, run_training
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "test_results.json", "rcl_run.json",
@@ -202,7 +204,7 @@ def test_cpu_budget_configs_parse():
 
 
 def test_greater_is_better_inferred_from_metric():
-    from rcl_hf import cli
+    from rcl_hf.commands.train import train_main
 
     assert not greater_is_better_for("expected_cost") and not greater_is_better_for("eval_cer")
     assert not greater_is_better_for("bayes_critical_miss_rate") and not greater_is_better_for("loss")
@@ -218,11 +220,11 @@ def test_greater_is_better_inferred_from_metric():
     orig = rcl_hf.train_job.run_training
     rcl_hf.train_job.run_training = fake_run
     try:
-        cli.train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "cer"])
+        train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "cer"])
         assert captured["args"].greater_is_better is False
-        cli.train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "accuracy"])
+        train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "accuracy"])
         assert captured["args"].greater_is_better is True
-        cli.train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "cer", "--greater_is_better", "true"])
+        train_main(["--output_dir", "/tmp/unused", "--metric_for_best_model", "cer", "--greater_is_better", "true"])
         assert captured["args"].greater_is_better is True
     finally:
         rcl_hf.train_job.run_training = orig

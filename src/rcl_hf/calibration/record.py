@@ -6,7 +6,7 @@ probabilities into the certified decision: the temperature ``T``, the decision r
 ``τ`` on the decision's expected cost, and the certificate itself (risk kind, ``α``, ``δ``,
 method, sample sizes, what the calibration split showed, which dataset and split). It is
 versioned (:data:`SCHEMA_VERSION`), validated when read, and written atomically
-(:func:`rcl_hf.crash_safety.atomic_write_json`).
+(:func:`rcl_hf.atomic_io.atomic_write_json`).
 
 ``unit`` (``image`` or ``group``) and ``n_groups`` (groups in the certification part, when group ids
 were given) were added within schema version 1 as optional fields: a file written before them reads
@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 from scipy.special import log_softmax
 
-from ..crash_safety import atomic_write_json
+from ..atomic_io import atomic_write_json
 from ..decision import blend_decision, decision_scores
 from ..metrics.functional import softmax
 from ..severity import SeverityMatrix

@@ -48,7 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..crash_safety import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

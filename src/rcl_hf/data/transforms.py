@@ -50,7 +50,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 from PIL import Image
 
-from ..crash_safety import commit_dir, staging_dir
+from ..atomic_io import commit_dir, staging_dir
 from .images import DEFAULT_MAX_PIXELS, open_image_rgb
 from .metadata import dataset_fingerprint
 

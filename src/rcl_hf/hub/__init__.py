@@ -12,13 +12,13 @@ folder that would be uploaded, written and checked offline):
   served models inside, so that it builds on the Hub on its own.
 
 A real push first calls :func:`check_hub_access`: a missing token, offline mode
-(``huggingface_hub.constants.HF_HUB_OFFLINE``, read in :func:`.errors.is_offline` only) or an
+(``huggingface_hub.constants.HF_HUB_OFFLINE``, read in :func:`rcl_hf.offline.is_offline` only) or an
 unreachable Hub becomes one :class:`HubUnavailableError` line. Tokens are never printed, logged
 or written into a card; staged folders are scanned for them before upload. ``scripts/push_to_hub.py``
 is :func:`main` (:mod:`.cli`). Loading goes the other way: :func:`rcl_hf.inference.load_model`.
 
-Only :mod:`.errors` is imported eagerly (model loading uses it); the rest loads on first use,
-so ``rcl_hf.models`` → ``rcl_hf.hub.errors`` does not pull in card rendering (no import cycle).
+Only :mod:`.errors` is imported eagerly; the rest loads on first use. Model loading does not import
+this package: its offline errors live in :mod:`rcl_hf.offline`, re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import CardValidationError, HubUnavailableError, offline_error
+from ..offline import HubUnavailableError, offline_error
+from .errors import CardValidationError
 
 #: public name -> submodule that defines it
 _EXPORTS = {
@@ -34,8 +35,7 @@ _EXPORTS = {
     "model_card_template_path": "cards", "usage_snippets": "cards", "write_model_card": "cards",
     "LIBRARY_NAME": "card_checks", "PIPELINE_TAG": "card_checks", "check_repo_id": "card_checks",
     "front_matter": "card_checks", "validate_model_card": "card_checks",
-    "MODEL_CARD_METRICS": "run_folder", "RESULT_FILES": "run_folder", "RUN_FILE": "run_folder",
-    "collect_results": "run_folder", "list_files": "run_folder", "load_run_info": "run_folder",
+    "MODEL_CARD_METRICS": "run_folder", "collect_results": "run_folder", "list_files": "run_folder", "load_run_info": "run_folder",
     "check_hub_access": "push", "prepare_model_folder": "push", "push_model": "push",
     "prepare_dataset_folder": "dataset_push", "push_dataset": "dataset_push",
     "write_parquet_shards": "dataset_push",

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..run_files import RESULTS_FILE
 from ..severity import SeverityMatrix
 from .card_checks import LIBRARY_NAME, PIPELINE_TAG, check_repo_id, validate_model_card
 from .errors import TOKEN_PATTERN
@@ -186,7 +187,7 @@ def _risk_control(folder: Path) -> Optional[Dict[str, Any]]:
             ("on the certification part", f"coverage {_pct(cal.calibration, 'coverage')}, "
                                           f"{cal.risk_kind} {_pct(cal.calibration, cal.risk_kind)}")]
     test = None
-    results = read_json(folder / "rcl_results.json") or {}
+    results = read_json(folder / RESULTS_FILE) or {}
     rc = results.get("risk_control") if isinstance(results, dict) else None
     if isinstance(rc, dict) and isinstance(rc.get("test"), dict) and rc.get("calibration", {}).get("threshold") == cal.threshold:
         t, a = rc["test"], rc.get("test_argmax", {})
@@ -376,7 +377,7 @@ def write_model_card(folder: PathLike, repo_id: Optional[str] = None, **card_kwa
     This is what ``Trainer.create_model_card`` calls for rcl_hf runs, so that
     ``trainer.push_to_hub()`` and ``scripts/push_to_hub.py`` upload the same card.
     """
-    from ..crash_safety import atomic_write_bytes
+    from ..atomic_io import atomic_write_bytes
 
     text = str(build_model_card(folder, repo_id, **card_kwargs))
     validate_model_card(text)

@@ -1,25 +1,24 @@
-"""One-line errors for Hub paths that cannot reach the Hub (offline, no token, refused), and the
-one place that reads offline mode (``huggingface_hub.constants.HF_HUB_OFFLINE``).
+"""One-line errors for Hub paths that cannot reach the Hub (offline, no token, refused) and for cards
+the Hub would reject; token redaction.
 
-This module imports nothing from the rest of rcl_hf, so model loading (``rcl_hf.models``,
-``rcl_hf.inference``) can use it without pulling in card rendering or uploads.
+Offline mode and the model-loading error (:class:`~rcl_hf.offline.HubUnavailableError`,
+:func:`~rcl_hf.offline.is_offline`, :func:`~rcl_hf.offline.offline_error`) live in the low
+module :mod:`rcl_hf.offline`; this module builds the push errors on them.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from typing import List, Optional, Tuple
 
+from ..offline import HubUnavailableError, is_offline
+
 __all__ = [
     "CardValidationError",
-    "HubUnavailableError",
     "TOKEN_PATTERN",
     "hub_error",
-    "is_offline",
     "network_error_types",
-    "offline_error",
     "one_line",
     "redact",
 ]
@@ -29,20 +28,8 @@ TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 DRY_RUN_HINT = "or write the folder offline with --dry_run_dir DIR"
 
 
-class HubUnavailableError(RuntimeError):
-    """A Hub id could not be resolved locally and the Hub is unreachable or refused access."""
-
-
 class CardValidationError(ValueError):
     """A model card, dataset card or Space README whose metadata the Hub would reject or misread."""
-
-
-def is_offline() -> bool:
-    """Offline mode as huggingface_hub sees it: ``constants.HF_HUB_OFFLINE`` (set from
-    ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` when huggingface_hub is imported)."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 def redact(text: str, token: Optional[str] = None) -> str:
@@ -90,17 +77,3 @@ def hub_error(err: BaseException, action: str, endpoint: str, token: Optional[st
         msg = (f"Cannot {action}: the Hugging Face Hub at {endpoint} is unreachable ({type(err).__name__}). "
                f"Check the network, proxy or HF_ENDPOINT, {DRY_RUN_HINT}.")
     return HubUnavailableError(one_line(redact(msg, token)))
-
-
-def offline_error(name: str, err: BaseException) -> HubUnavailableError:
-    """Turn a deep ``OSError``/HTTP error from ``from_pretrained`` into one actionable line."""
-    if os.path.exists(name) or name.startswith((".", "/")):
-        return HubUnavailableError(f"{name!r} is not a model folder (no config.json with weights there)")
-    if name.count("/") != 1:
-        return HubUnavailableError(f"{name!r} is neither an existing model folder nor a Hub id of the form owner/name")
-    how = "HF_HUB_OFFLINE is set" if is_offline() else "the Hub could not be reached or refused the request"
-    return HubUnavailableError(
-        f"Cannot load {name!r}: it is not in the local Hugging Face cache and {how} "
-        f"({type(err).__name__}). Download it where the Hub is reachable (`hf download {name}`), "
-        "pass a local folder, or log in with `hf auth login` for a private repo."
-    )

@@ -3,7 +3,7 @@
 Every push takes ``dry_run_dir``: the exact folder that would be uploaded is written there and
 its card metadata checked offline. A real push first calls :func:`check_hub_access`, which
 turns a missing token, offline mode or an unreachable Hub into one
-:class:`~rcl_hf.hub.errors.HubUnavailableError` line; then it stages the same folder in a
+:class:`~rcl_hf.offline.HubUnavailableError` line; then it stages the same folder in a
 temporary directory, scans it for tokens and uploads it with ``HfApi.upload_folder``.
 """
 
@@ -61,7 +61,7 @@ def scan_for_tokens(folder: PathLike, token: Optional[str]) -> None:
 def check_hub_access(token: Optional[str] = None, endpoint: Optional[str] = None) -> Tuple[str, str]:
     """Make sure a push can work before doing anything expensive.
 
-    Checks, in order: offline mode is off (:func:`~rcl_hf.hub.errors.is_offline`); a token exists
+    Checks, in order: offline mode is off (:func:`~rcl_hf.offline.is_offline`); a token exists
     (``token`` or ``huggingface_hub.get_token()``: ``HF_TOKEN`` or the ``hf auth login`` file);
     the Hub at ``endpoint`` (default ``HF_ENDPOINT`` / huggingface.co) answers ``whoami`` and
     accepts the token, which must not be read-only.

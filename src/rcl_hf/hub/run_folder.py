@@ -14,14 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..run_files import EXTRA_JSON_FILES, RESULT_FILES, RUN_FILE
 from ..severity import SeverityMatrix
 
 __all__ = [
-    "EXTRA_JSON_FILES",
     "MODEL_CARD_METRICS",
     "PLOT_SUFFIXES",
-    "RESULT_FILES",
-    "RUN_FILE",
     "SPLIT_PREFIXES",
     "check_model_source",
     "collect_results",
@@ -49,11 +47,6 @@ _KNOWN_METRICS = {k for k, _, _ in MODEL_CARD_METRICS + BAYES_METRICS} | {
 #: Trainer metric prefixes and the split each one reports.
 SPLIT_PREFIXES = {"eval": "validation", "validation": "validation", "val": "validation", "test": "test"}
 _SPLIT_ORDER = ("validation", "test")
-#: Result files the training script writes, merged in this order (later files win).
-RESULT_FILES = ("all_results.json", "eval_results.json", "validation_results.json", "test_results.json")
-RUN_FILE = "rcl_run.json"
-#: Other JSON files of a training run that travel with the model.
-EXTRA_JSON_FILES = ("train_results.json", "trainer_state.json", "severity.json", "risk_calibration.json", "rcl_results.json")
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
 _MODEL_JSON = ("config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json", RUN_FILE)
 
@@ -87,7 +80,7 @@ def load_run_info(folder: PathLike) -> Dict[str, Any]:
 def collect_results(folder: PathLike) -> Dict[str, Dict[str, float]]:
     """Per-split metrics from the Trainer's result files in ``folder``.
 
-    Reads :data:`RESULT_FILES` (later files override earlier ones), keeps keys
+    Reads :data:`rcl_hf.run_files.RESULT_FILES` (later files override earlier ones), keeps keys
     ``<prefix>_<metric>`` whose prefix names a split (``eval``/``validation`` -> validation,
     ``test`` -> test) and whose metric is a clinical one (accuracy, cer, critical_miss_rate,
     expected_cost, their ``bayes_`` versions, ...), and returns

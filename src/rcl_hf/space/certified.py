@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ..calibration import DEFAULT_DELTA, DEFAULT_RISK_KIND, RiskCalibration, calibrate
+from ..run_files import RUN_FILE, predictions_file
 
 logger = logging.getLogger("rcl_hf.space")
 
@@ -47,7 +48,7 @@ def save_alpha_calibrations(folder: str, severity: Any, alphas: Iterable[float] 
                             seed: int = 0) -> Dict[float, Path]:
     """Calibrate the run in ``folder`` at each α on its saved validation logits; an α the split is too small
     to certify is skipped with a warning. Returns ``{α: path}``."""
-    with np.load(os.path.join(folder, "validation_predictions.npz")) as z:
+    with np.load(os.path.join(folder, predictions_file("validation"))) as z:
         logits, labels = np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64)
     out: Dict[float, Path] = {}
     for alpha in alphas:
@@ -117,9 +118,9 @@ def pretty_label(label: str) -> str:
 
 def model_dataset(folder: Optional[str], labels: Sequence[str], calibration: Optional[RiskCalibration] = None) -> Optional[str]:
     """The dataset a model was trained on: ``rcl_run.json``, else its calibration, else the preset with its labels."""
-    if folder and os.path.isfile(os.path.join(folder, "rcl_run.json")):
+    if folder and os.path.isfile(os.path.join(folder, RUN_FILE)):
         try:
-            run = json.loads(Path(folder, "rcl_run.json").read_text(encoding="utf-8"))
+            run = json.loads(Path(folder, RUN_FILE).read_text(encoding="utf-8"))
             name = run.get("dataset_name") or run.get("dataset")
             if isinstance(name, str) and name in DATASET_IMAGES:
                 return name

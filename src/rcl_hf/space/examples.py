@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
-from ..crash_safety import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes
 from .inputs import InputImageError, load_input_image
 from .startup import SpaceStartupError
 

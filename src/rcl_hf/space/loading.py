@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..decision_layer import DecisionLayer
-from ..hub.errors import HubUnavailableError
+from ..offline import HubUnavailableError
 from ..inference import load_model
 from .certified import expected_images, load_calibrations, model_dataset, resolve_choice
 from .startup import SpaceStartupError

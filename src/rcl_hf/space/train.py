@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Sequence
 
+from ..run_files import RUN_FILE
+
 __all__ = ["train_space_pair", "SPACE_LOSSES"]
 
 #: Name of the run folder -> loss.
@@ -86,7 +88,7 @@ def _dataset_name(folder: str) -> Optional[str]:
     import json
 
     try:
-        with open(os.path.join(folder, "rcl_run.json"), encoding="utf-8") as f:
+        with open(os.path.join(folder, RUN_FILE), encoding="utf-8") as f:
             return json.load(f).get("dataset_name")
     except (OSError, ValueError):
         return None

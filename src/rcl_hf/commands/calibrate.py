@@ -44,14 +44,14 @@ class CalibrateArguments:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    from ..cli import _one_line_errors, parse_args
+    from .args import one_line_errors, parse_args
     from ..train_args import DataArguments
 
     def go() -> dict:
         args, data_args = parse_args((CalibrateArguments, DataArguments), list(sys.argv[1:] if argv is None else argv))
         return run(args, data_args)
 
-    return _one_line_errors(go)
+    return one_line_errors(go)
 
 
 def run(args: CalibrateArguments, data_args) -> dict:
@@ -61,9 +61,9 @@ def run(args: CalibrateArguments, data_args) -> dict:
 
     from ..inference import forward_logits, load_model
     from ..train_data import load_data
-    from ..train_job import RISK_TABLE_KEYS, format_table
-    from .fit import evaluate_calibration
-    from .model_folder import calibrate_folder
+    from ..formatting import RISK_TABLE_KEYS, format_table
+    from ..calibration.fit import evaluate_calibration
+    from ..calibration.model_folder import calibrate_folder
 
     dsd, dataset_severity = load_data(data_args)
     if args.split not in dsd:

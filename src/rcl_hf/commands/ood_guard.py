@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .ood import DEFAULT_FALSE_ALARM_DELTA, DEFAULT_FALSE_ALARM_RATE
-from .train_args import DataArguments, ModelArguments
+from ..ood import DEFAULT_FALSE_ALARM_DELTA, DEFAULT_FALSE_ALARM_RATE
+from ..train_args import DataArguments, ModelArguments
 
 __all__ = ["GuardArguments", "main"]
 
@@ -39,10 +39,10 @@ class GuardArguments:
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     """Fit the guard of ``--model`` on the training and validation splits of the dataset given (the run's
     ``DataArguments``: the same splits as its training) and print what it holds."""
-    from .cli import _one_line_errors, parse_args
-    from .ood import OODGuard
-    from .ood_fit import fit_ood_guard
-    from .train_data import load_data, run_splits
+    from ..ood import OODGuard
+    from ..ood_fit import fit_ood_guard
+    from ..train_data import load_data, run_splits
+    from .args import one_line_errors, parse_args
 
     def go() -> Path:
         args, data_args = parse_args((GuardArguments, DataArguments), list(sys.argv[1:] if argv is None else argv))
@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
               f"it; class means and covariance from {guard.meta['n_fit']} training images)")
         return path
 
-    return _one_line_errors(go)
+    return one_line_errors(go)
 
 
 if __name__ == "__main__":
