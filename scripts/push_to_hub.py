@@ -15,13 +15,13 @@ Examples::
     python scripts/push_to_hub.py --kind space --space_dir spaces_demo --repo_id me/rcl-demo \
         --space_models runs/space/rcl runs/space/ce --dry_run_dir /tmp/space
 
-Arguments are those of :class:`rcl_hf.hub.cli.PushArguments` (``--help`` lists them). On failure
+Arguments are those of :class:`rcl_hf.commands.push.PushArguments` (``--help`` lists them). On failure
 the script prints one ``error: ...`` line to stderr and exits with status 2.
 """
 
 import sys
 
-from rcl_hf.hub import main
+from rcl_hf.commands.push import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,14 +92,74 @@ def _cycle(graph):
     return None
 
 
-def test_the_library_has_no_import_cycle_at_module_level():
+#: The library's layers, lowest first (written down once): a module may import its own layer and those below it,
+#: never one above, at the top of the file or inside a function alike. The longest matching prefix places a module.
+LAYERS = (
+    ("base", ("rcl_hf.severity", "rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.run_files", "rcl_hf.formatting",
+              "rcl_hf.checkpoints", "rcl_hf.gpu_defaults")),
+    ("metrics and rules", ("rcl_hf.metrics", "rcl_hf.losses", "rcl_hf.decision", "rcl_hf.selection", "rcl_hf.plots")),
+    ("data, calibration and the OOD guard", ("rcl_hf.data", "rcl_hf.calibration", "rcl_hf.ood")),
+    ("models", ("rcl_hf.models", "rcl_hf.frozen")),
+    ("the decision layer", ("rcl_hf.decision_layer",)),
+    ("inference", ("rcl_hf.inference", "rcl_hf.pipeline", "rcl_hf.pipeline_registration", "rcl_hf.ood_fit",
+                   "rcl_hf.calibration.model_folder")),
+    ("the Hub", ("rcl_hf.hub",)),
+    ("training", ("rcl_hf.trainer", "rcl_hf.trainer_callbacks", "rcl_hf.train_args", "rcl_hf.train_data",
+                  "rcl_hf.train_job")),
+    ("the Space", ("rcl_hf.space",)),
+    ("commands", ("rcl_hf.commands",)),
+)
+
+
+def _layer(module: str) -> int:
+    best = max(((len(prefix), k) for k, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+                if module == prefix or module.startswith(prefix + ".")), default=None)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS in tests/test_architecture.py"
+    return best[1]
+
+
+def _library_graph():
+    """Module -> library modules it imports, top-level and inside functions (the package ``rcl_hf`` itself, which
+    re-exports lazily, and a package's own ``__init__`` seen from its submodules are left out)."""
     mods = dict(_modules(LIB, "rcl_hf"))
+
+    def resolve(imp):  # `from pkg import name` may name a module or an attribute
+        while imp and imp not in mods:
+            imp = imp.rsplit(".", 1)[0] if "." in imp else ""
+        return imp
+
     graph = {}
     for name, path in mods.items():
-        deps = {imp for imp in _imports(name, path, top_level_only=True) if imp in mods and imp != name}
-        # a package's __init__ re-exporting its submodules is not a cycle through the package
-        graph[name] = {d for d in deps if not (name.startswith(d + ".") and d != "rcl_hf")} - {"rcl_hf"}
+        if name == "rcl_hf":  # the package's lazy public names (`rcl_hf.predict`) sit above everything
+            continue
+        deps = {resolve(imp) for imp in _imports(name, path, top_level_only=False)} - {"", name, "rcl_hf"}
+        graph[name] = {d for d in deps if not name.startswith(d + ".")}
+    return graph
+
+
+def test_the_library_has_no_import_cycle_top_level_or_in_functions():
+    graph = _library_graph()
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_every_import_points_down_the_layers():
+    """No import, at the top of a module or inside a function, from a lower layer to a higher one: entry points sit
+    above the packages they drive, the Space above training, training above the Hub, inference above the decision
+    layer."""
+    graph = _library_graph()
+    climbs = sorted(f"{a} ({LAYERS[_layer(a)][0]}) -> {b} ({LAYERS[_layer(b)][0]})"
+                    for a, deps in graph.items() for b in deps if _layer(b) > _layer(a))
+    assert not climbs, "imports that climb the layers:\n" + "\n".join(climbs)
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path):
+    """The check reads in-function imports (the kind that once hid 11 climbs)."""
+    mod = tmp_path / "m.py"
+    mod.write_text("def f():\n    from rcl_hf.commands.train import train_main\n")
+    assert "rcl_hf.commands.train" in set(_imports("rcl_hf.severity", mod, top_level_only=False))
+    assert "rcl_hf.commands.train" not in set(_imports("rcl_hf.severity", mod, top_level_only=True))
+    assert _layer("rcl_hf.commands.train") > _layer("rcl_hf.severity")
+    assert _layer("rcl_hf.calibration.model_folder") > _layer("rcl_hf.calibration.fit")  # the longest prefix wins
 
 
 def test_cycle_finder_finds_a_cycle():

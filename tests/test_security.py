@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
+from rcl_hf.commands.push import main as push_main
 from checkpoints import save_tiny_checkpoint
 import torch
 from space_app import load_space_app
@@ -345,14 +346,14 @@ def test_tokens_never_reach_files_logs_or_output(tmp_path, monkeypatch, capfd):
     assert b"hub_token" in files["training_args.bin"]
 
     dry = tmp_path / "upload"
-    assert hub.main(["--model_dir", str(out), "--repo_id", "someone/rcl-test", "--dry_run_dir", str(dry)]) == 0
+    assert push_main(["--model_dir", str(out), "--repo_id", "someone/rcl-test", "--dry_run_dir", str(dry)]) == 0
     assert (dry / "README.md").is_file()
     # a real push cannot happen here: it must fail with one line that does not show the token
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what the variable sets at import
-    assert hub.main(["--model_dir", str(out), "--repo_id", "someone/rcl-test"]) == 2
+    assert push_main(["--model_dir", str(out), "--repo_id", "someone/rcl-test"]) == 2
 
     captured = capfd.readouterr()
     blobs = {**files, **{f"upload/{k}": v for k, v in _all_bytes(dry).items()},

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rcl_hf.commands.push import main as push_main
 from checkpoints import copy_without_severity, save_tiny_checkpoint
 import yaml
 
@@ -347,17 +348,17 @@ def test_model_dry_run_errors(tmp_path, run_dir):
 
 def test_cli_dry_run_and_one_line_errors(tmp_path, run_dir, capsys):
     out = tmp_path / "cli"
-    assert hub.main(["--model_dir", str(run_dir), "--repo_id", "owner/cli-model", "--dry_run_dir", str(out),
+    assert push_main(["--model_dir", str(run_dir), "--repo_id", "owner/cli-model", "--dry_run_dir", str(out),
                      "--license", "mit", "--dataset_repo_id", "owner/synthetic-lesions"]) == 0
     printed = capsys.readouterr().out
     assert "nothing was uploaded" in printed and "model.safetensors" in printed
     meta = _front_matter((out / "README.md").read_text(encoding="utf-8"))
     assert meta["license"] == "mit" and meta["datasets"] == ["owner/synthetic-lesions"]
 
-    assert hub.main(["--model_dir", str(tmp_path / "nope"), "--repo_id", "owner/x", "--dry_run_dir", str(tmp_path / "d")]) == 2
+    assert push_main(["--model_dir", str(tmp_path / "nope"), "--repo_id", "owner/x", "--dry_run_dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
-    assert hub.main(["--kind", "dataset", "--repo_id", "owner/x"]) == 2
+    assert push_main(["--kind", "dataset", "--repo_id", "owner/x"]) == 2
     assert "--dataset_dir" in capsys.readouterr().err
 
 
@@ -529,7 +530,7 @@ def test_space_refuses_synthetic_models_and_missing_requirements(tmp_path, run_d
 
 def test_cli_space_dry_run_says_what_it_checked(tmp_path, rcl_wheel, capsys):
     space = _make_space(tmp_path / "space", GOOD_SPACE)
-    assert hub.main(["--kind", "space", "--space_dir", str(space), "--repo_id", "owner/rcl-demo", "--wheel",
+    assert push_main(["--kind", "space", "--space_dir", str(space), "--repo_id", "owner/rcl-demo", "--wheel",
                      str(rcl_wheel), "--space_models", "owner/rcl-brain", "--dry_run_dir", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     for needle in ("checked: README.md front matter: sdk gradio 5.9.1", "checked: requirements.txt names all",

@@ -10,7 +10,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from rcl_hf import hub
+from rcl_hf.commands.push import main as push_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def _app_imports(app: Path) -> list:
 
 def test_space_dry_run_installs_from_local_files_into_a_fresh_venv(tmp_path):
     dry = tmp_path / "space"
-    assert hub.main(["--kind", "space", "--space_dir", str(REPO / "spaces_demo"), "--repo_id", "owner/rcl-demo",
+    assert push_main(["--kind", "space", "--space_dir", str(REPO / "spaces_demo"), "--repo_id", "owner/rcl-demo",
                      "--dry_run_dir", str(dry)]) == 0
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -1,4 +1,4 @@
-"""``scripts/push_to_hub.py``: push a model, a dataset or the demo Space, or dry-run it."""
+"""``scripts/push_to_hub.py``: push a model, a dataset or the demo Space, or dry-run it (:mod:`rcl_hf.hub`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from .cards import DEFAULT_LICENSE
-from .dataset_push import push_dataset
-from .errors import CardValidationError, HubUnavailableError, one_line, redact
-from .push import push_model
-from .run_folder import list_files
-from .space_push import push_space
+from ..hub.cards import DEFAULT_LICENSE
+from ..hub.dataset_push import push_dataset
+from ..hub.errors import CardValidationError, HubUnavailableError, one_line, redact
+from ..hub.push import push_model
+from ..hub.run_folder import list_files
+from ..hub.space_push import push_space
 
 __all__ = ["PushArguments", "main", "run_push"]
 
