@@ -9,7 +9,7 @@ tables put the unit in the header). A missing value (``None``, NaN, not a number
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 __all__ = ["RISK_TABLE_KEYS", "TABLE_KEYS", "format_risk_control", "format_table", "pct", "pct_ci", "pct_with_ci",
            "signed_points"]
@@ -71,12 +71,14 @@ def format_table(rows: Dict[str, Dict[str, float]], keys: Tuple[str, ...] = TABL
 RISK_TABLE_KEYS = ("coverage", "critical_miss", "cer_accepted", "accuracy_accepted", "accuracy", "cer")
 
 
-def format_risk_control(risk_control: Dict[str, Any]) -> str:
-    """The certified decision layer on test beside the argmax (markdown), or why there is none."""
+def format_risk_control(risk_control: Dict[str, Any], guarantees: Optional[Sequence[str]] = None) -> str:
+    """The certified decision layer on test beside the argmax (markdown), or why there is none; ``guarantees``: the
+    saved decision layer's sentences (:meth:`rcl_hf.DecisionLayer.guarantees`), printed instead of the certificate
+    alone."""
     if "error" in risk_control:
         return f"Risk calibration skipped: {risk_control['error']}"
     cal = risk_control["calibration"]
-    lines = [cal["certificate"], f"(rule {cal['rule']}, temperature {cal['temperature']:.2f}, referral threshold "
+    lines = [*(guarantees or [cal["certificate"]]), f"(rule {cal['rule']}, temperature {cal['temperature']:.2f}, referral threshold "
                                  f"{cal['threshold']:.4g}; saved as risk_calibration.json)"]
     if "test" in risk_control:
         rows = {"argmax, no referral": risk_control["test_argmax"], "certified decision layer": risk_control["test"]}

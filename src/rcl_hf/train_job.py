@@ -364,6 +364,7 @@ def _calibrate(out_dir: str, splits: Any, severity: SeverityMatrix, model_args: 
     try:
         return calibrate_run(out_dir, severity, risk_kind=model_args.risk_kind, alpha=model_args.risk_alpha,
                              delta=model_args.risk_delta, dataset=dataset, seed=seed,
+                             conditional=model_args.risk_conditional,
                              groups=splits["validation"]["group_id"] if grouped else None,
                              train_groups=splits["train"]["group_id"] if grouped else None, predictions=predictions)
     except ValueError as err:

@@ -39,7 +39,7 @@ def _load_predictions(path: str):
 
 def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alpha: float, delta: float,
                   groups: Optional[Sequence[Any]] = None, train_groups: Optional[Sequence[Any]] = None,
-                  dataset: Optional[str] = None, seed: int = 0,
+                  dataset: Optional[str] = None, seed: int = 0, conditional: Optional[str] = None,
                   predictions: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None) -> Dict[str, Any]:
     """Calibrate a finished run on its validation logits; returns ``{"calibration": ..., "test": ...}``
     (``test``: what the certified pipeline does on the test split, and the argmax beside it).
@@ -53,7 +53,7 @@ def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alp
     if groups is None:
         groups = saved_groups
     cal = calibrate(z_val, y_val, severity, risk_kind=risk_kind, alpha=alpha, delta=delta, groups=groups,
-                    train_groups=train_groups, dataset=dataset, split="validation", seed=seed)
+                    train_groups=train_groups, dataset=dataset, split="validation", seed=seed, conditional=conditional)
     cal.save(out_dir)
     out: Dict[str, Any] = {"calibration": cal.to_dict()}
     test_path = os.path.join(out_dir, "test_predictions.npz")
@@ -68,6 +68,7 @@ def calibrate_run(out_dir: str, severity: SeverityMatrix, *, risk_kind: str, alp
 
 def calibrate_folder(model_dir: str, split: Any, *, severity: Any = None, out_dir: Optional[str] = None,
                      risk_kind: str = "critical_miss", alpha: float = 0.1, delta: float = 0.1, method: str = "ltt",
+                     conditional: Optional[str] = None,
                      train_groups: Optional[Sequence[Any]] = None, dataset: Optional[str] = None,
                      split_name: str = "validation", batch_size: int = 32, label_column: str = "label",
                      image_column: str = "image", seed: int = 0) -> RiskCalibration:
@@ -92,7 +93,7 @@ def calibrate_folder(model_dir: str, split: Any, *, severity: Any = None, out_di
     groups = split["group_id"] if hasattr(split, "column_names") and "group_id" in split.column_names else None
     logger.info("embedding %d %s images with the model's preprocessing", len(labels), split_name)
     logits, _ = forward_logits(model, split[image_column], batch_size=batch_size)
-    cal = calibrate(logits, labels, sev, risk_kind=risk_kind, alpha=alpha, delta=delta,
+    cal = calibrate(logits, labels, sev, risk_kind=risk_kind, alpha=alpha, delta=delta, conditional=conditional,
                     method=method, groups=groups, train_groups=train_groups, dataset=dataset, split=split_name, seed=seed)
     target = out_dir or model_dir
     if out_dir and os.path.abspath(out_dir) != os.path.abspath(model_dir):

@@ -38,6 +38,9 @@ class CalibrateArguments:
     risk_delta: float = field(default=0.1, metadata={"help": "... with probability >= 1 - risk_delta."})
     method: str = field(default="ltt", metadata={"help": "ltt (Learn then Test) or crc (conformal risk control).",
                                                   "choices": ["ltt", "crc"]})
+    conditional: Optional[str] = field(default=None, metadata={
+        "help": "'class': certify critical_miss for each critical-capable class too (per disease).",
+        "choices": [None, "class"]})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Write into a copy of the model folder here."})
     batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
     seed: int = field(default=0, metadata={"help": "Seed of the tuning / certification split."})
@@ -88,6 +91,7 @@ def run(args: CalibrateArguments, data_args) -> dict:
 
     cal = calibrate_folder(args.model, dsd[args.split], severity=severity, out_dir=args.output_dir,
                            risk_kind=args.risk_kind, alpha=args.risk_alpha, delta=args.risk_delta, method=args.method,
+                           conditional=args.conditional,
                            train_groups=train_groups, dataset=dataset_metadata(dsd).get("dataset") or data_args.dataset,
                            split_name=args.split, batch_size=args.batch_size, seed=args.seed)
     target = args.output_dir or args.model

@@ -124,7 +124,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
             rows = {f"{split} ({risk_args.loss})": results[split] for split in ("validation", "test") if split in results}
             print("\n" + format_table(rows))
             if "risk_control" in results:
-                print("\n" + format_risk_control(results["risk_control"]))
+                print("\n" + format_risk_control(results["risk_control"], results.get("guarantees")))
             print(f"\nSaved to {results['output_dir']}")
         return results
 
