@@ -90,3 +90,40 @@ def test_per_class_with_groups_counts_lesions_and_bad_options_are_refused():
     bad["per_class"] = {"not a label": {}}
     with pytest.raises(ValueError, match="per_class must map"):
         RiskCalibration.from_dict(bad)
+
+
+def test_the_planner_s_unit_count_certifies_when_new_data_behave_like_the_split():
+    """``units_needed`` against the certificate itself: a split of that size with that miss rate passes LTT at the
+    planned threshold, one a fifth smaller does not; a rate >= α is not reachable; the floor is log δ / log(1 − α)."""
+    from rcl_hf.calibration.planner import plan_calibration, units_needed
+    from rcl_hf.calibration.risk_control import binomial_p_value
+
+    n = units_needed(0.03, 0.05, 0.1)
+    assert binomial_p_value(round(0.03 * n), n, 0.05) <= 0.1 < binomial_p_value(round(0.03 * 0.8 * n), int(0.8 * n), 0.05)
+    assert units_needed(0.0, 0.05, 0.1) == int(np.ceil(np.log(0.1) / np.log(0.95))) == 45
+    assert units_needed(0.05, 0.05, 0.1) is None and units_needed(0.2, 0.05, 0.1) is None
+    assert units_needed(0.03, 0.05, 0.1, unit="group") > n  # Hoeffding–Bentkus asks for more than the exact binomial
+    rng = np.random.default_rng(4)
+    z, y = draw(rng, 4000)
+    cal = calibrate(z, y, SEV, alpha=0.1, delta=0.1, **FIXED)
+    _, d, _, refer = cal.decide(z, SEV)
+    plan = plan_calibration(d, refer, y, SEV, 0.05, 0.1)
+    assert set(plan) == {"MEL", "BCC", "AKIEC", "all critical classes"}
+    by_class = critical_miss_by_class(d, refer, y, SEV)
+    assert plan["MEL"]["miss_rate"] == pytest.approx(by_class["MEL"]) and plan["MEL"]["miss_rate"] > 0.05
+    assert plan["MEL"]["needed"] is None  # melanoma is missed above 5% at this threshold: more data cannot certify it
+    assert plan["BCC"]["units_now"] == int((y == SEV.labels.index("BCC")).sum())
+    assert plan["BCC"]["needed"] == units_needed(plan["BCC"]["miss_rate"], 0.05, 0.1)
+
+
+def test_rcl_calibrate_plan_writes_nothing_and_prints_the_table(tmp_path, synthetic_dataset_dir, capsys):
+    from checkpoints import save_tiny_checkpoint
+
+    from rcl_hf.commands.calibrate import main
+
+    folder = save_tiny_checkpoint(tmp_path / "model")
+    data = synthetic_dataset_dir(seed=3, n_train=64, n_validation=400, n_test=20)
+    out = main(["--model", str(folder), "--dataset", str(data), "--plan", "true", "--risk_alpha", "0.2"])
+    printed = capsys.readouterr().out
+    assert "needed to certify critical_miss <= 20% at 90% confidence" in printed and "| all critical classes |" in printed
+    assert set(out["plan"]) >= {"all critical classes"} and not (folder / "risk_calibration.json").exists()

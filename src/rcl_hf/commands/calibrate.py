@@ -12,6 +12,12 @@ reads (an rcl_hf name with ``--data_dir``, a ``save_to_disk`` folder, ``--train_
 class folders); the calibration split is ``--split`` (validation). The calibration is written into the
 model folder, or into a copy at ``--output_dir``; the table printed says what was certified, and
 ``--eval_split test`` scores the certified layer once on another split.
+
+    rcl-calibrate --model runs/isic2018_rcl --dataset isic2018 --data_dir DIR --plan true --risk_alpha 0.05
+
+``--plan true`` writes nothing: it answers how many calibration units (lesions, patients or images) of each
+critical class a certificate at ``--risk_alpha`` / ``--risk_delta`` needs, given the model's behaviour on
+``--split`` at its decision layer's threshold (:mod:`rcl_hf.calibration.planner`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class CalibrateArguments:
     output_dir: Optional[str] = field(default=None, metadata={"help": "Write into a copy of the model folder here."})
     batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
     seed: int = field(default=0, metadata={"help": "Seed of the tuning / certification split."})
+    plan: bool = field(default=False, metadata={"help": "Write nothing; say how many calibration units of each "
+                                                         "critical class the certificate needs."})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -87,6 +95,8 @@ def run(args: CalibrateArguments, data_args) -> dict:
                                  "pass --severity (a preset or a JSON file)")
             severity = dataset_severity
     train_groups = dsd["train"]["group_id"] if "train" in dsd and "group_id" in dsd["train"].column_names else None
+    if args.plan:
+        return _plan(args, dsd[args.split], severity)
     from ..data.metadata import dataset_metadata
 
     cal = calibrate_folder(args.model, dsd[args.split], severity=severity, out_dir=args.output_dir,
@@ -109,6 +119,28 @@ def run(args: CalibrateArguments, data_args) -> dict:
         out["eval"] = evaluate_calibration(cal, z, labels, model.severity)
         print("\n" + format_table({f"{args.eval_split} (certified layer)": out["eval"]}, RISK_TABLE_KEYS))
     return out
+
+
+def _plan(args: CalibrateArguments, split, severity) -> dict:
+    """``--plan``: the model's decision layer (its calibration, or one fitted here in memory) on the split, then
+    :func:`rcl_hf.calibration.planner.plan_calibration`."""
+    import numpy as np
+
+    from ..calibration.fit import calibrate
+    from ..calibration.planner import format_plan, plan_calibration
+    from ..inference import forward_logits, load_model
+
+    model = load_model(args.model, severity=severity)
+    z, _ = forward_logits(model, split["image"], batch_size=args.batch_size)
+    names = split.features["label"].names
+    labels = np.asarray([list(model.severity.labels).index(names[i]) for i in split["label"]])
+    groups = split["group_id"] if "group_id" in split.column_names else None
+    cal = model.risk_calibration or calibrate(z, labels, model.severity, risk_kind=args.risk_kind, alpha=args.risk_alpha,
+                                              delta=args.risk_delta, method=args.method, groups=groups, seed=args.seed)
+    _, d, _, refer = cal.decide(z, model.severity)
+    plan = plan_calibration(d, refer, labels, model.severity, args.risk_alpha, args.risk_delta, groups=groups)
+    print(format_plan(plan, args.risk_alpha, args.risk_delta))
+    return {"plan": plan}
 
 
 if __name__ == "__main__":
