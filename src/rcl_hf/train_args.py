@@ -81,9 +81,8 @@ class ModelArguments:
                   "choices": ["critical_miss", "cer_accepted"]},
     )
     risk_alpha: float = field(default=0.1, metadata={"help": "Certify risk <= risk_alpha ..."})
-    risk_delta: float = field(default=0.1, metadata={"help": "... with probability >= 1 - risk_delta (Learn then Test)."})
-    risk_conditional: Optional[str] = field(default=None, metadata={
-        "help": "'class': certify critical_miss for each critical class too (per disease).", "choices": [None, "class"]})
+    risk_delta: float = field(default=0.1, metadata={"help": "... with probability >= 1 - risk_delta."})
+    risk_conditional: Optional[str] = field(default=None, metadata={"help": "'class': per-disease certificates too."})
 
     def input_size(self, dataset: str) -> int:
         """The input side in pixels: ``image_size``, else 32 for the synthetic data and 224 otherwise."""
