@@ -3,6 +3,8 @@
 * :mod:`.fit` — :func:`calibrate`: temperature, decision rule and a certified referral threshold;
 * :mod:`.risk_control` — Learn then Test (fixed sequence, binomial / Hoeffding–Bentkus p-values)
   and conformal risk control;
+* :mod:`.per_class` — per-disease certificates (one shared threshold, an intersection–union test);
+* :mod:`.planner` — how many calibration units of each class a certificate needs;
 * :mod:`.record` — :class:`RiskCalibration`, the versioned ``risk_calibration.json``;
 * :mod:`.drift` — does a batch still look like the calibration data?
 * :mod:`.model_folder` — calibrating a saved model folder from a dataset split (``rcl-calibrate``).
