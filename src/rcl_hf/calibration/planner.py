@@ -60,7 +60,7 @@ def plan_calibration(decisions: Any, refer: Any, labels: Any, severity: Severity
     unit = "image" if groups is None else "group"
     g = np.arange(len(y)) if groups is None else group_codes(groups)[0]
     missed = severity.critical[y, d] & ~r
-    floor = int(np.ceil(np.log(delta) / np.log1p(-alpha) - 1e-9))
+    floor = units_needed(0.0, alpha, delta, unit)  # no miss at all: (1 - α)^n <= δ
     classes: List[Any] = [(severity.labels[c], y == c) for c in np.flatnonzero(severity.positive_rows)]
     classes.append(("all critical classes", severity.positive_rows[y]))
     out = {}
