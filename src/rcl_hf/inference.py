@@ -24,6 +24,7 @@ import torch
 
 from .data.images import usability_problem
 from .decision_layer import DecisionLayer, Prediction, check_threshold
+from .model_source import resolve_model_folder
 from .offline import offline_error
 from .metrics.functional import softmax
 from .severity import SeverityMatrix
@@ -31,11 +32,17 @@ from .severity import SeverityMatrix
 __all__ = ["load_model", "predict", "predict_proba", "as_rgb_image", "forward_logits", "attach_decision_layer"]
 
 
-def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", severity: Any = None):
+def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", severity: Any = None,
+               revision: Optional[str] = None):
     """Load a classifier saved by rcl_hf from a folder, a Hub id, or the local Hub cache.
 
+    A Hub id (``owner/name``, at ``revision``: a branch, tag or commit, default ``main``) resolves to one snapshot
+    folder of the Hugging Face cache (:func:`rcl_hf.model_source.resolve_model_folder`: a cached snapshot is used as
+    is, a missing one downloaded unless offline), and everything below is read from that folder. The models shipped
+    in this repository are put in the cache by ``rcl-seed-cache`` (:func:`rcl_hf.hub.seed_cache`).
     Works offline (``HF_HUB_OFFLINE=1``) when the id is in the cache; raises
-    :class:`rcl_hf.offline.HubUnavailableError` with one clear line otherwise.
+    :class:`rcl_hf.offline.HubUnavailableError` with one clear line otherwise (a revision the cache lacks
+    names the cached ones).
     The returned model is in eval mode and has ``.severity`` (a
     :class:`SeverityMatrix`), ``.image_processor`` and ``.ood_guard`` (an
     :class:`rcl_hf.ood.OODGuard`, or ``None`` when the folder has none) attributes.
@@ -52,18 +59,18 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu", seve
     from transformers import AutoModelForImageClassification
 
     name = os.fspath(name_or_path)
-    if not os.path.isdir(name) and (name.count("/") != 1 or name.startswith((".", "/"))):
-        raise offline_error(name, FileNotFoundError(name))
+    folder = resolve_model_folder(name, revision)
     try:
-        model = AutoModelForImageClassification.from_pretrained(name_or_path)
+        model = AutoModelForImageClassification.from_pretrained(folder)
     except OSError as err:
-        raise offline_error(name_or_path, err) from None
+        raise offline_error(name, err) from None
     try:
-        processor = _load_processor(name_or_path)
+        processor = _load_processor(folder)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{name_or_path!r} has no usable image processor (preprocessor_config.json): {err}") from None
+        raise ValueError(f"{name!r} has no usable image processor (preprocessor_config.json): {err}") from None
     model.image_processor = processor
-    attach_decision_layer(model, name, severity)
+    model.rcl_source = folder  # the folder everything was read from (a cache snapshot for a Hub id)
+    attach_decision_layer(model, folder, severity)
     return model.to(device).eval()
 
 

@@ -15,7 +15,9 @@ A real push first calls :func:`check_hub_access`: a missing token, offline mode
 (``huggingface_hub.constants.HF_HUB_OFFLINE``, read in :func:`rcl_hf.offline.is_offline` only) or an
 unreachable Hub becomes one :class:`HubUnavailableError` line. Tokens are never printed, logged
 or written into a card; staged folders are scanned for them before upload. ``scripts/push_to_hub.py``
-is :func:`rcl_hf.commands.push.main`. Loading goes the other way: :func:`rcl_hf.inference.load_model`.
+is :func:`rcl_hf.commands.push.main`. Loading goes the other way: :func:`rcl_hf.inference.load_model` (a folder or a
+Hub id through the cache, :mod:`rcl_hf.model_source`); :func:`seed_cache` (:mod:`.cache_seed`, ``rcl-seed-cache``) puts
+the models shipped in ``models/`` into that cache under their ids.
 
 Only :mod:`.errors` is imported eagerly; the rest loads on first use. Model loading does not import
 this package: its offline errors live in :mod:`rcl_hf.offline`, re-exported here.
@@ -41,12 +43,14 @@ _EXPORTS = {
     "write_parquet_shards": "dataset_push",
     "SPACE_CONFIG": "space_push", "build_wheel": "space_push", "prepare_space_folder": "space_push",
     "push_space": "space_push", "validate_space_folder": "space_push",
+    "SHIPPED_NAMESPACE": "cache_seed", "folder_revision": "cache_seed", "seed_cache": "cache_seed",
+    "shipped_models": "cache_seed", "shipped_models_dir": "cache_seed",
 }
 
 __all__ = sorted(["CardValidationError", "HubUnavailableError", "offline_error", *_EXPORTS])
 
 
-_SUBMODULES = ("card_checks", "cards", "dataset_push", "errors", "push", "run_folder", "space_push")
+_SUBMODULES = ("cache_seed", "card_checks", "cards", "dataset_push", "errors", "push", "run_folder", "space_push")
 
 
 def __getattr__(name: str) -> Any:

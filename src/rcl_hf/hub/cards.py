@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ..run_files import RESULTS_FILE
+from ..run_files import CHECK_REPORT, RESULTS_FILE
 from ..severity import SeverityMatrix
 from .card_checks import LIBRARY_NAME, PIPELINE_TAG, check_repo_id, validate_model_card
 from .errors import TOKEN_PATTERN
@@ -198,6 +198,16 @@ def _risk_control(folder: Path) -> Optional[Dict[str, Any]]:
     return {"certificate": cal.certificate(), "rows": [{"name": n, "value": v} for n, v in rows], "test": test}
 
 
+def _check_report(folder: Path) -> Optional[str]:
+    """The body of ``check.md`` (``scripts/check_model.py``: the acceptance check through ``rcl_hf.predict`` on the
+    grouped test split, per class), without its title; ``None`` when the folder has none."""
+    path = folder / CHECK_REPORT
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").strip().splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip() or None
+
+
 def _ood_guard(folder: Path) -> Optional[str]:
     """The card's sentence on the out-of-distribution guard (``ood_guard.safetensors``), or ``None`` without one."""
     from ..ood import OODGuard
@@ -365,6 +375,7 @@ def build_model_card(
         files=list(files),
         risk_control=_risk_control(folder),
         ood_guard=_ood_guard(folder),
+        check=_check_report(folder),
         plots=[{"path": f, "title": Path(f).stem.replace("_", " ").capitalize()}
                for f in files if f.lower().endswith(PLOT_SUFFIXES)],
         **_summary(run, severity, dataset_title),

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..run_files import EXTRA_JSON_FILES, RESULT_FILES, RUN_FILE
+from ..run_files import CHECK_REPORT, CHECK_RESULTS, EXTRA_JSON_FILES, PREDICTIONS_SUFFIX, RESULT_FILES, RUN_FILE
 from ..severity import SeverityMatrix
 
 __all__ = [
@@ -118,7 +118,9 @@ def severity_of(folder: PathLike) -> SeverityMatrix:
 def model_files(folder: Path) -> List[str]:
     """Files of ``folder`` that belong on the Hub (relative paths), without README.md: weights,
     model / processor JSON, result and recipe JSON, plots (top level and ``plots/``), the per-risk
-    calibrations the Space offers (``risk_calibrations/alpha-*.json``). Optimizer
+    calibrations the Space offers (``risk_calibrations/alpha-*.json``), the saved validation / test predictions
+    (``*_predictions.npz``: logits, labels, groups; a user recalibrates from them) and the acceptance check
+    (``check.md``, ``check.json``). Optimizer
     states, ``checkpoint-*``, ``training_args.bin`` and logs stay behind."""
     names = []
     for p in sorted(folder.iterdir()):
@@ -126,7 +128,8 @@ def model_files(folder: Path) -> List[str]:
             continue
         n = p.name
         if (n.endswith(".safetensors") or n == "model.safetensors.index.json" or n in _MODEL_JSON
-                or n in RESULT_FILES or n in EXTRA_JSON_FILES or n.lower().endswith(PLOT_SUFFIXES)):
+                or n in RESULT_FILES or n in EXTRA_JSON_FILES or n.lower().endswith(PLOT_SUFFIXES)
+                or n in (CHECK_REPORT, CHECK_RESULTS) or n.endswith(PREDICTIONS_SUFFIX)):
             names.append(n)
     plots_dir = folder / "plots"
     if plots_dir.is_dir():

@@ -95,7 +95,7 @@ def load_space_model(name_or_path: str, label: Optional[str] = None) -> SpaceMod
         # the Space's copy only infers: convolutions run 10-20% faster on CPU with channels-last weights
         # (outputs equal to float32 rounding, ~1e-8)
         model.to(memory_format=torch.channels_last)
-        space_model = SpaceModel(model=model, name=label or _display_name(name_or_path), source=source,
+        space_model = SpaceModel(model=model, name=label or _display_name(name_or_path), source=getattr(model, "rcl_source", source),
                                  traced=trace_forward(model))
     except HubUnavailableError as err:
         raise SpaceStartupError(str(err)) from None
