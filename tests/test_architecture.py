@@ -95,11 +95,11 @@ def _cycle(graph):
 #: The library's layers, lowest first (written down once): a module may import its own layer and those below it,
 #: never one above, at the top of the file or inside a function alike. The longest matching prefix places a module.
 LAYERS = (
-    ("base", ("rcl_hf.severity", "rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.model_source", "rcl_hf.run_files", "rcl_hf.formatting",
+    ("base", ("rcl_hf.severity", "rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.run_files", "rcl_hf.formatting",
               "rcl_hf.checkpoints", "rcl_hf.gpu_defaults")),
     ("metrics and rules", ("rcl_hf.metrics", "rcl_hf.losses", "rcl_hf.decision", "rcl_hf.selection", "rcl_hf.plots")),
     ("data, calibration and the OOD guard", ("rcl_hf.data", "rcl_hf.calibration", "rcl_hf.ood")),
-    ("models", ("rcl_hf.models", "rcl_hf.frozen")),
+    ("models", ("rcl_hf.models", "rcl_hf.frozen", "rcl_hf.model_source")),
     ("the decision layer", ("rcl_hf.decision_layer",)),
     ("inference", ("rcl_hf.inference", "rcl_hf.pipeline", "rcl_hf.pipeline_registration", "rcl_hf.ood_fit",
                    "rcl_hf.calibration.model_folder")),
@@ -209,7 +209,7 @@ def test_every_documented_module_command_has_a_main():
 
 
 #: the bottom layer: modules every other one may use, which import nothing from the library
-BASE_MODULES = ("rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.model_source", "rcl_hf.run_files")
+BASE_MODULES = ("rcl_hf.atomic_io", "rcl_hf.offline", "rcl_hf.run_files")
 
 
 @pytest.mark.parametrize("module", BASE_MODULES)

@@ -138,3 +138,10 @@ def test_shipped_models_default_to_the_repository_models_folder():
         pytest.skip("this checkout has no models/ folder")
     ids = shipped_models()
     assert "rcl-hf/brain-tumor-mri-efficientnet-lite0" in ids
+
+
+def test_the_space_default_ids_are_the_shipped_namespace():
+    from rcl_hf.hub import SHIPPED_NAMESPACE
+    from rcl_hf.space.startup import SHIPPED_MODEL_IDS
+
+    assert all(i.split("/")[0] == SHIPPED_NAMESPACE for i in SHIPPED_MODEL_IDS)
