@@ -44,7 +44,7 @@ class ModelArguments:
         metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold set on "
                           "validation so that at most 5%% of in-domain images are flagged, with confidence 1 - "
                           "ood_guard_delta) and save ood_guard.safetensors with the model; default: on for "
-                          "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
+                          "brain_tumor_mri, isic2018, breakhis, sicapv2 and imagefolder, off otherwise."},
     )
     ood_guard_delta: Optional[float] = field(
         default=DEFAULT_FALSE_ALARM_DELTA,
@@ -89,8 +89,10 @@ class ModelArguments:
         return self.image_size or (32 if dataset == "synthetic" else 224)
 
     def wants_ood_guard(self, dataset: str) -> bool:
-        """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets."""
-        return self.ood_guard if self.ood_guard is not None else dataset in ("brain_tumor_mri", "isic2018", "breakhis", "sicapv2")
+        """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets
+        and for your own class folders (``imagefolder``)."""
+        return self.ood_guard if self.ood_guard is not None else dataset in (
+            "brain_tumor_mri", "isic2018", "breakhis", "sicapv2", "imagefolder")
 
 
 @dataclass
