@@ -261,3 +261,27 @@ def copy_file(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
     return dst
+
+
+# --------------------------------------------------------------------------- your own class folders (imagefolder)
+SCAN_CLASSES = ("normal", "cyst", "tumour")
+
+
+def make_scan_folder(root: Path, counts: Optional[Dict[str, int]] = None, size: int = 32, seed: int = 0) -> Path:
+    """``root/<class>/*.png``: grey noise (``normal``), a bright ring (``cyst``) or a bright disc (``tumour``) at a
+    random place, so a frozen backbone tells them apart and no two images are perceptual near-copies."""
+    counts = counts or {c: 40 for c in SCAN_CLASSES}
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            img = rng.normal(90, 25, (size, size))
+            cy, cx = rng.uniform(0.3, 0.7, 2) * size
+            r = np.hypot(yy - cy, xx - cx) * 32 / size
+            if cls == "cyst":
+                img[(r > 5) & (r < 8)] += 120
+            elif cls == "tumour":
+                img[r < 7] += 140
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / cls / f"{cls}_{k:03d}.png")
+    return root

@@ -328,7 +328,13 @@ class SeverityMatrix:
         """Raise ``ValueError`` unless ``labels`` equals :attr:`labels` in order."""
         labels = list(labels)
         if labels != self.labels:
-            hint = " (same names, other order: use .reorder())" if sorted(labels) == sorted(self.labels) else ""
+            if sorted(labels) == sorted(self.labels):
+                hint = " (same names, other order: use .reorder())"
+            else:
+                missing = [label for label in labels if label not in self.labels]
+                extra = [label for label in self.labels if label not in labels]
+                hint = (f": {what.lower()} classes without a severity row: {missing}" if missing else "") + (
+                    f"{';' if missing else ':'} severity labels that are no {what.lower()} class: {extra}" if extra else "")
             raise ValueError(f"{what} labels {labels} do not match severity labels {self.labels}{hint}")
 
     def to_markdown(self) -> str:

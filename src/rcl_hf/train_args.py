@@ -44,7 +44,7 @@ class ModelArguments:
         metadata={"help": "Fit the out-of-distribution guard (rcl_hf.ood: Mahalanobis on embeddings, threshold set on "
                           "validation so that at most 5%% of in-domain images are flagged, with confidence 1 - "
                           "ood_guard_delta) and save ood_guard.safetensors with the model; default: on for "
-                          "brain_tumor_mri, isic2018, breakhis and sicapv2, off otherwise."},
+                          "every registered dataset but synthetic."},
     )
     ood_guard_delta: Optional[float] = field(
         default=DEFAULT_FALSE_ALARM_DELTA,
@@ -89,8 +89,10 @@ class ModelArguments:
         return self.image_size or (32 if dataset == "synthetic" else 224)
 
     def wants_ood_guard(self, dataset: str) -> bool:
-        """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets."""
-        return self.ood_guard if self.ood_guard is not None else dataset in ("brain_tumor_mri", "isic2018", "breakhis", "sicapv2")
+        """Whether to fit the OOD guard: ``--ood_guard`` if given, else on for the four registered medical datasets
+        and for your own class folders (``imagefolder``)."""
+        return self.ood_guard if self.ood_guard is not None else dataset in (
+            "brain_tumor_mri", "isic2018", "breakhis", "sicapv2", "imagefolder")
 
 
 @dataclass
@@ -99,8 +101,8 @@ class DataArguments:
 
     dataset: str = field(
         default="synthetic",
-        metadata={"help": "A registered loader (synthetic, brain_tumor_mri, isic2018, breakhis, sicapv2), a "
-                          "save_to_disk folder, or a Hub dataset id."},
+        metadata={"help": "A registered loader (synthetic, brain_tumor_mri, isic2018, breakhis, sicapv2, imagefolder), "
+                          "a save_to_disk folder or a Hub id."},
     )
     data_dir: Optional[str] = field(default=None, metadata={"help": "Raw dataset folder for a registered loader."})
     split_seed: int = field(default=0, metadata={"help": "Seed of derived (grouped) splits and of synthetic data."})

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
-from ..severity import SeverityMatrix
+from ..severity import PRESETS, SeverityMatrix
 from .duplicates import SPLIT_ORDER, content_groups, cross_split_drop_indices, find_duplicates
 from .images import DEFAULT_MAX_PIXELS, validate_images
 from .metadata import METADATA_VERSION
@@ -112,7 +112,8 @@ def load_dataset(
     """Load a registered dataset from its original layout as a ``datasets.DatasetDict``.
 
     Args:
-        name: ``"brain_tumor_mri"``, ``"isic2018"``, ``"breakhis"``, ``"sicapv2"`` or
+        name: ``"brain_tumor_mri"``, ``"isic2018"``, ``"breakhis"``, ``"sicapv2"``, ``"imagefolder"``
+            (your own class folders; no severity preset: give the run one) or
             ``"synthetic"`` (the embedded default; no ``data_dir``; ``seed`` and
             ``options`` go to :func:`~rcl_hf.data.synthetic.load_synthetic`).
         data_dir: the dataset's folder as downloaded.
@@ -235,6 +236,9 @@ def load_dataset(
         raise_for_problems(report.problems, f"{key} at {os.fspath(data_dir)}")
     if not recs:
         raise ValueError(f"{key}: no usable image under {os.fspath(data_dir)!r}\n{report.summary()}")
+    unusable = [c for c in scan.labels or () if c not in {r.label for r in recs}]
+    if unusable:  # a class the layout names (imagefolder) lost every image to the checks
+        raise ValueError(f"{key}: class(es) {unusable} under {os.fspath(data_dir)!r} have no usable image\n{report.summary()}")
 
     sha1s = [c.sha1 for c in chks]
     dhashes = [int(c.dhash, 16) if c.dhash else None for c in chks] if perceptual else None
@@ -320,9 +324,10 @@ def load_dataset(
         )
 
     # 6. datasets
-    label_names = list(module.LABELS)
-    sev = SeverityMatrix.preset(key)
-    sev.check_labels(label_names, what=f"{key} loader")
+    label_names = list(scan.labels or module.LABELS)
+    sev = SeverityMatrix.preset(key) if key in PRESETS else None  # imagefolder: the run's --severity gives it
+    if sev is not None:
+        sev.check_labels(label_names, what=f"{key} loader")
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -338,7 +343,7 @@ def load_dataset(
     report.split_sources = {s: sources.get(s, "official") for s in by_split}
     problem_counts = Counter(f"{p.kind}:{p.action}" for p in report.problems)
     meta = {
-        "rcl_severity": sev.to_dict(),
+        **({"rcl_severity": sev.to_dict()} if sev is not None else {}),
         "dataset": key,
         "rcl_hf": {
             "version": METADATA_VERSION,

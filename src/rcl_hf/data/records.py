@@ -146,6 +146,7 @@ class Scan:
     extra_features: Dict[str, Any]  # column -> datasets feature, in column order
     split_sources: Dict[str, str]  # official split -> where it came from
     notes: List[str] = field(default_factory=list)
+    labels: Optional[List[str]] = None  # the class names when the layout sets them (imagefolder), else the module's LABELS
 
 
 @dataclass

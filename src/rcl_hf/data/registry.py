@@ -15,6 +15,7 @@ DATASETS: Dict[str, str] = {
     "breakhis": ".breakhis",
     "sicapv2": ".sicapv2",
     "synthetic": ".synthetic",
+    "imagefolder": ".imagefolder",
 }
 ALIASES: Dict[str, str] = {
     "brain_mri": "brain_tumor_mri",
@@ -24,6 +25,7 @@ ALIASES: Dict[str, str] = {
     "ham10000": "isic2018",
     "breakhis_v1": "breakhis",
     "sicap": "sicapv2",
+    "image_folder": "imagefolder",
 }
 
 
