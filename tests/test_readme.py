@@ -1,15 +1,19 @@
-"""README's command blocks run as written (the first lines a newcomer copies must work).
+"""README's and the docs pages' command blocks run as written (the first lines a newcomer copies must work).
 
-Every ```bash / ```python block of README.md runs offline in a subprocess, unless the line before it is
+Every ```bash / ```python block of README.md and of the docs pages (docs/) runs offline in a subprocess, unless
+the line before it is
 ``<!-- readme-test: skip REASON -->`` (real data, the network, or minutes of training).
 ``<!-- readme-test: slow -->`` runs the block only under ``-m slow``. Python blocks run with
 ``PYTHONPATH=src`` in a temporary folder; a block that names ``runs/main/...`` gets the folders of a
 tiny main job there first. Bash blocks run from the repository root with ``.venv/bin/python`` replaced
 by this interpreter.
 
-The study's figures: every interval ("x [a, b]") and percentage in README's study paragraphs and in
-research/results/README.md must be in a generated report that its paragraph links, every relative link of both
-pages must exist, and a link labelled with a path must point there.
+The study's figures: every interval ("x [a, b]") and percentage in the study paragraphs (wherever they are:
+README.md or a docs page, e.g. docs/results.md) and in research/results/README.md must be in a generated report
+that its paragraph names — a Markdown link, or on a docs page a repository path in backticks
+(`research/results/...`, which mkdocs does not try to resolve) — every relative link and named report path of
+these pages must exist, and a link labelled with a path must point there. The main job's table must be the
+recorded output of the command, and a benchmark figure must be on the benchmark page its paragraph names.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+from doc_pages import DOCS, PAGES, README, ROOT, is_pending, page_id
+
 FENCE = re.compile(r"^```(bash|python)\s*$")
 MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|slow)\b\s*(.*?)\s*-->")
 
@@ -35,9 +39,10 @@ class Block(NamedTuple):
     line: int
     marker: Optional[str]
     reason: str
+    page: str = "README.md"
 
 
-def readme_blocks(text: str) -> List[Block]:
+def readme_blocks(text: str, page: str = "README.md") -> List[Block]:
     """The fenced bash/python blocks of ``text`` with the readme-test marker on the line before each."""
     lines = text.splitlines()
     out: List[Block] = []
@@ -53,22 +58,22 @@ def readme_blocks(text: str) -> List[Block]:
         prev = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
         mk = MARKER.search(prev)
         out.append(Block(m.group(1), "\n".join(lines[i + 1:j]), i + 1, mk.group(1) if mk else None,
-                         mk.group(2) if mk else ""))
+                         mk.group(2) if mk else "", page))
         i = j + 1
     return out
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [b for page in PAGES for b in readme_blocks(page.read_text(encoding="utf-8"), page_id(page))]
 
 
 def _params():
     for b in BLOCKS:
         marks = []
         if b.marker == "skip":
-            marks.append(pytest.mark.skip(reason=f"README line {b.line}: {b.reason or 'marked skip'}"))
+            marks.append(pytest.mark.skip(reason=f"{b.page} line {b.line}: {b.reason or 'marked skip'}"))
         elif b.marker == "slow" or "runs/main/" in b.code:
             marks.append(pytest.mark.slow)
-        yield pytest.param(b, marks=marks, id=f"{b.lang}-line{b.line}")
+        yield pytest.param(b, marks=marks, id=f"{b.page}-{b.lang}-line{b.line}")
 
 
 def test_marker_parsing():
@@ -79,7 +84,7 @@ def test_marker_parsing():
 
 
 def test_readme_has_blocks_that_run_and_every_skip_says_why():
-    assert any(b.marker is None for b in BLOCKS), "at least one README block must run offline"
+    assert any(b.marker is None for b in BLOCKS if b.page == "README.md"), "at least one README block must run offline"
     assert all(b.reason for b in BLOCKS if b.marker == "skip"), "a skip marker needs a reason"
 
 
@@ -89,38 +94,79 @@ def test_readme_main_job_folders_are_the_ones_the_job_writes():
     args = CompareArguments()
     written = {os.path.basename(run_folder("runs/main", m, s, args.seeds[0])) for m in ("ce", "rcl") for s in args.seeds}
     written |= {"comparison.md", "comparison.json", "cer_accuracy.png"}
-    named = set(re.findall(r"runs/main/([A-Za-z0-9_.]+)", README.read_text(encoding="utf-8")))
-    assert named <= written, f"README names {sorted(named - written)} under runs/main/, which make main does not write"
+    for page in PAGES:
+        named = set(re.findall(r"runs/main/([A-Za-z0-9_.]+)", page.read_text(encoding="utf-8")))
+        assert named <= written, (f"{page_id(page)} names {sorted(named - written)} under runs/main/, "
+                                  "which make main does not write")
 
 
-def test_readme_main_job_table_is_the_recorded_output_of_the_command():
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## The main job", 1)[1].split("\n## ", 1)[0]
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
+
+
+def find_section(title: str):
+    """``(page, text)`` of the one section of README.md or a docs page whose heading is ``title`` (or starts with
+    ``title:``): from its heading to the next heading of the same or a higher level. The checks of a section
+    follow it to whichever page it moves to; a title on no page or on two fails."""
+    found = []
+    for page in PAGES:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        in_code = False
+        for i, line in enumerate(lines):
+            in_code ^= line.startswith("```")
+            m = None if in_code else HEADING.match(line)
+            if m and (m.group(2) == title or m.group(2).startswith(title + ":")):
+                level, end = len(m.group(1)), len(lines)
+                code = False
+                for j in range(i + 1, len(lines)):
+                    code ^= lines[j].startswith("```")
+                    h = None if code else HEADING.match(lines[j])
+                    if h and len(h.group(1)) <= level:
+                        end = j
+                        break
+                found.append((page, "\n".join(lines[i:end])))
+    assert len(found) == 1, f"section {title!r} found {len(found)} times: {[page_id(p) for p, _ in found]}"
+    return found[0]
+
+
+def find_paragraph(opening: str):
+    """``(page, text)`` of the one paragraph of README.md or a docs page that starts with ``opening``."""
+    found = [(page, opening + page.read_text(encoding="utf-8").split(opening, 1)[1].split("\n\n", 1)[0])
+             for page in PAGES if opening in page.read_text(encoding="utf-8")]
+    assert len(found) == 1, f"paragraph {opening!r} found {len(found)} times: {[page_id(p) for p, _ in found]}"
+    return found[0]
+
+
+def test_main_job_table_is_the_recorded_output_of_the_command():
+    page, section = find_section("The main job")
     rows = [ln for ln in section.splitlines() if ln.startswith("| ") and "pipeline" not in ln]
-    assert rows, "README's main-job section has no result table"
+    assert rows, f"the main-job section ({page_id(page)}) has no result table"
     recorded = (ROOT / "benchmarks" / "results" / "main_job.md").read_text(encoding="utf-8")
     for row in rows:
-        assert row in recorded, f"README row not in benchmarks/results/main_job.md (the command's output): {row}"
+        assert row in recorded, f"{page_id(page)} row not in benchmarks/results/main_job.md (the command's output): {row}"
 
 
+SYMMETRIC_SECTION = "The symmetric comparison"
+RISK_CONTROL_SECTION = "Certified risk control on real data"
+# the study's paragraphs and sections, wherever they are (README.md or a docs page)
+STUDY_PARAGRAPHS = ("**What the decision layer delivers.**", "**What the training-time loss adds.**")
+STUDY_SECTIONS = (RISK_CONTROL_SECTION, SYMMETRIC_SECTION)
 SYMMETRIC_REPORTS = ("symmetric_comparison_frozen_isic/README.md", "symmetric_comparison_finetune_isic/README.md",
                      "symmetric_comparison_frozen_brain_mri/README.md",
                      "symmetric_comparison_frozen_isic/abstention/README.md")
 
 
-def test_readme_real_data_figures_come_from_the_symmetric_comparison_reports():
-    """Every 'estimate [low, high]' figure and every verdict of README's "Results on real data" is in a
-    report that a command of the repository wrote (research/results/symmetric_comparison_frozen_isic*)."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Results on real data", 1)[1].split("\n## ", 1)[0]
+def test_real_data_figures_come_from_the_symmetric_comparison_reports():
+    """Every 'estimate [low, high]' figure and every verdict of the symmetric comparison's section is in a
+    report that a command of the repository wrote (research/results/symmetric_comparison_*)."""
+    _, section = find_section(SYMMETRIC_SECTION)
     paths = [ROOT / "research" / "results" / r for r in SYMMETRIC_REPORTS]
     absent = [str(p) for p in paths if not p.exists()]
-    assert not absent, f"reports the README quotes are missing: {absent}"
+    assert not absent, f"reports the section quotes are missing: {absent}"
     reports = "\n".join(p.read_text(encoding="utf-8") for p in paths)
     figures = re.findall(r"[−+-]?\d+\.\d+ \[[−+-]?\d+\.\d+, [−+-]?\d+\.\d+\]", section)
-    assert len(figures) >= 5, "README's real-data section quotes too few figures with CIs"
+    assert len(figures) >= 5, "the symmetric comparison's section quotes too few figures with CIs"
     missing = [f for f in figures if f not in reports]
-    assert not missing, f"README figures not found in the symmetric comparison reports: {missing}"
+    assert not missing, f"figures not found in the symmetric comparison reports: {missing}"
     for verdict in re.findall(r"\*\*(no win shown|win|no difference shown)\*\*", section):
         assert f"**{verdict}**" in reports
 
@@ -128,6 +174,8 @@ def test_readme_real_data_figures_come_from_the_symmetric_comparison_reports():
 RESULTS = ROOT / "research" / "results"
 STUDY_README = RESULTS / "README.md"
 LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
+# a report or model card named by its repository path in backticks (how docs pages name files outside docs/)
+CODE_PATH = re.compile(r"`((?:research/results|benchmarks/results|model_cards)/[^`\s]*)`")
 # "estimate [low, high]" (the estimate is optional: "relative [8.8, 19.3]"); a % after the estimate is dropped
 INTERVAL = re.compile(r"(?:(?<![\w.])([-+]?\d+(?:\.\d+)?)%?\s)?\[\s*([-+]?\d+(?:\.\d+)?)\s*,\s*([-+]?\d+(?:\.\d+)?)\s*\]")
 RANGE_PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?[\u2013-]\s?\d+(?:\.\d+)?\s?%")  # "20–92%": the 20
@@ -139,14 +187,16 @@ def _norm(text: str) -> str:
     return text.replace("\u2212", "-")
 
 
-def _links(text: str, base: Path) -> List[tuple]:
-    """``(label, resolved path)`` of every relative link in ``text`` (web links and #anchors left out)."""
+def _links(text: str, base: Path, root: Path = ROOT) -> List[tuple]:
+    """``(label, resolved path)`` of every relative link in ``text`` (web links and #anchors left out), and of every
+    report path in backticks (resolved from the repository root ``root``; the label is the path)."""
     out = []
     for label, target in LINK.findall(text):
         target = target.split("#", 1)[0]
         if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target):
             continue
         out.append((label, (base / target).resolve()))
+    out += [(path, (root / path).resolve()) for path in CODE_PATH.findall(text)]
     return out
 
 
@@ -197,11 +247,11 @@ def _found(kind: str, figure: str, reports: str) -> bool:
     return re.search(r"(?<![\d.])" + re.escape(figure) + r"(?!\d|\.\d)", reports) is not None
 
 
-def unsupported_figures(text: str, base: Path, results: Path = RESULTS) -> List[str]:
-    """Figures of ``text`` not found in the reports under research/results that their paragraph links (a paragraph
-    that links none: the reports the whole text links). Each entry: "figure (in: paragraph start)"."""
+def unsupported_figures(text: str, base: Path, results: Path = RESULTS, root: Path = ROOT) -> List[str]:
+    """Figures of ``text`` not found in the reports under research/results that their paragraph links or names (a
+    paragraph that names none: the reports the whole text names). Each entry: "figure (in: paragraph start)"."""
     def reports_of(t):
-        return [p for _, p in _links(t, base) if results.resolve() in p.parents and p != STUDY_README.resolve()
+        return [p for _, p in _links(t, base, root) if results.resolve() in p.parents and p != STUDY_README.resolve()
                 and (p.suffix == ".md" or p.is_dir())]  # reports, not the plots or CSVs a text also links
 
     page = "\n".join(_report_text(p) for p in dict.fromkeys(reports_of(text)))
@@ -215,12 +265,13 @@ def unsupported_figures(text: str, base: Path, results: Path = RESULTS) -> List[
     return missing
 
 
-def _readme_research_text() -> str:
-    """The parts of README.md that quote the study: "What the training-time loss adds" and "Results on real data"."""
-    text = README.read_text(encoding="utf-8")
-    intro = text.split("**What the training-time loss adds.**", 1)[1].split("\n\n", 1)[0]
-    section = text.split("## Results on real data", 1)[1].split("\n## ", 1)[0]
-    return "**What the training-time loss adds.**" + intro + "\n\n" + section
+def study_texts() -> dict:
+    """``{page: text}``: the study's paragraphs and sections (:data:`STUDY_PARAGRAPHS`, :data:`STUDY_SECTIONS`),
+    joined page by page, wherever they are."""
+    out: dict = {}
+    for page, text in [find_paragraph(o) for o in STUDY_PARAGRAPHS] + [find_section(s) for s in STUDY_SECTIONS]:
+        out[page] = (out[page] + "\n\n" + text) if page in out else text
+    return out
 
 
 def test_figure_check_catches_a_figure_missing_from_the_linked_report(tmp_path):
@@ -242,12 +293,30 @@ def test_figure_check_catches_a_figure_missing_from_the_linked_report(tmp_path):
         ("interval", "13.7 [8.8, 19.3]"), ("interval", "[1.0, 2.0]"), ("number", "13.7")]
 
 
-def test_readme_research_figures_are_in_the_reports_they_link():
-    """Every interval and percentage in README's study paragraphs is in a generated report the paragraph links."""
-    text = _readme_research_text()
-    assert len(figures(text)) >= 20, "README's study paragraphs quote too few figures"
-    missing = unsupported_figures(text, ROOT)
-    assert not missing, f"README figures not found in the reports they link: {missing}"
+def test_figure_check_follows_report_paths_in_backticks(tmp_path):
+    """A docs page names its reports by repository path in backticks: a figure not in that report still fails."""
+    results = tmp_path / "research" / "results"
+    (results / "x").mkdir(parents=True)
+    (results / "x" / "README.md").write_text("CER 5.76 [4.75, 6.84]; coverage 53.1%\n")
+    (results / "y").mkdir()
+    (results / "y" / "README.md").write_text("CER 9.99 [9.00, 10.00]\n")
+    docs = tmp_path / "docs"
+    good = "Best: 5.76 [4.75, 6.84] at 53.1% coverage (`research/results/x/`).\n"
+    bad = "Best: 5.76 [4.75, 6.85] at 53.1% coverage (`research/results/x/README.md`).\n\nOther: 9.99 [9.00, 10.00] (`research/results/y/`).\n"
+    assert unsupported_figures(good, docs, results, root=tmp_path) == []
+    assert [m.split(" (in:")[0] for m in unsupported_figures(bad, docs, results, root=tmp_path)] == ["5.76 [4.75, 6.85]"]
+    assert [m.split(" (in:")[0] for m in unsupported_figures("Best: 9.99 [9.00, 10.00] (`research/results/x/`).", docs,
+                                                             results, root=tmp_path)] == ["9.99 [9.00, 10.00]"]
+
+
+def test_study_figures_are_in_the_reports_they_name():
+    """Every interval and percentage in the study's paragraphs (README.md or the docs pages they moved to) is in a
+    generated report the paragraph links or names."""
+    texts = study_texts()
+    assert sum(len(figures(t)) for t in texts.values()) >= 20, "the study's paragraphs quote too few figures"
+    for page, text in texts.items():
+        missing = unsupported_figures(text, page.parent)
+        assert not missing, f"{page_id(page)} figures not found in the reports they name: {missing}"
 
 
 def test_study_readme_figures_are_in_the_reports_they_link():
@@ -268,14 +337,15 @@ def test_study_readme_indexes_every_result_folder():
     assert not unlinked, f"result folders missing from research/results/README.md: {unlinked}"
 
 
-@pytest.mark.parametrize("readme", [README, STUDY_README], ids=["README", "research-results-README"])
+@pytest.mark.parametrize("readme", PAGES + [STUDY_README], ids=[page_id(p) for p in PAGES + [STUDY_README]])
 def test_readme_links_exist_and_path_labels_name_their_target(readme):
-    """A README must not link a path that does not exist, and a link labelled with a path (``[name/](...)``) must
-    point into that path, so a renamed results folder cannot keep its old name on the page."""
+    """A page (README.md, a docs page, research/results/README.md) must not link or name a path that does not
+    exist, and a link labelled with a path (``[name/](...)``) must point into that path, so a renamed results folder
+    cannot keep its old name on the page."""
     text = readme.read_text(encoding="utf-8")
     links = _links(text, readme.parent)
-    assert links
-    dead = [f"[{label}] -> {p}" for label, p in links if not p.exists()]
+    assert links or DOCS in readme.parents, f"{page_id(readme)} links nothing"
+    dead = [f"[{label}] -> {p}" for label, p in links if not p.exists() and not is_pending(p)]
     assert not dead, f"{readme.relative_to(ROOT)} links paths that do not exist: {dead}"
     wrong = []
     for label, p in links:
@@ -287,16 +357,15 @@ def test_readme_links_exist_and_path_labels_name_their_target(readme):
     assert not wrong, f"{readme.relative_to(ROOT)} labels links with a path they do not point to: {wrong}"
 
 
-def test_readme_certified_risk_figures_come_from_the_risk_control_report():
-    """Every table row of README's "Certified risk control on real data" is a row of the generated report
+def test_certified_risk_figures_come_from_the_risk_control_report():
+    """Every table row of the section "Certified risk control on real data" is a row of the generated report
     (research/results/risk_control/README.md, written by research.risk_control_report)."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Certified risk control on real data", 1)[1].split("\n## ", 1)[0]
+    page, section = find_section(RISK_CONTROL_SECTION)
     rows = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| dataset")]
-    assert len(rows) >= 4, "README's certified risk-control section quotes too few rows"
+    assert len(rows) >= 4, f"the certified risk-control section ({page_id(page)}) quotes too few rows"
     report = (ROOT / "research" / "results" / "risk_control" / "README.md").read_text(encoding="utf-8")
     missing = [row for row in rows if row not in report]
-    assert not missing, f"README rows not in the risk-control report: {missing}"
+    assert not missing, f"{page_id(page)} rows not in the risk-control report: {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -322,19 +391,20 @@ def test_readme_block_runs(block: Block, tmp_path, request):
         code = block.code.replace(".venv/bin/python", sys.executable)
         cmd = ["bash", "-euo", "pipefail", "-c", code]
     proc = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"README block at line {block.line} failed:\n{block.code}\n---\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{block.page} block at line {block.line} failed:\n{block.code}\n---\n{proc.stderr[-3000:]}"
 
 
 BENCHMARK_RESULTS = ROOT / "benchmarks" / "results"
 DECIMAL = re.compile(r"(?<![\w.])(\d[\d,]*\.\d+)")
 
 
-def unsupported_benchmark_figures(text: str, base: Path, results: Path = BENCHMARK_RESULTS) -> List[str]:
-    """Decimal figures of each paragraph of ``text`` that links a benchmark page (``results/*.md``) not found on
-    the pages it links. Each entry: "figure (in: paragraph start)"."""
+def unsupported_benchmark_figures(text: str, base: Path, results: Path = BENCHMARK_RESULTS,
+                                  root: Path = ROOT) -> List[str]:
+    """Decimal figures of each paragraph of ``text`` that links or names a benchmark page (``results/*.md``) not
+    found on the pages it links. Each entry: "figure (in: paragraph start)"."""
     missing = []
     for block in _blocks(text):
-        pages = [p for _, p in _links(block, base) if p.parent == results.resolve() and p.suffix == ".md"]
+        pages = [p for _, p in _links(block, base, root) if p.parent == results.resolve() and p.suffix == ".md"]
         if not pages:
             continue
         page = "\n".join(_report_text(p) for p in dict.fromkeys(pages)).replace(",", "")
@@ -344,10 +414,19 @@ def unsupported_benchmark_figures(text: str, base: Path, results: Path = BENCHMA
     return missing
 
 
-def test_readme_benchmark_figures_are_on_the_benchmark_pages_they_link():
-    """Every decimal figure in a README paragraph that links a page of benchmarks/results/ is on that page."""
-    missing = unsupported_benchmark_figures(README.read_text(encoding="utf-8"), ROOT)
-    assert not missing, f"README benchmark figures not on the pages they link: {missing}"
+@pytest.mark.parametrize("page", PAGES, ids=[page_id(p) for p in PAGES])
+def test_benchmark_figures_are_on_the_benchmark_pages_they_name(page):
+    """Every decimal figure in a paragraph of README.md or a docs page that links or names a page of
+    benchmarks/results/ is on that page."""
+    missing = unsupported_benchmark_figures(page.read_text(encoding="utf-8"), page.parent)
+    assert not missing, f"{page_id(page)} benchmark figures not on the pages they name: {missing}"
+
+
+def test_benchmark_figures_on_docs_pages_are_checked():
+    """The benchmark paragraphs moved to docs/benchmarks.md name their pages, so the check above covers them."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    checked = [b for b in _blocks(text) if any(p.parent == BENCHMARK_RESULTS.resolve() for _, p in _links(b, ROOT))]
+    assert len(checked) >= 3, "docs/benchmarks.md has too few paragraphs that name their benchmark page"
 
 
 def test_benchmark_figure_check_catches_a_figure_missing_from_its_page(tmp_path):
@@ -357,3 +436,8 @@ def test_benchmark_figure_check_catches_a_figure_missing_from_its_page(tmp_path)
     bad = "8 clients got 30.47 requests/s ([load.md](results/load.md)).\n"
     assert unsupported_benchmark_figures(good, tmp_path, tmp_path / "results") == []
     assert unsupported_benchmark_figures(bad, tmp_path, tmp_path / "results") == ["30.47 (in: '8 clients got 30.47 requests/s ([load.md](results/load.md)).')"]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "load.md").write_text("| 8 | 30.46 |\n")
+    named = "8 clients got 30.47 requests/s (`benchmarks/results/load.md`).\n"
+    assert unsupported_benchmark_figures(named, tmp_path / "docs", tmp_path / "benchmarks" / "results", root=tmp_path) == [
+        "30.47 (in: '8 clients got 30.47 requests/s (`benchmarks/results/load.md`).')"]
