@@ -40,6 +40,40 @@ def _probe_images(side: int, seed: int = 0) -> Dict[str, list]:
     return {**uniform, "random noise": noise}
 
 
+def _group_bootstrap(pred: np.ndarray, labels: np.ndarray, severity: Any, groups: Optional[np.ndarray],
+                     n: int = 1000, seed: int = 0) -> Dict[str, Any]:
+    """95% percentile intervals of accuracy and CER from a bootstrap over the test split's groups (lesions,
+    patients, near-copy clusters: the unit images of one of them are not independent of), or over images when the
+    split has no groups."""
+    from rcl_hf.metrics.functional import critical_error_rate
+
+    units = np.arange(len(labels)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    members = [np.flatnonzero(units == u) for u in range(units.max() + 1)]
+    rng = np.random.default_rng(seed)
+    acc, cer = [], []
+    for _ in range(n):
+        idx = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
+        r = critical_error_rate(pred[idx], labels[idx], severity)
+        acc.append(r["accuracy"]), cer.append(r["cer"])
+    q = lambda v: (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975)))  # noqa: E731
+    return {"accuracy_ci": q(acc), "cer_ci": q(cer)}
+
+
+def _per_class(pred: Any, labels: np.ndarray, severity: Any) -> Dict[str, Dict[str, Any]]:
+    """Per class: test images, recall of the argmax, and (critical-capable classes) the share the decision layer
+    missed critically (neither diagnosed safely nor referred) and the share it referred."""
+    from rcl_hf.calibration.per_class import critical_miss_by_class
+
+    missed = critical_miss_by_class(pred.decision, pred.refer, labels, severity)
+    out = {}
+    for c, name in enumerate(severity.labels):
+        rows = labels == c
+        if rows.any():
+            out[name] = {"n": int(rows.sum()), "recall": float((pred.argmax[rows] == c).mean()),
+                         "referred": float(np.asarray(pred.refer)[rows].mean()), "critical_miss": missed.get(name)}
+    return out
+
+
 def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
     from rcl_hf import load_model, predict
     from rcl_hf.calibration import summarize_decisions
@@ -61,10 +95,14 @@ def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
     if len(labels) != recipe["split_sizes"]["test"]:
         raise SystemExit(f"the rebuilt test split has {len(labels)} images, the run's had {recipe['split_sizes']['test']}")
     pred = predict(model, images)
-    m = critical_error_rate(pred.argmax, labels, severity, n_bootstrap=1000)  # image bootstrap, 95% percentile CIs
+    groups = np.asarray(test["group_id"]) if "group_id" in test.column_names else None
+    m = critical_error_rate(pred.argmax, labels, severity, per_class=True)
+    m.update(_group_bootstrap(pred.argmax, labels, severity, groups))
     out: Dict[str, Any] = {
         "model": os.path.abspath(folder), "dataset": recipe["dataset"], "test_images": int(len(labels)),
+        "test_groups": int(len(np.unique(groups))) if groups is not None else None,
         "argmax": {k: m[k] for k in ("accuracy", "cer", "balanced_accuracy", "accuracy_ci", "cer_ci")},
+        "per_class": _per_class(pred, labels, severity),
         "run_test_figures": {k: saved.get("test", {}).get(k) for k in ("accuracy", "cer", "balanced_accuracy")},
         "guarantees": pred.guarantees,  # what the decision layer certifies, in its own words
     }
@@ -94,9 +132,12 @@ def markdown(result: Dict[str, Any], goals: Dict[str, float], command: str) -> s
 
     a, lines = result["argmax"], []
     verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    n_groups = result.get("test_groups")
+    unit = f"a bootstrap over the test split's {n_groups} groups (lesions / patients / near-copy clusters)" \
+        if n_groups else "an image bootstrap of the test split"
     lines += [f"# Acceptance check: {os.path.basename(result['model'])}", "", f"- command: `{command}`",
               f"- dataset: {result['dataset']}, grouped test split of {result['test_images']} images, through `rcl_hf.predict`",
-              "", "Values with 95% intervals from an image bootstrap of the test split.",
+              "", f"Values with 95% intervals from {unit}.",
               "", "| figure | value | goal | |", "|---|---:|---:|---|",
               f"| test balanced accuracy (argmax) | {pct(a['balanced_accuracy'])} | - | |",
               f"| test accuracy (argmax) | {pct(a['accuracy'])}{ci(a['accuracy_ci'])} | ≥ {pct(goals['accuracy'])} | {verdict(a['accuracy'] >= goals['accuracy'])} |",
@@ -114,6 +155,14 @@ def markdown(result: Dict[str, Any], goals: Dict[str, float], command: str) -> s
         lines += ["", f"Decision layer (certified {dl['risk_kind']} ≤ {pct(dl['alpha'])} at δ = {dl['delta']}) on test: "
                   f"coverage {pct(dl.get('coverage'))}, realised {dl['risk_kind']} {pct(dl.get(dl['risk_kind']))}, "
                   f"accuracy among accepted {pct(dl.get('accuracy_accepted'))}."]
+    per_class = result.get("per_class")
+    if per_class:
+        lines += ["", "Per class on test (argmax recall; the decision layer's referrals and critical misses):", "",
+                  "| class | images | recall (argmax) | referred | critically missed |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {r['n']} | {pct(r['recall'])} | {pct(r['referred'])} | {pct(r['critical_miss'])} |"
+                  for name, r in per_class.items()]
+    if result.get("guarantees"):
+        lines += ["", "What the decision layer certifies: " + " ".join(result["guarantees"])]
     run = result["run_test_figures"]
     lines += ["", f"The run's own test figures (rcl_results.json, from the Trainer): accuracy {pct(run.get('accuracy'))}, "
               f"CER {pct(run.get('cer'))}, balanced accuracy {pct(run.get('balanced_accuracy'))}.", ""]

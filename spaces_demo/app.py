@@ -10,10 +10,12 @@ the calibration data. The computation lives in :mod:`rcl_hf.space` (tested there
 
 Run::
 
+    python spaces_demo/app.py                # the shipped Brain-MRI model (models/, or rcl-hf/... from the HF cache)
+    python spaces_demo/app.py --model rcl-hf/isic2018-efficientnet-lite0   # the shipped ISIC 2018 model
     python spaces_demo/app.py --model PATH_OR_HUB_ID [--compare PATH_OR_HUB_ID] [--port 7860]
     python spaces_demo/app.py --train brain_tumor_mri --data_dir DIR --out runs/space   # train a real pair, then serve
 
-There is no default model. On the Hub set ``RCL_MODEL`` (and ``RCL_COMPARE``,
+With no model named it serves ``rcl-hf/brain-tumor-mri-efficientnet-lite0``. On the Hub set ``RCL_MODEL`` (and ``RCL_COMPARE``,
 ``RCL_MODEL_LABEL``, ``RCL_COMPARE_LABEL``, ``RCL_TORCH_THREADS``). Research demo, not a medical device.
 """
 
@@ -191,7 +193,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="python spaces_demo/app.py",
         description="Risk-aware Gradio Space for rcl_hf classifiers (RCL_MODEL / RCL_COMPARE override --model / --compare).",
     )
-    p.add_argument("--model", help="model folder saved by rcl_hf, or a Hub id")
+    p.add_argument("--model", help="model folder saved by rcl_hf, or a Hub id (default: the shipped Brain-MRI model)")
     p.add_argument("--compare", help="second model shown side by side (e.g. a cross-entropy baseline)")
     p.add_argument("--train", metavar="DATASET", help="first train a frozen EfficientNet-Lite0 CE + RCL pair with its OOD "
                    "guard on DATASET (e.g. brain_tumor_mri, isic2018) from --data_dir, then serve it")

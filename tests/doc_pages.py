@@ -11,15 +11,6 @@ DOCS = ROOT / "docs"
 DOC_PAGES = sorted(DOCS.rglob("*.md"))
 PAGES = [README] + DOC_PAGES
 
-# docs pages written on another branch: README may link them before that branch merges (drop the name then)
-PENDING_DOCS_PAGES = frozenset({"own_data.md"})
-
 
 def page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
-
-
-def is_pending(path: Path) -> bool:
-    """Whether ``path`` is a docs page of :data:`PENDING_DOCS_PAGES` that does not exist yet."""
-    path = path.resolve()
-    return path.parent == DOCS.resolve() and path.name in PENDING_DOCS_PAGES and not path.exists()

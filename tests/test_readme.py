@@ -27,7 +27,7 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 
-from doc_pages import DOCS, PAGES, README, ROOT, is_pending, page_id
+from doc_pages import DOCS, PAGES, README, ROOT, page_id
 
 FENCE = re.compile(r"^```(bash|python)\s*$")
 MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|slow)\b\s*(.*?)\s*-->")
@@ -345,7 +345,7 @@ def test_readme_links_exist_and_path_labels_name_their_target(readme):
     text = readme.read_text(encoding="utf-8")
     links = _links(text, readme.parent)
     assert links or DOCS in readme.parents, f"{page_id(readme)} links nothing"
-    dead = [f"[{label}] -> {p}" for label, p in links if not p.exists() and not is_pending(p)]
+    dead = [f"[{label}] -> {p}" for label, p in links if not p.exists()]
     assert not dead, f"{readme.relative_to(ROOT)} links paths that do not exist: {dead}"
     wrong = []
     for label, p in links:

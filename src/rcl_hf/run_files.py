@@ -22,6 +22,8 @@ RESULTS_FILE = "rcl_results.json"
 RESULT_FILES = ("all_results.json", "eval_results.json", "validation_results.json", "test_results.json")
 #: Other JSON files of a training run that travel with the model.
 EXTRA_JSON_FILES = ("train_results.json", "trainer_state.json", "severity.json", "risk_calibration.json", RESULTS_FILE)
+#: The acceptance check of a model folder (``scripts/check_model.py``), which travels with the model and fills its card.
+CHECK_REPORT, CHECK_RESULTS = "check.md", "check.json"
 #: Ending of the saved predictions of a split (:func:`predictions_file`).
 PREDICTIONS_SUFFIX = "_predictions.npz"
 

@@ -521,19 +521,25 @@ def test_examples_are_generated_or_taken_from_a_folder(app, examples, tmp_path):
         app.make_examples(str(tmp_path / "absent"), cache_dir=tmp_path / "cache")
 
 
-def test_model_choice_env_overrides_cli_and_nothing_is_a_clear_error(app):
+def test_model_choice_env_overrides_cli_and_nothing_named_serves_the_shipped_brain_mri_model(app, tmp_path):
+    from rcl_hf.space.startup import DEFAULT_MODEL_ID
+
     assert app.resolve_model_ids("cli/a", None, environ={}) == ("cli/a", None)
     assert app.resolve_model_ids("cli/a", "cli/b", environ={"RCL_MODEL": "env/m"}) == ("env/m", "cli/b")
     assert app.resolve_model_ids(None, None, environ={"RCL_MODEL": "env/m", "RCL_COMPARE": "env/c"}) == ("env/m", "env/c")
-    with pytest.raises(app.SpaceStartupError, match="RCL_MODEL"):
-        app.resolve_model_ids(None, None, environ={})
+    # nothing named: the checkout's models/ folder of the default id, else the id (resolved through the HF cache)
+    assert app.resolve_model_ids(None, None, environ={}, models_dir=tmp_path) == (DEFAULT_MODEL_ID, None)
+    shipped = tmp_path / DEFAULT_MODEL_ID.split("/")[1]
+    shipped.mkdir()
+    (shipped / "config.json").write_text("{}")
+    assert app.resolve_model_ids(None, None, environ={}, models_dir=tmp_path) == (str(shipped), None)
 
 
 def test_startup_errors_are_one_clear_line(app, tmp_path, capsys, monkeypatch):
-    """In-process: no model named, and a folder that holds no model (both exit 2)."""
+    """In-process: a port outside the range, and a folder that holds no model (both exit 2)."""
     monkeypatch.delenv("RCL_MODEL", raising=False)
-    assert app.main(["--port", "1"]) == 2
-    assert "No model to serve" in capsys.readouterr().err
+    assert app.main(["--port", "0"]) == 2
+    assert "Port 0 is outside" in capsys.readouterr().err
     (tmp_path / "not_a_model").mkdir()
     assert app.main(["--model", str(tmp_path / "not_a_model")]) == 2
     assert "has no config.json" in capsys.readouterr().err

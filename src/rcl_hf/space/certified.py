@@ -45,8 +45,10 @@ def alpha_choice(alpha: float) -> str:
 def save_alpha_calibrations(folder: str, severity: Any, alphas: Iterable[float] = SPACE_ALPHAS, *, risk_kind: str = DEFAULT_RISK_KIND,
                             delta: float = DEFAULT_DELTA, groups: Optional[Sequence[Any]] = None,
                             train_groups: Optional[Sequence[Any]] = None, dataset: Optional[str] = None,
-                            seed: int = 0) -> Dict[float, Path]:
-    """Calibrate the run in ``folder`` at each α on its saved validation logits; an α the split is too small
+                            seed: int = 0, **options: Any) -> Dict[float, Path]:
+    """Calibrate the run in ``folder`` at each α on its saved validation logits; ``options`` go to
+    :func:`rcl_hf.calibration.calibrate` (e.g. ``conditional="class"``: one certificate per critical disease, ``unit``,
+    ``method``, ``p_value``: those of the run's own calibration keep the levels alike); an α the split is too small
     to certify is skipped with a warning. Returns ``{α: path}``."""
     with np.load(os.path.join(folder, predictions_file("validation"))) as z:
         logits, labels = np.asarray(z["logits"], dtype=np.float64), np.asarray(z["labels"]).astype(np.int64)
@@ -54,7 +56,7 @@ def save_alpha_calibrations(folder: str, severity: Any, alphas: Iterable[float] 
     for alpha in alphas:
         try:
             cal = calibrate(logits, labels, severity, risk_kind=risk_kind, alpha=alpha, delta=delta, groups=groups,
-                            train_groups=train_groups, dataset=dataset, split="validation", seed=seed)
+                            train_groups=train_groups, dataset=dataset, split="validation", seed=seed, **options)
         except ValueError as err:
             logger.warning("no calibration at α = %s: %s", alpha_choice(alpha), err)
             continue
