@@ -7,9 +7,10 @@ distribution shifts", ICLR), the check warns on evidence of **harm**, not on any
 distribution: a batch on which the model is *more* confident (referral scores ``1e-9 → 1e-7``, or smaller) is
 no threat to the guarantee and must not warn. The previous check (a Kolmogorov–Smirnov test of the batch's
 referral scores against the calibration's 101 stored quantiles) was two-sided, compared against the
-calibration sample as if it were the true distribution, and reacted to moves of tiny scores: on 1,311
-in-domain Brain-MRI test images it warned at p = 2e-07, and on 20% of random 200-image batches
-(``research/results/harmful_shift/``).
+calibration sample as if it were the true distribution, and reacted to moves of tiny scores: it was reported
+warning on 1,311 in-domain Brain-MRI images (p = 2e-07) and on 20% of random 200-image batches, and on the shipped
+Brain-MRI model's test split it warns on every batch of 200 when the model is made *more* confident (logits ×1.5)
+or its scores below 1e-6 are multiplied by 100; this check warns on none (``research/results/harmful_shift/``).
 
 Up to three one-sided tests on the ``n`` usable cases of a batch (fewer than ``min_batch`` = 20: not tested):
 
