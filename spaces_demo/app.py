@@ -138,7 +138,7 @@ def build_demo(
                 preview = gr.Image(label="converted input", interactive=False, type="pil", format="jpeg", height=220)
         with gr.Tab("Batch"):
             gr.Markdown(f"Several images at once with **{html.escape(models[0].name)}**: from 20 images on, the page "
-                        "also says whether the batch still looks like the images the model was certified on.")
+                        "also says whether the batch shows a shift that may break the certified guarantee.")
             files = gr.File(file_count="multiple", file_types=["image"], label="Images", elem_id="rcl-batch-files")
             batch_button = gr.Button("Analyze the batch", variant="primary", elem_id="rcl-batch-analyze")
             batch_out = gr.Markdown(elem_id="rcl-batch-result")

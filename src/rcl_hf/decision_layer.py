@@ -184,7 +184,7 @@ class DecisionLayer:
         return self.calibration.probabilities(z) if self.calibration is not None else softmax(z, axis=1)
 
     def apply(self, logits: Any, embeddings: Any = None, *, threshold: Optional[float] = None,
-              unusable: Any = None, drift: bool = True) -> Prediction:
+              unusable: Any = None, drift: bool = True, labels: Any = None) -> Prediction:
         """The answer for logits ``(N, K)`` (see the module docstring).
 
         Args:
@@ -192,8 +192,10 @@ class DecisionLayer:
                 guard (:attr:`needs_embeddings`), ignored otherwise.
             threshold: overrides the certified referral threshold (the answer is then not certified).
             unusable: ``(N,)`` bools: cases whose image holds nothing to assess (referred, reason ``"unusable"``).
-            drift: test the batch for drift from the calibration data (:func:`rcl_hf.calibration.check_drift`,
+            drift: test the batch for a harmful shift from the calibration data (:func:`rcl_hf.calibration.check_drift`,
                 batches of at least 20 usable cases).
+            labels: ``(N,)`` true class indices of a labelled batch (a local audit set): the drift check then also
+                tests whether the batch's realised certified risk exceeds ``α``.
         """
         z = self._logits(logits)
         n, sev, cal = len(z), self.severity, self.calibration
@@ -225,15 +227,19 @@ class DecisionLayer:
                                         for b, o, u in zip(bad, out, uncertain)]
         arg = p.argmax(1)
         report = None
+        refer = bad | out | np.asarray(uncertain, dtype=bool)
         if drift and (cal is not None or guard is not None):
             ok = ~bad
-            report = check_drift(cost[ok] if cal is not None else None, cal.score_quantiles if cal is not None else None,
+            losses = None if labels is None or cal is None else _risk_losses(cal, sev, labels, decision, refer, ok)
+            report = check_drift(cost[ok] if cal is not None else None, cal,
                                  outside[ok] if outside is not None else None,
-                                 guard.false_alarm_rate if guard is not None else None)
+                                 guard.false_alarm_rate if guard is not None else None,
+                                 losses=losses, alpha=None if cal is None else cal.alpha,
+                                 risk=RISK_NAMES[cal.risk_kind if cal is not None else "critical_miss"])
         return Prediction(
             labels=self.labels, probabilities=p, argmax=arg, bayes_decision=bayes,
             expected_cost=cost, argmax_expected_cost=expected_costs(p, sev)[np.arange(n), arg],
-            critical_mass=p[:, sev.positive_rows].sum(1), refer=bad | out | np.asarray(uncertain, dtype=bool),
+            critical_mass=p[:, sev.positive_rows].sum(1), refer=refer,
             threshold=float(t), decision=decision, reasons=reasons, ood_score=ood_score, out_of_distribution=outside,
             ood_threshold=None if guard is None else float(guard.threshold), certified=certified, calibration=cal,
             note=note, drift=report, guarantees=self.guarantees(),
@@ -256,6 +262,26 @@ class DecisionLayer:
         guarantee (or that there is no guard)."""
         risk = self.calibration.certificate() if self.calibration is not None else UNCERTIFIED_GUARANTEE
         return [risk, self.ood_guard.guarantee() if self.ood_guard is not None else NO_GUARD_NOTE]
+
+
+#: The certified risk's name in the drift report's sentence.
+RISK_NAMES = {"critical_miss": "critical miss rate", "cer_accepted": "critical error rate among decided cases"}
+
+
+def _risk_losses(cal: RiskCalibration, sev: SeverityMatrix, labels: Any, decision: np.ndarray, refer: np.ndarray,
+                 ok: np.ndarray) -> np.ndarray:
+    """One 0/1 loss per unit of the certified risk among the usable cases of a labelled batch: ``critical_miss``,
+    the critical-capable cases (a loss: decided with a critical error); ``cer_accepted``, the decided cases (a loss:
+    a critical error)."""
+    y = np.asarray(labels).reshape(-1)
+    if y.shape != decision.shape or not np.issubdtype(y.dtype, np.integer) or y.min(initial=0) < 0 \
+            or y.max(initial=0) >= sev.num_labels:
+        raise ValueError(f"labels must hold one class index in [0, {sev.num_labels}) per case ({len(decision)})")
+    crit = sev.critical[y, decision]
+    decided = ~refer
+    if cal.risk_kind == "critical_miss":
+        return (crit & decided)[ok & sev.positive_rows[y]]
+    return crit[ok & decided]
 
 
 def _side_file(name: str, filename: str, load: Any) -> Any:

@@ -5,8 +5,8 @@ image processor and its :class:`rcl_hf.DecisionLayer` (severity matrix, ``risk_c
 ``ood_guard.safetensors``); :func:`forward_logits` is the forward pass of raw images (logits, and the
 classifier's input embeddings for the OOD guard); :func:`predict` is the two together: the decision layer's
 answer (:class:`rcl_hf.decision_layer.Prediction`: calibrated probabilities, the rule's decision, expected
-cost, referral with its reason — ``unusable``, ``outside`` or ``uncertain`` —, certified or not, drift of a
-batch). The decision itself is :meth:`rcl_hf.DecisionLayer.apply`'s: the pipeline and the Space call the same.
+cost, referral with its reason — ``unusable``, ``outside`` or ``uncertain`` —, certified or not, the harmful-shift
+check of a batch). The decision itself is :meth:`rcl_hf.DecisionLayer.apply`'s: the pipeline and the Space call the same.
 
 Inputs: PIL images, paths (``str``/``Path``), ``bytes``, numpy arrays ``(H, W)``,
 ``(H, W, 3|4)`` (uint8, or floats in [0, 1]), and http(s) URLs (fetched with
@@ -176,6 +176,7 @@ def predict(
     ood_guard: Any = None,
     calibration: Any = None,
     batch_size: int = 32,
+    labels: Any = None,
 ) -> Prediction:
     """The decision layer's answer (:meth:`rcl_hf.DecisionLayer.apply`) for raw images.
 
@@ -193,6 +194,8 @@ def predict(
             :data:`rcl_hf.decision_layer.DEFAULT_REFERRAL_THRESHOLD` when it has none; a number overrides it,
             and the prediction is then not certified.
         severity, ood_guard, calibration: override the model's decision layer's parts.
+        labels: the true class indices of a labelled batch (a local audit set): the harmful-shift check
+            (``drift``) then also tests whether the batch's realised certified risk exceeds ``α``.
     """
     t = None if threshold is None else check_threshold(threshold)
     if not isinstance(images, (list, tuple)):
@@ -201,4 +204,4 @@ def predict(
     problems: List[Optional[str]] = []
     z, e = forward_logits(model, images, image_processor, batch_size, embeddings=layer.needs_embeddings,
                           on_image=lambda im: problems.append(usability_problem(im)))
-    return layer.apply(z, e, threshold=t, unusable=[p is not None for p in problems])
+    return layer.apply(z, e, threshold=t, unusable=[p is not None for p in problems], labels=labels)

@@ -345,10 +345,11 @@ def test_batch_answers_each_image_and_says_when_it_drifts(app, models, inputs_di
     assert rows["a.png"]["headline"] == single["headline"]
     assert rows["a.png"]["expected_cost"] == pytest.approx(single["expected_cost"], abs=1e-6)
     text = batch_markdown(res)
-    assert "Drift not tested" in text and "grey.png" in text
+    assert "Harmful shift not tested" in text and "grey.png" in text
     drifted = dict(res, drift=DriftReport(n=40, drifted=True, reasons=["30 of 40 images (75%) look unlike the training images"]))
-    assert "does not look like the images the model was certified on" in batch_markdown(drifted)
-    assert "looks like the images" in batch_markdown(dict(res, drift=DriftReport(n=40, drifted=False)))
+    assert "**Warning: this batch of 40 images shows a shift that may break the certified guarantee" in batch_markdown(drifted)
+    assert batch_markdown(drifted).split("\n")[0] == f"**{drifted['drift'].message()}**"  # the report's one sentence
+    assert "No sign of a harmful shift" in batch_markdown(dict(res, drift=DriftReport(n=40, drifted=False)))
 
 
 _CASES = {

@@ -6,7 +6,7 @@
 * :mod:`.per_class` — per-disease certificates (one shared threshold, an intersection–union test);
 * :mod:`.planner` — how many calibration units of each class a certificate needs;
 * :mod:`.record` — :class:`RiskCalibration`, the versioned ``risk_calibration.json``;
-* :mod:`.drift` — does a batch still look like the calibration data?
+* :mod:`.drift` — does a batch show a harmful shift, one that may break the certificate?
 * :mod:`.model_folder` — calibrating a saved model folder from a dataset split (``rcl-calibrate``).
 """
 

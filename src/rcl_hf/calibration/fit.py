@@ -41,6 +41,7 @@ from ..decision import DEFAULT_BLEND_WEIGHTS, blend_decision, decision_scores, f
 from ..metrics.functional import metrics_of_decisions, softmax
 from ..selection import select_operating_points
 from ..severity import SeverityMatrix
+from .drift import score_band
 from .per_class import CONDITIONAL, certify_per_class, class_risk_curves, per_class_figures
 from .record import RiskCalibration
 from .risk_control import (
@@ -334,7 +335,7 @@ def calibrate(
         score_quantiles=[float(q) for q in quantiles], dataset=dataset, split=split, tolerance=float(tolerance),
         class_scale=None if scale is None else [float(x) for x in scale],
         class_bias=None if bias is None else [float(x) for x in bias], unit=unit, n_groups=n_groups, notes=notes,
-        conditional=conditional, per_class=per_class,
+        conditional=conditional, per_class=per_class, score_band=score_band(s[cert], tau),
     )
 
 

@@ -17,6 +17,12 @@ Schema version 2 adds ``conditional`` and ``per_class`` (:mod:`rcl_hf.calibratio
 critical-capable class, whether its ``critical_miss`` is certified, on how many units, the smallest ``α`` its
 size could certify and its realised risk on the certification part). Version 1 files still load (no per-class
 certificate); files are written as version 2.
+
+``score_band`` (:func:`rcl_hf.calibration.drift.score_band`: the lower edge of the upper band of referral scores,
+its nominal share, and how many of the certification part's cases lie above it) was added within schema version 2
+as an optional field, for the harmful-shift check (:mod:`rcl_hf.calibration.drift`): a file written before it
+reads with the band computed from its ``score_quantiles`` (:func:`~rcl_hf.calibration.drift.band_reference`), and
+an older reader ignores it.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class RiskCalibration:
     notes: List[str] = field(default_factory=list)
     conditional: Optional[str] = None  # None: the pooled certificate only; "class": per class too
     per_class: Optional[Dict[str, Dict[str, Any]]] = None  # label -> certified, n_risk, smallest_alpha, risk
+    score_band: Optional[Dict[str, float]] = None  # band_lower, band_share, n, in_band (the harmful-shift check)
 
     # ---------------------------------------------------------------- applying it
     @property
@@ -211,6 +218,14 @@ class RiskCalibration:
             if self.conditional != "class" or not isinstance(self.per_class, dict) or not all(
                     label in self.labels and isinstance(f, dict) and keys <= set(f) for label, f in self.per_class.items()):
                 bad(f"per_class must map class names of labels to {sorted(keys)} (with conditional 'class')")
+        band = self.score_band
+        if band is not None and not (
+                isinstance(band, dict) and {"band_lower", "band_share", "n", "in_band"} <= set(band)
+                and all(isinstance(band[k], (int, float)) and not isinstance(band[k], bool) for k in ("band_lower", "band_share"))
+                and all(isinstance(band[k], int) and not isinstance(band[k], bool) for k in ("n", "in_band"))
+                and 0 <= band["in_band"] <= band["n"]
+                and 0 < band["band_share"] < 1 and math.isfinite(band["band_lower"])):
+            bad("score_band must be absent or {band_lower, band_share in (0, 1), n, in_band in [0, n]} (integers n, in_band)")
         q = self.score_quantiles
         if not isinstance(q, list) or len(q) < 2 or any(not isinstance(x, (int, float)) for x in q) or np.any(np.diff(q) < 0):
             bad("score_quantiles must be a non-decreasing list of numbers")

@@ -49,7 +49,7 @@ so the p-values and the walk (a few lines on ``scipy.stats.binom``) are written 
 All guarantees assume the calibration units and the future units are exchangeable (drawn
 from the same distribution, independently); images of one patient or lesion are not
 independent, so calibrate on a split that is grouped like the test data
-(:mod:`rcl_hf.calibration.drift` warns when a batch no longer looks like the calibration data).
+(:mod:`rcl_hf.calibration.drift` warns when a batch shows a shift that may break the certificate).
 
 **Group-level (lesion-level) certificate** (:func:`group_risk_curve`). Several images of one lesion
 share its errors, so the image-level p-values above treat ``n`` correlated images as ``n``

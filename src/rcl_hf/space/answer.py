@@ -152,7 +152,7 @@ def analyze_batch(images: Sequence[Any], risk: Any, model: Union[SpaceModel, Any
     """A batch with one model: ``{"rows": [{"name", "headline", "reason", ...}], "drift": DriftReport or None}``.
 
     Unusable or unreadable files get their refusal as the row; the rest go through the decision layer together,
-    whose drift check says whether the batch still looks like the calibration data.
+    whose drift check says whether the batch shows a shift that may break the certified guarantee.
     """
     m = as_space_model(model, "model")
     key, layer = m.decision_layer(risk)

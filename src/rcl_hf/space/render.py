@@ -120,21 +120,15 @@ def certificate_markdown(models: Sequence[Any], risk_target: Optional[str]) -> s
 
 
 def batch_markdown(result: Mapping[str, Any]) -> str:
-    """A batch's answers as a table, and whether the batch still looks like the calibration data."""
+    """A batch's answers as a table, and whether the batch shows a shift that may break the guarantee."""
     lines = ["| image | answer | why |", "|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {_esc(r['name'])} | **{_esc(r.get('headline', '?'))}** | {_esc(r.get('reason', ''))} |")
     drift = result.get("drift")
     if drift is None:
-        note = "Drift not tested: no image could be analysed."
-    elif drift.drifted is None:
-        note = (f"Drift not tested: {drift.n} image(s); at least 20 are needed to tell whether the batch looks like "
-                "the images the model was certified on.")
-    elif drift.drifted:
-        note = ("**Warning: this batch does not look like the images the model was certified on, so the guarantee may "
-                "not hold for it.** " + "; ".join(drift.reasons).replace("Kolmogorov–Smirnov ", "") + ".")
-    else:
-        note = f"This batch of {drift.n} images looks like the images the model was certified on."
+        note = "Harmful shift not tested: no image could be analysed."
+    else:  # the report's one sentence (rcl_hf.calibration.DriftReport.message), in bold when it warns
+        note = f"**{drift.message()}**" if drift.drifted else drift.message()
     return note + "\n\n" + "\n".join(lines)
 
 
