@@ -13,8 +13,8 @@ training run's resized cache):
    folder's predictions are checked against, and what a user recalibrates from;
 2. write the Space's calibrations at each offered target risk (``risk_calibrations/alpha-*.json``,
    :func:`rcl_hf.space.certified.save_alpha_calibrations`) with the options of the run's own
-   ``risk_calibration.json`` (risk, δ, unit, per-class certificate), and check that the one at the run's α is the
-   run's calibration (same threshold);
+   ``risk_calibration.json`` (risk, δ, unit, per-class certificate), check that the one at the run's α is the
+   run's calibration (same temperature and threshold) and save it as the run's, in the current schema;
 3. run the acceptance check (``scripts/check_model.py``: ``check.md`` / ``check.json``, per class, group bootstrap);
 4. write the upload folder with its model card (:func:`rcl_hf.hub.prepare_model_folder`, the dry run of a push)
    into ``--out`` (default ``models/<name of the id>``).
@@ -78,6 +78,7 @@ def save_offered_calibrations(run: Path, splits: dict) -> None:
     same = RiskCalibration.load(alpha_file(run, float(main.alpha)))
     if same is None or not np.isclose(same.threshold, main.threshold) or not np.isclose(same.temperature, main.temperature):
         raise SystemExit(f"the calibration at α = {main.alpha} does not reproduce the run's risk_calibration.json")
+    same.save(run)  # the run's calibration in the current schema (e.g. with the score band the drift check reads)
     print("saved calibrations at α = " + ", ".join(f"{a:g}" for a in sorted(written)))
 
 

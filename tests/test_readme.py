@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
+import numpy as np
 import pytest
 
 from doc_pages import DOCS, PAGES, README, ROOT, page_id
@@ -379,12 +380,34 @@ def tiny_main_runs(tmp_path_factory):
     return cwd
 
 
+@pytest.fixture(scope="module")
+def seeded_hf_cache(tmp_path_factory):
+    """A Hugging Face cache holding the shipped models (models/), as `rcl-seed-cache` leaves it."""
+    from rcl_hf.hub import seed_cache
+
+    cache = tmp_path_factory.mktemp("hf_cache")
+    seed_cache(cache_dir=cache)
+    return cache
+
+
+def _needs_shipped_models(code: str) -> bool:
+    return "rcl-hf/" in code or "rcl-seed-cache" in code or "seed_cache" in code
+
+
 @pytest.mark.parametrize("block", list(_params()))
 def test_readme_block_runs(block: Block, tmp_path, request):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])  # the console scripts
+    if _needs_shipped_models(block.code):  # an isolated cache with the shipped models, never the user's
+        env["HF_HUB_CACHE"] = str(request.getfixturevalue("seeded_hf_cache"))
     if block.lang == "python":
         cwd = request.getfixturevalue("tiny_main_runs") if "runs/main/" in block.code else tmp_path
+        if "scan.jpg" in block.code:  # "your image": a stand-in the model never saw (no patient data in the repo)
+            from PIL import Image
+
+            ramp = (np.add.outer(np.arange(224), np.arange(224)) % 256).astype(np.uint8)
+            Image.fromarray(ramp).convert("RGB").save(cwd / "scan.jpg")
         cmd = [sys.executable, "-c", block.code]
     else:
         cwd = ROOT

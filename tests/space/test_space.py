@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import zlib
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -539,8 +540,8 @@ def test_model_choice_env_overrides_cli_and_nothing_named_serves_the_shipped_bra
 def test_startup_errors_are_one_clear_line(app, tmp_path, capsys, monkeypatch):
     """In-process: a port outside the range, and a folder that holds no model (both exit 2)."""
     monkeypatch.delenv("RCL_MODEL", raising=False)
-    assert app.main(["--port", "0"]) == 2
-    assert "Port 0 is outside" in capsys.readouterr().err
+    assert app.main(["--port", "70000"]) == 2
+    assert "Port 70000 is outside" in capsys.readouterr().err
     (tmp_path / "not_a_model").mkdir()
     assert app.main(["--model", str(tmp_path / "not_a_model")]) == 2
     assert "has no config.json" in capsys.readouterr().err
@@ -773,3 +774,25 @@ def test_real_brain_mri_space_diagnoses_mri_and_refers_isic(app, tmp_path):
         Path(keep).mkdir(parents=True, exist_ok=True)
         for name, got in shots.items():
             (Path(keep) / f"space_brain_mri_{name}.png").write_bytes(got["png"])
+
+
+def test_the_space_readme_names_every_control_of_the_page(app, models):
+    """spaces_demo/README.md's "The page" names, in bold quotes, exactly the tabs, buttons, uploads, choices and
+    collapsible sections the app builds (their labels as shown): a control added, renamed or removed without the
+    README, or a README naming one the page no longer has (the old τ slider), fails here."""
+    import gradio as gr
+
+    demo = app.build_demo(models["ce"], models["rcl"])
+    shown = set()
+    for block in demo.blocks.values():
+        if isinstance(block, (gr.Tab, gr.Accordion, gr.Radio, gr.File, gr.Slider)):
+            shown.add(block.label)
+        elif isinstance(block, gr.Button):
+            shown.add(block.value)
+        elif isinstance(block, gr.Image) and block.interactive is not False:
+            shown.add(block.label)
+    demo.close()
+    text = (ROOT / "spaces_demo" / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## The page"):text.index("\n## ", text.index("## The page") + 5)]
+    named = set(re.findall(r'\*\*"([^"]+)"\*\*', section))
+    assert named == shown, f"in the app, not the README: {sorted(shown - named)}; in the README, not the app: {sorted(named - shown)}"
