@@ -99,7 +99,7 @@ def check(folder: str, data_dir: Optional[str] = None) -> Dict[str, Any]:
     m = critical_error_rate(pred.argmax, labels, severity, per_class=True)
     m.update(_group_bootstrap(pred.argmax, labels, severity, groups))
     out: Dict[str, Any] = {
-        "model": os.path.abspath(folder), "dataset": recipe["dataset"], "test_images": int(len(labels)),
+        "model": str(folder), "dataset": recipe["dataset"], "test_images": int(len(labels)),
         "test_groups": int(len(np.unique(groups))) if groups is not None else None,
         "argmax": {k: m[k] for k in ("accuracy", "cer", "balanced_accuracy", "accuracy_ci", "cer_ci")},
         "per_class": _per_class(pred, labels, severity),

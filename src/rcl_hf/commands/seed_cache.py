@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 from ..hub.cache_seed import SHIPPED_NAMESPACE, seed_cache
 
-__all__ = ["SeedArguments", "main"]
+__all__ = ["SeedArguments", "main", "cli"]
 
 
 @dataclass
@@ -44,5 +44,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     return ids
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``rcl-seed-cache`` console script: :func:`main`, exit status 0 (a console script's return value is its
+    exit status, so the list of ids is not returned)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()
