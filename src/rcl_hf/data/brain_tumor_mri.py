@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..severity import PRESETS
-from .records import Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import Problem, Record, Scan, file_kind, iter_class_images, iter_files
 
 NAME = "brain_tumor_mri"
 LABELS = list(PRESETS[NAME].labels)
@@ -72,30 +72,8 @@ SPLIT_FOLDERS: Dict[str, str] = {"training": "train", "train": "train", "testing
 
 
 def _scan_split_dir(split_dir: Path, root: Path, split: Optional[str], records: List[Record], problems: List[Problem]) -> None:
-    expected = sorted(set(CLASS_FOLDERS))
-    for path in iter_files(split_dir):
-        rel = path.relative_to(split_dir).parts
-        show = path.relative_to(root).as_posix()
-        kind = file_kind(path.name)
-        if kind == "ignore":
-            continue
-        if kind == "other":
-            problems.append(unsupported_file(path, show))
-            continue
-        if len(rel) == 1:
-            problems.append(Problem(show, "wrong_place", "image is not inside a class folder; cannot tell its label"))
-            continue
-        label = CLASS_FOLDERS.get(rel[0].lower())
-        if label is None:
-            problems.append(
-                Problem(show, "wrong_place", f"folder {rel[0]!r} is not a class folder (expected one of {expected})")
-            )
-            continue
-        if len(rel) > 2:
-            problems.append(
-                Problem(show, "wrong_place", f"image is nested below the class folder {rel[0]!r} ({'/'.join(rel[1:-1])})")
-            )
-            continue
+    for path, label, _ in iter_class_images(split_dir, root, problems, lambda name: CLASS_FOLDERS.get(name.lower()),
+                                            expected=sorted(set(CLASS_FOLDERS))):
         records.append(Record(str(path), label, split=split, group=None))
 
 

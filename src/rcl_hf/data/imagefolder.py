@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .records import IMAGE_EXTENSIONS, Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import IMAGE_EXTENSIONS, Problem, Record, Scan, iter_class_images
 
 NAME = "imagefolder"
 #: The labels are the class folders of each data folder (``Scan.labels``), not fixed here.
@@ -91,24 +91,8 @@ def scan(data_dir: os.PathLike, **options: Any) -> Scan:
     groups_path = root / GROUPS_FILE
     groups = _read_groups(groups_path, root, problems) if groups_path.is_file() else {}
     records: List[Record] = []
-    for path in iter_files(root):
-        rel = path.relative_to(root).parts
-        show = path.relative_to(root).as_posix()
-        kind = file_kind(path.name)
-        if kind == "ignore":
-            continue
-        if kind == "other":
-            problems.append(unsupported_file(path, show))
-            continue
-        if len(rel) == 1:
-            problems.append(Problem(show, "wrong_place", "image is not inside a class folder; cannot tell its label"))
-            continue
-        if len(rel) > 2:
-            problems.append(
-                Problem(show, "wrong_place", f"image is nested below the class folder {rel[0]!r} ({'/'.join(rel[1:-1])})")
-            )
-            continue
-        records.append(Record(str(path), rel[0], split=None, group=groups.get(show)))
+    for path, label, show in iter_class_images(root, root, problems):
+        records.append(Record(str(path), label, split=None, group=groups.get(show)))
     found = {r.label for r in records}
     empty = [c for c in class_dirs if c not in found]
     if empty:

@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -77,6 +77,40 @@ def file_kind(name: str) -> str:
 def unsupported_file(path: Path, show: str) -> "Problem":
     """The report for a file that is neither an image nor a known side file."""
     return Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})")
+
+
+def iter_class_images(folder: Path, root: Path, problems: List["Problem"],
+                      label_of: Callable[[str], Optional[str]] = lambda name: name,
+                      expected: Sequence[str] = ()) -> Iterator[Tuple[Path, str, str]]:
+    """``(path, label, shown path)`` of every image directly inside a class folder of ``folder`` (``folder/<class>/x``),
+    the layout of class-folder datasets; the label is ``label_of(class folder name)``. What is not such an image is
+    reported into ``problems`` and skipped: a non-image file, an image outside a class folder, one under a folder
+    that ``label_of`` does not know (``None``; ``expected`` lists the known ones), one nested deeper. Known side
+    files and hidden files are skipped silently. ``shown path``: relative to ``root``."""
+    for path in iter_files(folder):
+        rel = path.relative_to(folder).parts
+        show = path.relative_to(root).as_posix()
+        kind = file_kind(path.name)
+        if kind == "ignore":
+            continue
+        if kind == "other":
+            problems.append(unsupported_file(path, show))
+            continue
+        if len(rel) == 1:
+            problems.append(Problem(show, "wrong_place", "image is not inside a class folder; cannot tell its label"))
+            continue
+        label = label_of(rel[0])
+        if label is None:
+            problems.append(
+                Problem(show, "wrong_place", f"folder {rel[0]!r} is not a class folder (expected one of {list(expected)})")
+            )
+            continue
+        if len(rel) > 2:
+            problems.append(
+                Problem(show, "wrong_place", f"image is nested below the class folder {rel[0]!r} ({'/'.join(rel[1:-1])})")
+            )
+            continue
+        yield path, label, show
 
 
 def iter_files(root: Union[str, os.PathLike]) -> Iterator[Path]:
