@@ -49,7 +49,7 @@ def _script(path: str):
     return module
 
 
-def _runner(space_app, served: Dict[str, object]) -> Callable[[List[str]], object]:
+def _runner(space_app, served: Dict[str, object], monkeypatch) -> Callable[[List[str]], object]:
     """``python SCRIPT ARGS`` run in this process (the same entry points the scripts call)."""
     from rcl_hf.commands.calibrate import main as calibrate_main
     from rcl_hf.commands.train import train_main
@@ -64,7 +64,8 @@ def _runner(space_app, served: Dict[str, object]) -> Callable[[List[str]], objec
         if script == "scripts/check_model.py":
             return _script(script).main(args)
         if script == "spaces_demo/app.py":
-            space_app.launch_demo = lambda demo, *a, **k: served.setdefault("demo", demo)  # build it, do not serve it
+            # build it, do not serve it (monkeypatch: the app module is shared with the other Space tests)
+            monkeypatch.setattr(space_app, "launch_demo", lambda demo, *a, **k: served.setdefault("demo", demo))
             return space_app.main(args)
         raise AssertionError(f"the page runs a command this test does not know: {argv}")
 
@@ -95,9 +96,9 @@ def test_the_page_has_four_commands_in_order():
     assert any("--plan" in c for c in page_commands("text"))
 
 
-def test_the_four_commands_of_the_page_train_calibrate_check_and_serve(my_data, space_app, capsys):
+def test_the_four_commands_of_the_page_train_calibrate_check_and_serve(my_data, space_app, capsys, monkeypatch):
     served: Dict[str, object] = {}
-    run = _runner(space_app, served)
+    run = _runner(space_app, served, monkeypatch)
     train, calibrate, check, space = page_commands()
     timings = {}
     t = time.perf_counter()
