@@ -13,7 +13,9 @@ the calibrated decision layer, the OOD guard), and reports:
   (:meth:`rcl_hf.DecisionLayer.guarantees`);
 * the OOD guard's false alarms on the test images (target: its calibrated rate) and its flags on images that
   are not MRIs of anything: uniform black, grey and white, random noise, and the test images rotated by 90°;
-* each figure against the goal given (``--goal_accuracy``, ``--goal_cer``, ``--goal_false_alarms``).
+* each figure against its goal: the dataset's in ``DATASET_GOALS`` (Brain MRI: the accuracy, CER and false-alarm
+  goals the shipped model was built to; no goals for other datasets, whose figures are reported, not judged),
+  or the one given (``--goal_accuracy``, ``--goal_cer``, ``--goal_false_alarms``).
 
 Writes ``check.json`` and ``check.md`` into ``--out`` (default: the model folder).
 """
@@ -28,6 +30,12 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+
+GOAL_KEYS = ("accuracy", "cer", "false_alarms")
+# Acceptance goals per dataset: Brain MRI's are the ones its shipped model was asked to meet (test accuracy >= 97%,
+# CER <= 0.5%, OOD false alarms <= 5%). ISIC 2018 has none: its model is the best the CPU budget trains in one
+# command, and its check reports what it reaches instead of judging it against another dataset's bar.
+DATASET_GOALS: Dict[str, Dict[str, float]] = {"brain_tumor_mri": {"accuracy": 0.97, "cer": 0.005, "false_alarms": 0.05}}
 
 
 def _probe_images(side: int, seed: int = 0) -> Dict[str, list]:
@@ -131,21 +139,29 @@ def markdown(result: Dict[str, Any], goals: Dict[str, float], command: str) -> s
         return f" [{100 * pair[0]:.2f}, {100 * pair[1]:.2f}]"
 
     a, lines = result["argmax"], []
-    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+
+    def judged(value: float, key: str, sign: str) -> str:  # "| goal | verdict |" cells; "- |" where none was set
+        goal = goals.get(key)
+        if goal is None:
+            return "- | |"
+        ok = value >= goal if sign == "≥" else value <= goal
+        return f"{sign} {pct(goal)} | {'met' if ok else 'not met'} |"
+
     n_groups = result.get("test_groups")
     unit = f"a bootstrap over the test split's {n_groups} groups (lesions / patients / near-copy clusters)" \
         if n_groups else "an image bootstrap of the test split"
     lines += [f"# Acceptance check: {os.path.basename(result['model'])}", "", f"- command: `{command}`",
               f"- dataset: {result['dataset']}, grouped test split of {result['test_images']} images, through `rcl_hf.predict`",
-              "", f"Values with 95% intervals from {unit}.",
+              "", f"Values with 95% intervals from {unit}."
+              + ("" if goals else " No acceptance goals are set for this dataset: the figures are reported, not judged."),
               "", "| figure | value | goal | |", "|---|---:|---:|---|",
               f"| test balanced accuracy (argmax) | {pct(a['balanced_accuracy'])} | - | |",
-              f"| test accuracy (argmax) | {pct(a['accuracy'])}{ci(a['accuracy_ci'])} | ≥ {pct(goals['accuracy'])} | {verdict(a['accuracy'] >= goals['accuracy'])} |",
-              f"| test CER (argmax) | {pct(a['cer'])}{ci(a['cer_ci'])} | ≤ {pct(goals['cer'])} | {verdict(a['cer'] <= goals['cer'])} |"]
+              f"| test accuracy (argmax) | {pct(a['accuracy'])}{ci(a['accuracy_ci'])} | {judged(a['accuracy'], 'accuracy', '≥')}",
+              f"| test CER (argmax) | {pct(a['cer'])}{ci(a['cer_ci'])} | {judged(a['cer'], 'cer', '≤')}"]
     ood = result.get("ood")
     if ood:
         fa = ood["test_false_alarms"]
-        lines.append(f"| OOD false alarms on test | {pct(fa)} | ≤ {pct(goals['false_alarms'])} | {verdict(fa <= goals['false_alarms'])} |")
+        lines.append(f"| OOD false alarms on test | {pct(fa)} | {judged(fa, 'false_alarms', '≤')}")
         for name, rate in ood["flagged"].items():
             lines.append(f"| flagged as outside: {name} | {pct(rate)} | - | |")
         lines += ["", f"OOD guard: {ood['guarantee']} On test it flagged {ood.get('test_flagged', '?')} of "
@@ -174,12 +190,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("model", help="a model folder written by scripts/train.py")
     p.add_argument("--data_dir", help="the dataset folder (default: the one in the run's rcl_run.json)")
     p.add_argument("--out", help="where check.json / check.md go (default: the model folder)")
-    p.add_argument("--goal_accuracy", type=float, default=0.97)
-    p.add_argument("--goal_cer", type=float, default=0.005)
-    p.add_argument("--goal_false_alarms", type=float, default=0.05)
+    for key in GOAL_KEYS:
+        p.add_argument(f"--goal_{key}", type=float, help=f"goal for {key.replace('_', ' ')} (default: the dataset's, "
+                       "in DATASET_GOALS; none for a dataset without goals)")
     args = p.parse_args(argv)
     result = check(args.model, args.data_dir)
-    goals = {"accuracy": args.goal_accuracy, "cer": args.goal_cer, "false_alarms": args.goal_false_alarms}
+    goals = dict(DATASET_GOALS.get(result["dataset"], {}))
+    goals.update({key: getattr(args, f"goal_{key}") for key in GOAL_KEYS if getattr(args, f"goal_{key}") is not None})
     result["goals"] = goals
     command = "python scripts/check_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result["command"] = command

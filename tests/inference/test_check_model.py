@@ -66,3 +66,18 @@ def test_check_refuses_a_rebuilt_split_of_another_size(synthetic_run, tmp_path):
     (other / "rcl_run.json").write_text(json.dumps(recipe))
     with pytest.raises(SystemExit, match="the rebuilt test split has"):
         _script().main([str(other), "--out", str(tmp_path)])
+
+
+def test_goals_are_the_datasets_own_and_a_dataset_without_goals_is_reported_not_judged(synthetic_run, tmp_path):
+    script = _script()
+    assert script.DATASET_GOALS["brain_tumor_mri"] == {"accuracy": 0.97, "cer": 0.005, "false_alarms": 0.05}
+    assert "isic2018" not in script.DATASET_GOALS  # another dataset is never judged against Brain MRI's bar
+    result = script.main([str(synthetic_run), "--out", str(tmp_path)])  # "synthetic" has no goals
+    assert result["goals"] == {}
+    md = (tmp_path / "check.md").read_text()
+    assert "No acceptance goals are set for this dataset" in md
+    assert "| met |" not in md and "not met" not in md
+    result = script.main([str(synthetic_run), "--out", str(tmp_path), "--goal_cer", "0"])  # one goal given: only it
+    assert result["goals"] == {"cer": 0.0}
+    md = (tmp_path / "check.md").read_text()
+    assert md.count("| ≤ 0.00% |") == 1 and "≥" not in md.split("| test accuracy (argmax) |")[1].splitlines()[0]
