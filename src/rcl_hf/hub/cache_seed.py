@@ -63,12 +63,18 @@ def _blob_hash(path: Path) -> str:
     return git_hash(path.read_bytes())
 
 
+def _blob_hashes(folder: Path) -> Dict[str, str]:
+    """Each file's blob hash, by sorted relative path."""
+    return {rel: _blob_hash(folder / rel) for rel in list_files(folder)}
+
+
+def _commit_hash(hashes: Dict[str, str]) -> str:
+    return hashlib.sha1("".join(f"{rel}\0{blob}\n" for rel, blob in hashes.items()).encode()).hexdigest()
+
+
 def folder_revision(folder: PathLike) -> str:
     """The commit hash :func:`seed_cache` gives ``folder``: SHA-1 over its sorted relative paths and blob hashes."""
-    h = hashlib.sha1()
-    for rel in list_files(folder):
-        h.update(f"{rel}\0{_blob_hash(Path(folder) / rel)}\n".encode())
-    return h.hexdigest()
+    return _commit_hash(_blob_hashes(Path(folder)))
 
 
 def _link(target: Path, link: Path) -> None:
@@ -83,12 +89,11 @@ def _link(target: Path, link: Path) -> None:
 
 def _seed_one(repo_id: str, folder: Path, cache: Path) -> str:
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    files = list_files(folder)
-    hashes = {rel: _blob_hash(folder / rel) for rel in files}
-    commit = hashlib.sha1("".join(f"{rel}\0{hashes[rel]}\n" for rel in files).encode()).hexdigest()
+    hashes = _blob_hashes(folder)
+    commit = _commit_hash(hashes)
     snapshot = repo / "snapshots" / commit
-    for rel in files:
-        blob = repo / "blobs" / hashes[rel]
+    for rel, blob_hash in hashes.items():
+        blob = repo / "blobs" / blob_hash
         if not blob.is_file():
             blob.parent.mkdir(parents=True, exist_ok=True)
             tmp = blob.with_name(blob.name + ".incomplete")
