@@ -119,7 +119,7 @@ def markdown(results: List[Dict[str, Any]], command: str) -> str:
               "- Group-bootstrap intervals resample the test split's groups (a lesion, a patient, near-copies of one "
               "image) with the validation threshold held fixed: they cover test sampling, not the choice of the "
               "threshold. Exact intervals take images as independent (they ignore that a group's images are "
-              "correlated) and are exact where a group bootstrap cannot move, as at 0% or 100%.", ""]
+              "correlated) and keep a width where the bootstrap collapses to a point, as at 0% or 100%.", ""]
     return "\n".join(lines)
 
 
