@@ -54,13 +54,10 @@ def _group_bootstrap(pred: np.ndarray, labels: np.ndarray, severity: Any, groups
     patients, near-copy clusters: the unit images of one of them are not independent of), or over images when the
     split has no groups."""
     from rcl_hf.metrics.functional import critical_error_rate
+    from rcl_hf.metrics.operating_point import group_resamples
 
-    units = np.arange(len(labels)) if groups is None else np.unique(groups, return_inverse=True)[1]
-    members = [np.flatnonzero(units == u) for u in range(units.max() + 1)]
-    rng = np.random.default_rng(seed)
     acc, cer = [], []
-    for _ in range(n):
-        idx = np.concatenate([members[u] for u in rng.integers(0, len(members), len(members))])
+    for idx in group_resamples(groups, len(labels), n, seed):
         r = critical_error_rate(pred[idx], labels[idx], severity)
         acc.append(r["accuracy"]), cer.append(r["cer"])
     q = lambda v: (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975)))  # noqa: E731

@@ -36,6 +36,7 @@ import numpy as np
 
 from rcl_hf.metrics import metrics_from_confusion
 from rcl_hf.severity import SeverityMatrix
+from rcl_hf.metrics.operating_point import clopper_pearson  # noqa: F401 - one definition, re-exported for the study
 from rcl_hf.metrics.reliability import calibration_bins
 
 __all__ = [
@@ -54,21 +55,6 @@ __all__ = [
 METRICS: Tuple[str, ...] = (
     "accuracy", "balanced_accuracy", "macro_f1", "cer", "critical_miss_rate", "expected_cost", "ece",
 )
-
-
-def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> Tuple[float, float]:
-    """Exact (Clopper–Pearson) interval for ``k`` successes in ``n`` trials
-    (``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``)."""
-    from scipy.stats import binomtest
-
-    if n <= 0:
-        raise ValueError(f"clopper_pearson needs n >= 1 trials, got {n}")
-    if not 0 <= k <= n:
-        raise ValueError(f"successes k must be in [0, n={n}], got {k}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 @dataclass

@@ -41,6 +41,7 @@ import numpy as np
 from .calibration.drift import DriftReport, check_drift
 from .calibration.record import RISK_CALIBRATION_FILE, RiskCalibration
 from .metrics.functional import bayes_risk_decision, expected_costs, softmax
+from .metrics.operating_point import critical_mass
 from .models import severity_for_model, severity_from_config
 from .ood import OOD_GUARD_FILE, OODGuard
 from .severity import SeverityMatrix
@@ -239,7 +240,7 @@ class DecisionLayer:
         return Prediction(
             labels=self.labels, probabilities=p, argmax=arg, bayes_decision=bayes,
             expected_cost=cost, argmax_expected_cost=expected_costs(p, sev)[np.arange(n), arg],
-            critical_mass=p[:, sev.positive_rows].sum(1), refer=refer,
+            critical_mass=critical_mass(p, sev), refer=refer,
             threshold=float(t), decision=decision, reasons=reasons, ood_score=ood_score, out_of_distribution=outside,
             ood_threshold=None if guard is None else float(guard.threshold), certified=certified, calibration=cal,
             note=note, drift=report, guarantees=self.guarantees(),

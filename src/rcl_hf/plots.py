@@ -9,7 +9,7 @@ import numpy as np
 
 from .severity import SeverityMatrix
 
-__all__ = ["plot_confusion_matrix", "plot_severity_matrix"]
+__all__ = ["plot_confusion_matrix", "plot_reliability_diagram", "plot_severity_matrix"]
 
 
 def _pyplot():
@@ -87,6 +87,38 @@ def plot_severity_matrix(severity: SeverityMatrix, path: Optional[str] = None, t
     ax.set_ylabel("true")
     ax.set_title(title + "\n(red outline: critical error)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cost")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def plot_reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: Optional[str] = None, n_bins: int = 15,
+                             title: str = "Reliability diagram"):
+    """Accuracy per equal-width confidence bin against the diagonal (top-label, the bins of
+    :func:`rcl_hf.metrics.reliability.calibration_bins`, the ones the ECE is computed on); the number of cases of
+    each bin is written above its bar. Saved to ``path`` when given; returns the figure."""
+    from .metrics.reliability import calibration_bins
+
+    plt = _pyplot()
+    c = calibration_bins(probs, labels, n_bins)
+    cnt = np.bincount(c["bin"], minlength=n_bins)
+    acc = np.divide(np.bincount(c["bin"], c["correct"], n_bins), cnt, out=np.full(n_bins, np.nan), where=cnt > 0)
+    conf = np.divide(np.bincount(c["bin"], c["confidence"], n_bins), cnt, out=np.full(n_bins, np.nan), where=cnt > 0)
+    centers = (np.arange(n_bins) + 0.5) / n_bins
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.bar(centers, np.nan_to_num(acc), width=1 / n_bins, edgecolor="k", alpha=0.7, label="accuracy in bin")
+    ax.plot(conf, acc, "r.", label="mean confidence in bin")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for x, a, k in zip(centers, acc, cnt):
+        if k:
+            ax.text(x, min(a, 0.93) + 0.02, str(int(k)), ha="center", fontsize=6)
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     if path:
         fig.savefig(path, dpi=120)

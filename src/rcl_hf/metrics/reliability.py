@@ -21,9 +21,38 @@ from ..severity import SeverityMatrix
 
 __all__ = [
     "calibration_bins",
+    "check_probabilities",
     "expected_calibration_error",
     "risk_coverage",
 ]
+
+
+def check_probabilities(probs: Any, labels: Any, atol: float = 1e-6) -> tuple:
+    """``(probs, labels)`` as float64 ``(N, K)`` and int64 ``(N,)`` arrays, or a ``ValueError`` that says what is wrong.
+
+    Rules: ``N >= 1`` rows of ``K >= 2`` finite probabilities in [0, 1] that sum to 1 (within ``atol``: pass
+    probabilities, not logits), and one integer class index in [0, K) per row.
+    """
+    try:
+        p = np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("probabilities must be an (N, K) array of numbers (rows of equal length)") from None
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
+        raise ValueError(f"probabilities must be a non-empty (N, K) array with K >= 2 classes, got shape {p.shape}")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1:
+        raise ValueError("probabilities must be finite and in [0, 1] (logits? apply a softmax first)")
+    if not np.allclose(p.sum(1), 1.0, atol=atol):
+        raise ValueError("each row of probabilities must sum to 1 (logits or unnormalised scores? apply a softmax first)")
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != p.shape[0]:
+        raise ValueError(f"labels must be 1-D with one class index per row of probabilities ({p.shape[0]}), "
+                         f"got shape {y.shape}")
+    if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                                      and np.all(np.isfinite(y)) and np.all(y % 1 == 0))):
+        raise ValueError(f"labels must hold integer class indices, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"labels hold a class index outside [0, {p.shape[1] - 1}]")
+    return p, y.astype(np.int64)
 
 
 def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> Dict[str, np.ndarray]:
