@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..severity import PRESETS
-from .records import Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import Problem, Record, Scan, file_kind, iter_files, iter_images
 
 NAME = "isic2018"
 LABELS = list(PRESETS[NAME].labels)
@@ -118,15 +118,7 @@ def _find_gt(root: Path, split: str) -> Optional[Path]:
 def _index_images(folder: Path, root: Path, problems: List[Problem], flat: bool) -> Dict[str, Path]:
     """``{image_id: path}`` for the images under ``folder``; duplicates and odd files reported."""
     index: Dict[str, Path] = {}
-    for path in iter_files(folder):
-        show = path.relative_to(root).as_posix()
-        kind = file_kind(path.name)
-        if kind == "ignore":
-            continue
-        if kind == "other":
-            if flat:
-                problems.append(unsupported_file(path, show))
-            continue
+    for path, show in iter_images(folder, root, problems, report_other=flat):
         if flat and path.parent != folder:
             problems.append(Problem(show, "wrong_place", f"image is nested inside {folder.name}/ (expected directly in it)"))
             continue

@@ -29,7 +29,9 @@ __all__ = [
     "Record",
     "Scan",
     "file_kind",
+    "iter_class_images",
     "iter_files",
+    "iter_images",
     "raise_for_problems",
     "unsupported_file",
 ]
@@ -79,6 +81,20 @@ def unsupported_file(path: Path, show: str) -> "Problem":
     return Problem(show, "unsupported_file", f"not an image file (extension {path.suffix or 'none'!r})")
 
 
+def iter_images(folder: Path, root: Path, problems: List["Problem"],
+                report_other: bool = True) -> Iterator[Tuple[Path, str]]:
+    """``(path, shown path)`` of every image file under ``folder`` (``shown path``: relative to ``root``). Known side
+    files and hidden files are skipped silently; another file is skipped too, and reported into ``problems`` as an
+    unsupported file when ``report_other``."""
+    for path in iter_files(folder):
+        show = path.relative_to(root).as_posix()
+        kind = file_kind(path.name)
+        if kind == "image":
+            yield path, show
+        elif kind == "other" and report_other:
+            problems.append(unsupported_file(path, show))
+
+
 def iter_class_images(folder: Path, root: Path, problems: List["Problem"],
                       label_of: Callable[[str], Optional[str]] = lambda name: name,
                       expected: Sequence[str] = ()) -> Iterator[Tuple[Path, str, str]]:
@@ -87,15 +103,8 @@ def iter_class_images(folder: Path, root: Path, problems: List["Problem"],
     reported into ``problems`` and skipped: a non-image file, an image outside a class folder, one under a folder
     that ``label_of`` does not know (``None``; ``expected`` lists the known ones), one nested deeper. Known side
     files and hidden files are skipped silently. ``shown path``: relative to ``root``."""
-    for path in iter_files(folder):
+    for path, show in iter_images(folder, root, problems):
         rel = path.relative_to(folder).parts
-        show = path.relative_to(root).as_posix()
-        kind = file_kind(path.name)
-        if kind == "ignore":
-            continue
-        if kind == "other":
-            problems.append(unsupported_file(path, show))
-            continue
         if len(rel) == 1:
             problems.append(Problem(show, "wrong_place", "image is not inside a class folder; cannot tell its label"))
             continue

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..severity import PRESETS
-from .records import Problem, Record, Scan, file_kind, iter_files, unsupported_file
+from .records import Problem, Record, Scan, iter_images
 
 NAME = "sicapv2"
 LABELS = list(PRESETS[NAME].labels)
@@ -171,14 +171,7 @@ def scan(data_dir: os.PathLike, *, fold: Optional[int] = 1) -> Scan:
         for stem in sheet:
             where_listed.setdefault(stem, []).append(split)
     index: Dict[str, Path] = {}
-    for path in iter_files(images_dir):
-        show = path.relative_to(root).as_posix()
-        kind = file_kind(path.name)
-        if kind == "ignore":
-            continue
-        if kind == "other":
-            problems.append(unsupported_file(path, show))
-            continue
+    for path, show in iter_images(images_dir, root, problems):
         if path.parent != images_dir:
             problems.append(Problem(show, "wrong_place", "image is nested inside images/ (expected directly in it)"))
             continue
