@@ -100,8 +100,8 @@ def paired_clustered_bootstrap(a: Sample, b: Sample, n_boot: int = 2000, seed: i
 
 def images_clopper_pearson(sample: Sample, confidence: float = 0.95) -> Tuple[int, int, Tuple[float, float]]:
     """``(k, n, (lo, hi))``: seed-mean critical errors per split (rounded) out of its images, summed over splits,
-    with the exact interval of ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``."""
-    from scipy.stats import binomtest
+    with the exact interval of :func:`rcl_hf.metrics.operating_point.clopper_pearson`."""
+    from rcl_hf.metrics.operating_point import clopper_pearson
 
     k = n = 0
     for sp in sorted(sample):
@@ -110,5 +110,4 @@ def images_clopper_pearson(sample: Sample, confidence: float = 0.95) -> Tuple[in
         n += int(x.shape[1])
     if n == 0:
         raise ValueError("images_clopper_pearson needs at least one test image")
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
-    return k, n, (float(ci.low), float(ci.high))
+    return k, n, clopper_pearson(k, n, confidence)

@@ -35,6 +35,7 @@ from scipy import stats
 
 from rcl_hf.atomic_io import atomic_write_json, atomic_write_text
 from rcl_hf.calibration import RiskCalibration
+from rcl_hf.metrics.operating_point import clopper_pearson
 
 FIELDS = ("dx_type", "sex", "age_band", "localization")
 AGE_BANDS = ((0, 45, "< 45"), (45, 65, "45-64"), (65, 200, ">= 65"))
@@ -77,7 +78,7 @@ def subgroup_row(miss: np.ndarray, cap: np.ndarray, groups: np.ndarray, alpha: f
         row["verdict"] = "not shown"
         return row
     hit = int((m > 0).sum())
-    row["cp_upper"] = float(stats.binomtest(hit, len(lesions)).proportion_ci(0.90).high)  # one-sided 95%
+    row["cp_upper"] = clopper_pearson(hit, len(lesions), 0.90)[1]  # the upper end of a 90% two-sided: one-sided 95%
     if len(lesions) < min_lesions:
         row["verdict"] = "not shown"
         return row
